@@ -1,0 +1,169 @@
+"""Dialplan applications run on a simulated caller's channel (sendmsg execute).
+
+Each runs in its own greenlet so uuid_break (Break) and hangup (Hangup) can
+interrupt it, as they interrupt the media thread in FreeSWITCH.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import gevent
+
+from .switch import Channel, Hangup
+
+if TYPE_CHECKING:
+    from .switch import Switch
+
+
+class Break(Exception):
+    """uuid_break: stop the application that is running now."""
+
+
+# How long media lasts when nothing interrupts it (seconds, before time_scale).
+FILE_SECONDS = 1.5
+FOREVER = 10 ** 7
+
+
+def media_seconds(path: str) -> float:
+    """A realistic duration for what playback would play."""
+    if path.startswith("local_stream://"):
+        return FOREVER                      # music on hold loops until broken
+    if path.startswith("silence_stream://"):
+        ms = path[len("silence_stream://"):].split(",")[0]
+        return int(ms) / 1000 if ms.lstrip("-").isdigit() and int(ms) > 0 else FOREVER
+    if path.startswith("tone_stream://"):
+        total = 0
+        for on, off in re.findall(r"%\((\d+),(\d+)", path):
+            total += int(on) + int(off)
+        loops = re.search(r"loops=(-?\d+)", path)
+        if loops and int(loops.group(1)) < 0:
+            return FOREVER
+        return max(total, 100) / 1000
+    return FILE_SECONDS
+
+
+def _wait_digits(switch: "Switch", ch: Channel, count: int, timeout: float, terminators: str,
+                 play: str | None) -> str:
+    """Collect up to count digits; media plays until the first digit arrives."""
+    got = ""
+    if play:
+        end_play = gevent.Timeout(media_seconds(play) * switch.time_scale)
+        end_play.start()
+        try:
+            while not ch.dtmf:
+                ch.dtmf_event.clear()
+                ch.dtmf_event.wait()
+        except gevent.Timeout as t:
+            if t is not end_play:
+                raise
+        finally:
+            end_play.cancel()
+    deadline = timeout
+    while len(got) < count:
+        if ch.dtmf:
+            d = ch.dtmf.pop(0)
+            if d in terminators:
+                break
+            got += d
+            continue
+        ch.dtmf_event.clear()
+        if not ch.dtmf_event.wait(max(deadline * switch.time_scale, 0)):
+            break
+    return got
+
+
+def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
+    """Execute one application; returns its Application-Response."""
+    if app == "answer" or app == "pre_answer" or app == "ring_ready":
+        return "_none_"
+    if app == "playback":
+        gevent.sleep(media_seconds(arg) * switch.time_scale)
+        return "FILE PLAYED"
+    if app == "sleep":
+        gevent.sleep(int(arg or 0) / 1000 * switch.time_scale)
+        return "_none_"
+    if app == "set":
+        name, _, value = arg.partition("=")
+        if value:
+            ch.vars[name] = value
+        else:
+            ch.vars.pop(name, None)
+        return "_none_"
+    if app == "export":
+        name, _, value = arg.partition("=")
+        ch.vars[name] = value
+        return "_none_"
+    if app == "park":
+        ch.state = "parked"
+        gevent.sleep(FOREVER)
+        return "_none_"
+    if app == "play_and_get_digits":
+        parts = arg.split()
+        # min max tries timeout terminators file invalid_file var_name regexp [digit_timeout]
+        if len(parts) < 6:
+            return "_none_"
+        mn, mx, tries, timeout_ms = (int(x) for x in parts[:4])
+        terminators, path = parts[4], parts[5]
+        var = parts[7] if len(parts) > 7 else "pagd_input"
+        regex = parts[8] if len(parts) > 8 else r"\d+"
+        ch.vars.pop(var, None)
+        for _ in range(max(tries, 1)):
+            digits = _wait_digits(switch, ch, mx, timeout_ms / 1000, terminators, path)
+            if len(digits) >= mn and re.fullmatch(regex, digits):
+                ch.vars["read_result"] = "success"
+                ch.vars[var] = digits
+                return "_none_"
+        ch.vars["read_result"] = "timeout" if not digits else "failure"
+        return "_none_"
+    return "_none_"
+
+
+def start(switch: "Switch", ch: Channel, app: str, arg: str, event_uuid: str) -> gevent.Greenlet:
+    """Run app on the channel with FreeSWITCH's EXECUTE / EXECUTE_COMPLETE events."""
+    steps = switch._steps
+
+    def body() -> None:
+        if not ch.alive:
+            return
+        if app == "hangup":
+            run_hangup(switch, ch, arg or "NORMAL_CLEARING", event_uuid)
+            return
+        ch.app, ch.app_data, ch.app_uuid = app, arg, event_uuid
+        if app == "playback":
+            execute, complete = steps["in.exec_playback"][0][1], steps["in.done_playback"][0][1]
+        elif app == "play_and_get_digits":
+            execute, complete = steps["in.exec_pagd"][0][1], steps["in.done_pagd"][0][1]
+        else:
+            execute, complete = steps["in.exec_answer"][0][1], steps["in.exec_answer"][1][1]
+        ch.vars.pop("read_result", None) if app == "play_and_get_digits" else None
+        switch.emit_channel_event(execute, ch)
+        try:
+            response = run(switch, ch, app, arg)
+        except Break:
+            response = "FILE PLAYED" if app == "playback" else "_none_"
+        except (Hangup, gevent.GreenletExit):
+            return
+        if not ch.alive:
+            return
+        switch.emit_channel_event(complete, ch, overrides={"Application-Response": response})
+
+    g = gevent.spawn(body)
+    ch.app_greenlet = g
+    return g
+
+
+def run_hangup(switch: "Switch", ch: Channel, cause: str, event_uuid: str) -> None:
+    """The hangup application: its own EXECUTE/COMPLETE around the hangup events."""
+    ch.app, ch.app_data, ch.app_uuid = "hangup", cause, event_uuid
+    ch.hangup_cause = cause
+    switch.hangup(ch, cause, via_app=True)
+
+
+def deliver_dtmf(switch: "Switch", ch: Channel, digit: str) -> None:
+    """A digit from the caller's phone (RFC 2833): DTMF event, then the collector sees it."""
+    if not ch.alive:
+        return
+    switch.emit_channel_event(switch._steps["in.dtmf"][0][1], ch, overrides={"DTMF-Digit": digit})
+    ch.dtmf.append(digit)
+    ch.dtmf_event.set()

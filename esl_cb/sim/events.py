@@ -1,0 +1,180 @@
+"""Render FreeSWITCH events from the recorded templates in profile.json.
+
+Each template is the header list of one real event, with per-call values
+replaced by ${tokens}. Rendering fills the tokens from a channel and
+serialises in the three ESL formats exactly as mod_event_socket does.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+from esl_cb.esl.wire import url_encode
+
+PROFILE_PATH = Path(__file__).with_name("profile.json")
+_TOKEN = re.compile(r"\$\{([a-z_0-9]+)\}")
+# Variables that only exist once an application set them on this call.
+VOLATILE_VARS = {"cb_digit", "read_result"}
+
+
+@lru_cache(maxsize=1)
+def profile() -> dict:
+    return json.loads(PROFILE_PATH.read_text())
+
+
+@dataclass
+class Identity:
+    """How this switch names itself on the wire."""
+
+    core_uuid: str
+    hostname: str = "fs-sim"
+    ipv4: str = "127.0.0.1"
+    ipv6: str = "::1"
+    version: str = "1.10.12-release~64bit"
+
+
+@dataclass
+class Event:
+    """One event, as an ordered list of (name, decoded value) and an optional body."""
+
+    headers: list[tuple[str, str]]
+    body: str = ""
+    channel_uuid: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.headers[0][1] if self.headers[0][0] == "Event-Name" else self.get("Event-Name", "")
+
+    def get(self, name: str, default: str = "") -> str:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+    def subclass(self) -> str:
+        return self.get("Event-Subclass")
+
+    # -- serialisation -------------------------------------------------
+    def plain(self) -> bytes:
+        parts = [f"{k}: {url_encode(v)}\n" for k, v in self.headers]
+        if self.body:
+            body = self.body.encode()
+            parts.append(f"Content-Length: {len(body)}\n\n")
+            text = "".join(parts).encode() + body
+        else:
+            parts.append("\n")
+            text = "".join(parts).encode()
+        return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(text) + text
+
+    def json(self) -> bytes:
+        obj = {}
+        for k, v in self.headers:
+            obj.setdefault(k, v)
+        if self.body:
+            obj["Content-Length"] = str(len(self.body.encode()))
+            obj["_body"] = self.body
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(text) + text
+
+    def xml(self) -> bytes:
+        lines = ["<event>\n  <headers>\n"]
+        for k, v in self.headers:
+            lines.append(f"    <{k}>{url_encode(v)}</{k}>\n")
+        lines.append("  </headers>\n")
+        if self.body:
+            lines.append(f"  <Content-Length>{len(self.body.encode())}</Content-Length>\n")
+            lines.append(f"  <body>{self.body}  </body>\n")
+        lines.append("</event>\n")
+        text = "".join(lines).encode()
+        return b"Content-Length: %d\nContent-Type: text/event-xml\n\n" % len(text) + text
+
+
+def date_fields(ts_us: int) -> tuple[str, str, str]:
+    secs = ts_us // 1_000_000
+    local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(secs))
+    gmt = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(secs))
+    return local, gmt, str(ts_us)
+
+
+class Sequencer:
+    """The switch-wide Event-Sequence counter and the common header block."""
+
+    def __init__(self, identity: Identity, clock: Callable[[], float]) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.seq = 0
+        self._date_cache: tuple[int, tuple[str, str]] = (-1, ("", ""))
+
+    def common(self, name: str) -> dict[str, str]:
+        self.seq += 1
+        ts = int(self.clock() * 1_000_000)
+        secs = ts // 1_000_000
+        if self._date_cache[0] != secs:
+            local, gmt, _ = date_fields(ts)
+            self._date_cache = (secs, (local, gmt))
+        local, gmt = self._date_cache[1]
+        ident = self.identity
+        return {
+            "Core-UUID": ident.core_uuid,
+            "FreeSWITCH-Hostname": ident.hostname,
+            "FreeSWITCH-Switchname": ident.hostname,
+            "FreeSWITCH-IPv4": ident.ipv4,
+            "FreeSWITCH-IPv6": ident.ipv6,
+            "Event-Date-Local": local,
+            "Event-Date-GMT": gmt,
+            "Event-Date-Timestamp": str(ts),
+            "Event-Sequence": str(self.seq),
+        }
+
+
+def fill(value: str, tokens: dict[str, str]) -> str:
+    if "${" not in value:
+        return value
+    return _TOKEN.sub(lambda m: tokens.get(m.group(1), "0"), value)
+
+
+def render(template: list[list[str]], common: dict[str, str], tokens: dict[str, str],
+           originate_vars: Iterable[tuple[str, str]] = (), channel_vars: dict[str, str] | None = None,
+           overrides: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Fill one template. channel_vars replace recorded variables of the same name
+    and the rest are appended after the last recorded variable, as FreeSWITCH
+    appends newly set variables."""
+    out: list[tuple[str, str]] = []
+    chan = channel_vars or {}
+    seen: set[str] = set()
+    last_var = -1
+    for name, value in template:
+        if name in common:
+            out.append((name, common[name]))
+            continue
+        if name == "@originate_vars":
+            for k, v in originate_vars:
+                out.append(("variable_" + k, v))
+                seen.add(k)
+            last_var = len(out) - 1
+            continue
+        if overrides and name in overrides:
+            out.append((name, overrides[name]))
+            continue
+        if name.startswith("variable_"):
+            var = name[9:]
+            if var in chan:
+                out.append((name, chan[var]))
+                seen.add(var)
+            elif var in VOLATILE_VARS:
+                continue
+            else:
+                out.append((name, fill(value, tokens)))
+            last_var = len(out) - 1
+            continue
+        out.append((name, fill(value, tokens)))
+    if chan and last_var >= 0:
+        extra = [("variable_" + k, v) for k, v in chan.items() if k not in seen]
+        if extra:
+            out[last_var + 1:last_var + 1] = extra
+    return out

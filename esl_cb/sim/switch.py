@@ -1,0 +1,475 @@
+"""The simulated switch: channels, SIP endpoints, and the events they cause.
+
+Each channel walks through the same lifecycle steps a real FreeSWITCH 1.10
+channel does (profile.json holds the recorded events of each step). Timing
+of endpoints (ringing, answering, busy...) is scaled by time_scale.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import gevent
+import gevent.socket
+from gevent.event import Event as GEvent
+
+from .events import Event, Identity, Sequencer, profile, render
+
+log = logging.getLogger(__name__)
+
+Q850 = {
+    "NORMAL_CLEARING": "16", "USER_BUSY": "17", "NO_USER_RESPONSE": "18", "NO_ANSWER": "19",
+    "CALL_REJECTED": "21", "DESTINATION_OUT_OF_ORDER": "27", "NORMAL_TEMPORARY_FAILURE": "41",
+    "ORIGINATOR_CANCEL": "487", "LOSE_RACE": "502", "MANAGER_REQUEST": "503",
+    "CHAN_NOT_IMPLEMENTED": "66", "SUBSCRIBER_ABSENT": "20", "NORMAL_UNSPECIFIED": "31",
+}
+FAIL_MODES = {"busy": "USER_BUSY", "reject": "CALL_REJECTED", "fail": "NORMAL_TEMPORARY_FAILURE",
+              "noanswer": "NO_ANSWER"}
+KNOWN_PROFILES = {"lab", "internal", "external", "gateway"}
+
+
+class Hangup(Exception):
+    """Raised into an application greenlet when its channel hangs up."""
+
+
+class OriginateError(Exception):
+    def __init__(self, cause: str):
+        super().__init__(cause)
+        self.cause = cause
+
+
+@dataclass
+class EndpointBehaviour:
+    mode: str = "answer"            # answer | busy | noanswer | reject | fail
+    delay: float = 0.2              # seconds to answer (or to fail)
+    hangup_after: float | None = None
+
+
+@dataclass
+class Channel:
+    uuid: str
+    direction: str                  # 'outbound' (originated) or 'inbound' (caller)
+    channel_name: str
+    cid_num: str
+    cid_name: str
+    dest: str
+    originate_vars: list[tuple[str, str]] = field(default_factory=list)
+    vars: dict[str, str] = field(default_factory=dict)
+    times: dict[str, int] = field(default_factory=dict)
+    state: str = "new"              # new, ringing, answered, parked, executing, bridged, hungup
+    peer: "Channel | None" = None
+    app: str = ""
+    app_data: str = ""
+    app_uuid: str = ""
+    app_greenlet: gevent.Greenlet | None = None
+    hangup_cause: str = ""
+    dtmf: list[str] = field(default_factory=list)
+    dtmf_event: GEvent = field(default_factory=GEvent)
+    answered_event: GEvent = field(default_factory=GEvent)
+    hungup_event: GEvent = field(default_factory=GEvent)
+    session: object | None = None   # the outbound socket session controlling this call
+    job: object | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.state != "hungup"
+
+    def tokens(self, prefix: str = "") -> dict[str, str]:
+        t = self.times
+        now = t.get("hangup") or int(time.time() * 1_000_000)
+        out = {
+            "uuid": self.uuid, "channel_name": self.channel_name, "cid_num": self.cid_num,
+            "cid_name": self.cid_name, "dest": self.dest,
+        }
+        for key in ("created", "answered", "progress", "progress_media", "hangup", "bridged"):
+            us = t.get(key, 0)
+            out["time_" + key] = str(us)
+            out[f"vtime_{key}_uepoch"] = str(us)
+            out[f"vtime_{key}_epoch"] = str(us // 1_000_000)
+            out[f"vtime_{key}_stamp"] = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us // 1_000_000))
+                                         if us else "")
+        created = t.get("created", now)
+        answered = t.get("answered", 0)
+        progress = t.get("progress", 0)
+        dur_us = max(now - created, 0)
+        bill_us = max(now - answered, 0) if answered else 0
+        prog_us = max(progress - created, 0) if progress else 0
+        ans_us = max(answered - created, 0) if answered else 0
+        for unit, div, suf in (("sec", 1_000_000, ""), ("msec", 1000, "m"), ("usec", 1, "u")):
+            out["dur_" + ("duration" if unit == "sec" else suf + "duration")] = str(dur_us // div)
+            out["dur_bill" + unit] = str(bill_us // div)
+            out["dur_flow_bill" + unit] = str(bill_us // div)
+            out["dur_progress" + unit] = str(prog_us // div)
+            out["dur_answer" + unit] = str(ans_us // div)
+            out["dur_wait" + unit] = str(ans_us // div)
+            out["dur_progress_media" + unit] = "0"
+        out.update(app=self.app, app_data=self.app_data, app_uuid=self.app_uuid, app_response="_none_",
+                   hangup_cause=self.hangup_cause or "NORMAL_CLEARING",
+                   q850=Q850.get(self.hangup_cause or "NORMAL_CLEARING", "16"))
+        if prefix:
+            return {prefix + k: v for k, v in out.items()}
+        return out
+
+
+def parse_dial_string(text: str) -> tuple[list[tuple[str, str]], str]:
+    """Split '{a=b,c=d}sofia/...' into ([(a, b), (c, d)], 'sofia/...').
+
+    Values may hold escaped commas ('\\,') and quoted text, as in FreeSWITCH.
+    """
+    variables: list[tuple[str, str]] = []
+    rest = text
+    while rest[:1] in ("{", "[", "<"):
+        close = {"{": "}", "[": "]", "<": ">"}[rest[0]]
+        end = rest.find(close)
+        if end < 0:
+            break
+        inner, rest = rest[1:end], rest[end + 1:]
+        for item in re.split(r"(?<!\\),", inner):
+            if not item:
+                continue
+            k, _, v = item.partition("=")
+            variables.append((k.strip(), v.replace("\\,", ",").strip("'")))
+    return variables, rest
+
+
+def endpoint_user(dial: str) -> str:
+    """The number an endpoint is keyed by: the user part of whatever is dialled."""
+    target = dial.split(",")[0].split("|")[0]
+    parts = target.split("/")
+    last = parts[-1] if parts else target
+    return last.split("@")[0]
+
+
+class Switch:
+    """The core of the simulated FreeSWITCH."""
+
+    def __init__(self, identity: Identity | None = None, time_scale: float = 1.0, seed: int | None = None,
+                 socket_target: tuple[str, int] = ("127.0.0.1", 8084), max_sessions: int = 5000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.identity = identity or Identity(core_uuid=str(uuidlib.uuid4()))
+        self.time_scale = time_scale
+        self.rng = random.Random(seed)
+        self.socket_target = socket_target
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self.seq = Sequencer(self.identity, clock)
+        self.channels: dict[str, Channel] = {}
+        self.endpoints: dict[str, EndpointBehaviour] = {}
+        self.listeners: set = set()       # inbound connections with subscriptions
+        self.started = clock()
+        self.sessions_since_startup = 0
+        self.peak = 0
+        # What the switch received, for tests and benchmarks: (time, kind, text).
+        self.command_log: list[tuple[float, str, str]] = []
+        self.originates: list[dict] = []
+        self._steps = profile()["steps"]
+        self._events = profile()["events"]
+        self.profile_connect = profile()["connect"]
+        self.on_inbound_call: Callable[[Channel], None] | None = None
+
+    # -- time ------------------------------------------------------------
+    def now_us(self) -> int:
+        return int(self.clock() * 1_000_000)
+
+    def sleep(self, seconds: float) -> None:
+        gevent.sleep(max(seconds * self.time_scale, 0))
+
+    # -- events ----------------------------------------------------------
+    def publish(self, event: Event) -> None:
+        for listener in list(self.listeners):
+            listener.deliver(event)
+        ch = self.channels.get(event.channel_uuid)
+        if ch is not None and ch.session is not None:
+            ch.session.deliver(event)
+
+    def emit_step(self, step: str, a: Channel, b: Channel | None = None,
+                  skip: Callable[[str, Channel], bool] | None = None,
+                  overrides: dict[str, str] | None = None) -> None:
+        for role, template in self._steps[step]:
+            ch, other = (a, b) if role == "a" else (b, a)
+            if ch is None:
+                continue
+            name = template[0][1]
+            if skip is not None and skip(name, ch):
+                continue
+            self.emit_channel_event(template, ch, other, overrides)
+
+    def emit_channel_event(self, template: list[list[str]], ch: Channel, other: Channel | None = None,
+                           overrides: dict[str, str] | None = None) -> Event:
+        tokens = ch.tokens()
+        if other is not None:
+            tokens.update(other.tokens("o_"))
+        headers = render(template, self.seq.common(template[0][1]), tokens, ch.originate_vars, ch.vars, overrides)
+        event = Event(headers, channel_uuid=ch.uuid)
+        self.publish(event)
+        return event
+
+    def emit_simple(self, template_name: str, extra: list[tuple[str, str]], body: str = "") -> Event:
+        template = self._events[template_name]
+        common = self.seq.common(template_name)
+        headers = []
+        for k, v in template:
+            if k in common:
+                headers.append((k, common[k]))
+            elif k.startswith("Event-") and k in ("Event-Name", "Event-Calling-File", "Event-Calling-Function",
+                                                   "Event-Calling-Line-Number"):
+                headers.append((k, v))
+        headers.extend(extra)
+        event = Event(headers, body=body)
+        self.publish(event)
+        return event
+
+    def emit_api(self, command: str, arg: str) -> None:
+        extra = [("API-Command", command)]
+        if arg:
+            extra.append(("API-Command-Argument", arg))
+        self.emit_simple("API", extra)
+
+    def emit_background_job(self, job_uuid: str, command: str, arg: str, result: str) -> None:
+        extra = [("Job-UUID", job_uuid), ("Job-Command", command)]
+        if arg:
+            extra.append(("Job-Command-Arg", arg))
+        self.emit_simple("BACKGROUND_JOB", extra, body=result)
+
+    def emit_heartbeat(self) -> None:
+        up = self.clock() - self.started
+        values = {"Up-Time": self.uptime_text(), "Uptime-msec": str(int(up * 1000)),
+                  "Session-Count": str(len(self.channels)), "Max-Sessions": str(self.max_sessions),
+                  "FreeSWITCH-Version": self.identity.version,
+                  "Session-Since-Startup": str(self.sessions_since_startup),
+                  "Session-Peak-Max": str(self.peak), "Session-Peak-FiveMin": str(self.peak)}
+        template = self._events["HEARTBEAT"]
+        common = self.seq.common("HEARTBEAT")
+        headers = [(k, common.get(k, values.get(k, v))) for k, v in template]
+        self.publish(Event(headers))
+
+    def uptime_text(self) -> str:
+        up = self.clock() - self.started
+        secs = int(up)
+        ms = int((up - secs) * 1000)
+        us = int((up - secs) * 1_000_000) % 1000
+        return (f"0 years, {secs // 86400} days, {secs // 3600 % 24} hours, {secs // 60 % 60} minutes, "
+                f"{secs % 60} seconds, {ms} milliseconds, {us} microseconds")
+
+    # -- endpoints -------------------------------------------------------
+    def behaviour(self, number: str) -> EndpointBehaviour:
+        return self.endpoints.get(number, EndpointBehaviour())
+
+    def _new_channel(self, **kw) -> Channel:
+        ch = Channel(**kw)
+        ch.times["created"] = self.now_us()
+        self.channels[ch.uuid] = ch
+        self.sessions_since_startup += 1
+        self.peak = max(self.peak, len(self.channels))
+        return ch
+
+    # -- originate -------------------------------------------------------
+    def originate(self, arg: str) -> Channel:
+        """Validate and start an outbound leg; returns at once with the ringing channel.
+
+        Raises OriginateError for what FreeSWITCH rejects before any channel exists.
+        """
+        words = arg.split()
+        if not words:
+            raise OriginateError("USAGE")
+        dial_full, target = words[0], " ".join(words[1:]) or "&park()"
+        variables, dial = parse_dial_string(dial_full)
+        var_map = dict(variables)
+        tech, _, rest = dial.partition("/")
+        if tech not in ("sofia", "user", "loopback"):
+            raise OriginateError("CHAN_NOT_IMPLEMENTED")
+        if tech == "sofia":
+            profile_name, _, who = rest.partition("/")
+            if profile_name not in KNOWN_PROFILES:
+                raise OriginateError("INVALID_PROFILE")
+            if not who:
+                raise OriginateError("USER_NOT_REGISTERED")
+        elif not rest:
+            raise OriginateError("USER_NOT_REGISTERED")
+        new_uuid = var_map.get("origination_uuid") or str(uuidlib.uuid4())
+        if new_uuid in self.channels:
+            raise OriginateError("DESTINATION_OUT_OF_ORDER")
+        if len(self.channels) >= self.max_sessions:
+            raise OriginateError("DESTINATION_OUT_OF_ORDER")
+        number = endpoint_user(dial)
+        ch = self._new_channel(
+            uuid=new_uuid, direction="outbound", channel_name=dial.split(",")[0],
+            cid_num=var_map.get("origination_caller_id_number", "0000000000"),
+            cid_name=var_map.get("origination_caller_id_name", "FreeSWITCH"),
+            dest=number, originate_vars=variables)
+        ch.state = "ringing"
+        self.originates.append({"t": self.clock(), "uuid": new_uuid, "dial": dial, "vars": var_map,
+                                "number": number, "target": target})
+        self.emit_step("out.create", ch)
+        gevent.spawn(self._ring, ch, target, float(var_map.get("originate_timeout", "60") or 60))
+        return ch
+
+    def _ring(self, ch: Channel, target: str, timeout: float) -> None:
+        beh = self.behaviour(ch.dest)
+        try:
+            if beh.mode in ("busy", "reject", "fail"):
+                self.sleep(min(beh.delay, 0.02) if beh.delay else 0.02)
+                if ch.alive:
+                    self._fail(ch, FAIL_MODES[beh.mode])
+                return
+            self.sleep(0.01)
+            if not ch.alive:
+                return
+            ch.times["progress"] = self.now_us()
+            self.emit_step("out.progress", ch)
+            wait = timeout if beh.mode == "noanswer" else min(beh.delay, timeout)
+            if ch.hungup_event.wait(max(wait * self.time_scale, 0)):
+                return
+            if beh.mode == "noanswer" or beh.delay > timeout:
+                self._fail(ch, "NO_ANSWER")
+                return
+            ch.times["answered"] = self.now_us()
+            ch.state = "answered"
+            self.emit_step("out.answer", ch)
+            ch.answered_event.set()
+            if ch.job is not None:
+                ch.job(f"+OK {ch.uuid}\n")
+            self._run_target(ch, target)
+            if beh.hangup_after is not None:
+                if not ch.hungup_event.wait(max(beh.hangup_after * self.time_scale, 0)):
+                    self.hangup(ch, "NORMAL_CLEARING")
+        except gevent.GreenletExit:
+            pass
+
+    def _run_target(self, ch: Channel, target: str) -> None:
+        m = re.match(r"&([\w:]+)\((.*)\)$", target.strip())
+        app, data = (m.group(1), m.group(2)) if m else ("park", "")
+        ch.state = "parked" if app == "park" else "executing"
+        ch.app, ch.app_data, ch.app_uuid = app, data, str(uuidlib.uuid4())
+        self.emit_step("out.park", ch, skip=lambda name, c: name == "CHANNEL_PARK" and app != "park")
+
+    def _fail(self, ch: Channel, cause: str) -> None:
+        ch.hangup_cause = cause
+        ch.times["hangup"] = self.now_us()
+        ch.state = "hungup"
+        ch.hungup_event.set()
+        step = "out.fail." + cause
+        if step not in self._steps:
+            step = "out.fail.NORMAL_TEMPORARY_FAILURE"
+        for role, template in self._steps[step]:
+            if template[0][1] == "CHANNEL_DESTROY" and ch.job is not None:
+                ch.job(f"-ERR {cause}\n")
+                ch.job = None
+            self.emit_channel_event(template, ch)
+        if ch.job is not None:
+            ch.job(f"-ERR {cause}\n")
+            ch.job = None
+        self.channels.pop(ch.uuid, None)
+
+    # -- hangup ----------------------------------------------------------
+    def hangup(self, ch: Channel, cause: str = "NORMAL_CLEARING", via_app: bool = False) -> None:
+        """Hang up a channel (and its bridged peer) with FreeSWITCH's event sequence."""
+        if not ch.alive:
+            return
+        if ch.state in ("new", "ringing"):
+            self._fail(ch, cause if cause != "NORMAL_CLEARING" else "ORIGINATOR_CANCEL")
+            return
+        peer = ch.peer if ch.peer is not None and ch.peer.alive else None
+        running = (ch.app_greenlet is not None and not ch.app_greenlet.dead
+                   and ch.app_greenlet is not gevent.getcurrent())
+        now = self.now_us()
+        for c in (ch, peer):
+            if c is not None:
+                c.hangup_cause = cause if c is ch else "NORMAL_CLEARING"
+                c.times["hangup"] = now
+                c.state = "hungup"
+                c.hungup_event.set()
+        for c in (ch, peer):
+            # Stop media first so nothing it does races the hangup events.
+            if c is not None and c.app_greenlet is not None and not c.app_greenlet.dead \
+                    and c.app_greenlet is not gevent.getcurrent():
+                c.app_greenlet.kill(Hangup(), block=False)
+        if peer is not None:
+            self.emit_step("bridge.hangup", ch, peer)
+        elif ch.direction == "outbound":
+            self.emit_step("out.hangup_parked", ch)
+        else:
+            self._hangup_socket_leg(ch, via_app, running)
+        for c in (ch, peer):
+            if c is None:
+                continue
+            self.channels.pop(c.uuid, None)
+            session, c.session = c.session, None
+            if c.direction == "inbound" and peer is None:
+                # Listeners see the destroy; the outbound socket never does.
+                for _, template in self._steps["out.hangup_parked"][-2:]:
+                    self.emit_channel_event(template, c)
+            if session is not None:
+                session.channel_hungup()
+
+    def _hangup_socket_leg(self, ch: Channel, via_app: bool, app_running: bool) -> None:
+        step = "in.exec_hangup" if via_app else "in.caller_hangup"
+        completes = 0
+        for _, template in self._steps[step]:
+            name = template[0][1]
+            if name == "CHANNEL_EXECUTE_COMPLETE":
+                completes += 1
+                if completes == 2:        # the socket application itself ends
+                    ch.app, ch.app_data = "socket", "%s:%d async full" % self.socket_target
+                elif not via_app and not app_running:
+                    continue
+            self.emit_channel_event(template, ch)
+
+    # -- bridge ----------------------------------------------------------
+    def bridge(self, a: Channel, b: Channel) -> None:
+        now = self.now_us()
+        for c in (a, b):
+            if c.app_greenlet is not None and not c.app_greenlet.dead:
+                c.app_greenlet.kill(block=False)
+        a.peer, b.peer = b, a
+        a.times["bridged"] = b.times["bridged"] = now
+        a.app = b.app = "uuid_bridge"
+        a.app_data, b.app_data = b.uuid, a.uuid
+        a.state = b.state = "bridged"
+        a.vars["bridge_uuid"], b.vars["bridge_uuid"] = b.uuid, a.uuid
+        self.emit_step("bridge.bridge", a, b)
+
+    # -- inbound calls ---------------------------------------------------
+    def inbound_call(self, from_number: str, to_did: str) -> Channel:
+        ch = self._new_channel(
+            uuid=str(uuidlib.uuid4()), direction="inbound",
+            channel_name=f"sofia/internal/{from_number}@127.0.0.1:5070",
+            cid_num=from_number, cid_name=from_number, dest=to_did)
+        ch.state = "answered"
+        ch.times["answered"] = self.now_us()
+        ch.app, ch.app_data, ch.app_uuid = "answer", "", str(uuidlib.uuid4())
+        self.emit_step("in.arrive", ch)
+        ch.answered_event.set()
+        return ch
+
+    def run_inbound(self, ch: Channel, plan: list[tuple[float, str, str]]) -> None:
+        """The dialplan's 'socket ADDR async full': hand the answered call to the controller."""
+        from .apps import deliver_dtmf
+        from .connection import OutboundSession
+
+        ch.app, ch.app_data, ch.app_uuid = "socket", "%s:%d async full" % self.socket_target, str(uuidlib.uuid4())
+        self.emit_channel_event(self._steps["in.exec_answer"][0][1], ch)
+        try:
+            sock = gevent.socket.create_connection(self.socket_target, timeout=5)
+            sock.settimeout(None)
+        except OSError as e:
+            log.warning("socket app could not reach %s:%d (%s); hanging up %s", *self.socket_target, e, ch.uuid)
+            self.hangup(ch, "DESTINATION_OUT_OF_ORDER")
+            return
+        session = OutboundSession(self, sock, ch)
+        gevent.spawn(session.serve)
+        start = self.clock()
+        for at, kind, value in plan:
+            delay = start + at * self.time_scale - self.clock()
+            if ch.hungup_event.wait(max(delay, 0)):
+                return
+            if kind == "dtmf":
+                for d in value:
+                    deliver_dtmf(self, ch, d)
+            elif kind == "hangup":
+                self.hangup(ch, "NORMAL_CLEARING")
