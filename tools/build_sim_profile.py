@@ -59,6 +59,11 @@ HANGUP_HEADERS = {
     "variable_hangup_cause": "${hangup_cause}",
     "variable_hangup_cause_q850": "${q850}",
 }
+# Variables applications set while the call runs; the simulator keeps them per channel in
+# FreeSWITCH's order (insertion order, a re-set moves to the end) and renders them at the marker.
+RUNTIME_VARS = {"current_application", "current_application_data", "current_application_response",
+                "playback_last_offset_pos", "playback_seconds", "playback_ms", "playback_samples",
+                "read_result", "cb_digit", "socket_host", "cb_a", "cb_b"}
 COMMON = {"Core-UUID", "FreeSWITCH-Hostname", "FreeSWITCH-Switchname", "FreeSWITCH-IPv4", "FreeSWITCH-IPv6",
           "Event-Date-Local", "Event-Date-GMT", "Event-Date-Timestamp", "Event-Sequence"}
 
@@ -106,7 +111,9 @@ class Leg:
 
     def __init__(self, uuid: str, channel_name: str, cid_num: str, cid_name: str, dest: str):
         self.uuid = uuid
-        self.literals = [(channel_name, "channel_name"), (cid_name, "cid_name"),
+        host = channel_name.split("@", 1)[1] if "@" in channel_name else ""
+        port = host.rsplit(":", 1)[1] if ":" in host else ""
+        self.literals = [(channel_name, "channel_name"), (host, "dest_host"), (port, "dest_port"), (cid_name, "cid_name"),
                          (cid_num, "cid_num"), (dest, "dest")]
 
 
@@ -135,6 +142,8 @@ def tokenize(name: str, value: str, me: Leg, other: Leg | None, orig_vars: set[s
         return APP_HEADERS[name]
     if name in HANGUP_HEADERS:
         return HANGUP_HEADERS[name]
+    if name in ("Playback-File-Path", "execute-app-arg"):
+        return "${app_data}"
     if name == "DTMF-Digit":
         return "${digit}"
     if name == "Controlled-Session-UUID":
@@ -154,27 +163,46 @@ def tokenize(name: str, value: str, me: Leg, other: Leg | None, orig_vars: set[s
         for lit, tok in legs.literals:
             if not lit:
                 continue
-            if tok == "dest" or tok == "cid_num":
+            if tok in ("dest", "cid_num", "dest_port"):
                 value = re.sub(r"(?<![\w.])%s(?![\w])" % re.escape(lit), "${%s%s}" % (pfx, tok), value)
             else:
                 value = value.replace(lit, "${%s%s}" % (pfx, tok))
     return value
 
 
-def template(hs, me: Leg, other: Leg | None = None, orig_vars: list[str] | None = None):
+def template(hs, me: Leg, other: Leg | None = None, orig_vars: list[str] | None = None,
+             runtime_in_place: bool = False):
     """Header list -> [[name, tokenized value], ...]; the originate {vars} become one marker."""
     orig = set(orig_vars or [])
     app = hget(hs, "Application")
     out = []
     marker_done = False
+    runtime_done = False
     for k, v in hs:
         if k in COMMON:
             out.append([k, ""])
+            continue
+        if k.startswith("variable_") and k[9:] in RUNTIME_VARS and runtime_in_place:
+            # The caller's leg: keep where the recording had it, filled from the channel.
+            out.append([k, "${var_%s}" % k[9:]])
+            continue
+        if k.startswith("variable_") and k[9:] in RUNTIME_VARS:
+            if not runtime_done:
+                out.append(["@runtime_vars", ""])
+                runtime_done = True
             continue
         if k.startswith("variable_") and k[9:] in orig:
             if not marker_done:
                 out.append(["@originate_vars", ""])
                 marker_done = True
+            continue
+        if k == "variable_last_app":
+            out.append([k, "${last_app}"])
+            if not any(n == "variable_last_arg" for n, _ in hs):
+                out.append(["@last_arg", ""])
+            continue
+        if k == "variable_last_arg":
+            out.append([k, "${last_arg}"])
             continue
         out.append([k, tokenize(k, v, me, other, orig, app)])
     return out
@@ -288,6 +316,24 @@ def main(captures: Path) -> None:
     steps["bridge.bridge"] = [role_template(hs) for hs in evs[start:kill] if hget(hs, "Unique-ID") in (ua, ub)]
     steps["bridge.hangup"] = [role_template(hs) for hs in evs[kill:] if hget(hs, "Unique-ID") in (ua, ub)]
 
+    # -- 06: uuid_broadcast of a playback onto a parked originated leg.
+    rec = load(captures / "06-api-uuid-commands.jsonl")
+    evs = plain_events(rec, "A")
+    ovars = originate_var_names(rec)[0]
+    first = next(i for i, hs in enumerate(evs)
+                 if hget(hs, "Event-Name") == "CHANNEL_EXECUTE" and hget(hs, "Application") == "playback")
+    uuid = hget(evs[first], "Unique-ID")
+    leg = leg_for(evs, uuid)
+    last = next(i for i, hs in enumerate(evs) if hget(hs, "Event-Name") == "COMMAND")
+    steps["out.broadcast"] = [["a", template(hs, leg, None, ovars)] for hs in evs[first:last + 1]
+                              if hget(hs, "Unique-ID") == uuid or hget(hs, "Event-Name") == "COMMAND"]
+
+    # A dial string sofia rejects (unknown profile, no user) still creates and destroys a bare session.
+    born = next(hs for hs in evs if hget(hs, "Event-Name") == "CHANNEL_DESTROY" and hget(hs, "Channel-Name") == "N/A")
+    uuid = hget(born, "Unique-ID")
+    bare = Leg(uuid, "N/A", "", "", "")
+    steps["out.stillborn"] = [["a", template(hs, bare)] for hs in evs if hget(hs, "Unique-ID") == uuid]
+
     # -- 07: outbound socket: connect reply, answer, playback, play_and_get_digits, hangup.
     rec = load(captures / "07-outbound-dtmf.jsonl")
     connect = next(r["raw"] for r in rec if r.get("dir") == "in" and r["raw"].startswith("Event-Name: CHANNEL_DATA"))
@@ -295,7 +341,7 @@ def main(captures: Path) -> None:
     uuid = hget(chs, "Unique-ID")
     ileg = Leg(uuid, hget(chs, "Channel-Name"), hget(chs, "Caller-Caller-ID-Number"),
                hget(chs, "Caller-Caller-ID-Name"), hget(chs, "Caller-Destination-Number"))
-    profile["connect"] = [h for h in template(chs, ileg)
+    profile["connect"] = [h for h in template(chs, ileg, runtime_in_place=True)
                           if h[0] not in ("Content-Type", "Reply-Text", "Socket-Mode", "Control")]
     evs = plain_events(rec, "OUT")
     parts = split(evs, [
@@ -308,7 +354,7 @@ def main(captures: Path) -> None:
         ("in.exec_hangup", is_ev("CHANNEL_EXECUTE", Application="hangup")),
     ])
     for name, hss in parts.items():
-        steps[name] = [["a", template(hs, ileg)] for hs in hss]
+        steps[name] = [["a", template(hs, ileg, runtime_in_place=True)] for hs in hss]
 
     # -- 08: caller hangs up during playback.
     rec = load(captures / "08-outbound-caller-hangup.jsonl")
@@ -321,7 +367,8 @@ def main(captures: Path) -> None:
         ("x", is_ev("CHANNEL_EXECUTE")),
         ("in.caller_hangup", is_ev("CHANNEL_HANGUP")),
     ])
-    steps["in.caller_hangup"] = [["a", template(hs, ileg)] for hs in parts["in.caller_hangup"]]
+    steps["in.caller_hangup"] = [["a", template(hs, ileg, runtime_in_place=True)]
+                                 for hs in parts["in.caller_hangup"]]
 
     # -- 09: an inbound SIP call as seen by an 'event plain ALL' listener, up to the answer.
     rec = load(captures / "09-callcenter.jsonl")
@@ -332,7 +379,7 @@ def main(captures: Path) -> None:
     cleg = leg_for(cevs, uuid)
     end = next(i for i, hs in enumerate(cevs)
                if hget(hs, "Event-Name") == "CHANNEL_EXECUTE_COMPLETE" and hget(hs, "Application") == "answer")
-    steps["in.arrive"] = [["a", template(hs, cleg)] for hs in cevs[: end + 1]
+    steps["in.arrive"] = [["a", template(hs, cleg, runtime_in_place=True)] for hs in cevs[: end + 1]
                           if hget(hs, "Event-Name") not in ("CUSTOM", "PRESENCE_IN", "PLAYBACK_START")]
 
     # -- 02 and 07: heartbeat, re_schedule and DTMF shapes.

@@ -77,7 +77,8 @@ def show(switch: "Switch", arg: str) -> str:
     if as_json:
         if not rows:
             return '{"row_count": 0}\n'
-        return json.dumps({"row_count": len(rows), "rows": rows}, separators=(",", ":")) + "\n"
+        # The recording: no newline after rows, unlike the empty form above.
+        return json.dumps({"row_count": len(rows), "rows": rows}, separators=(",", ":"))
     if not rows:
         return "\n0 total.\n"
     cols = list(rows[0])
@@ -176,10 +177,7 @@ def uuid_setvar(switch: "Switch", arg: str) -> str:
     if len(words) < 2:
         return "-USAGE: <uuid> <var> [value]\n"
     value = arg.split(None, 2)[2] if len(words) > 2 else ""
-    if value:
-        ch.vars[words[1]] = value
-    else:
-        ch.vars.pop(words[1], None)
+    ch.set_var(words[1], value)
     return "+OK\n"
 
 
@@ -189,10 +187,7 @@ def uuid_setvar_multi(switch: "Switch", arg: str) -> str:
         return NO_CHANNEL
     for item in arg.split(None, 1)[1].split(";") if len(words) > 1 else []:
         k, _, v = item.partition("=")
-        if v:
-            ch.vars[k] = v
-        else:
-            ch.vars.pop(k, None)
+        ch.set_var(k, v)
     return "+OK\n"
 
 
@@ -205,7 +200,10 @@ def uuid_broadcast(switch: "Switch", arg: str) -> str:
     app, _, app_arg = what.partition("::")
     if not app_arg:
         app, app_arg = "playback", what
-    queue_app(switch, ch, app, app_arg, str(uuidlib.uuid4()))
+    if ch.session is not None or ch.direction == "inbound":
+        queue_app(switch, ch, app, app_arg, str(uuidlib.uuid4()))
+    else:
+        gevent.spawn(switch.broadcast, ch, app, app_arg)
     return "+OK Message sent\n"
 
 

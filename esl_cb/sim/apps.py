@@ -73,26 +73,41 @@ def _wait_digits(switch: "Switch", ch: Channel, count: int, timeout: float, term
     return got
 
 
+def finish_playback(ch: Channel, seconds: float, respond: bool = True) -> None:
+    """The variables playback leaves on the channel when it ends."""
+    samples = int(seconds * 8000)
+    ch.set_var("playback_last_offset_pos", str(samples))
+    ch.set_var("playback_seconds", str(int(seconds)))
+    ch.set_var("playback_ms", str(int(seconds * 1000)))
+    ch.set_var("playback_samples", str(samples))
+    if respond:
+        ch.set_var("current_application_response", "FILE PLAYED")
+
+
 def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
     """Execute one application; returns its Application-Response."""
     if app == "answer" or app == "pre_answer" or app == "ring_ready":
         return "_none_"
     if app == "playback":
-        gevent.sleep(media_seconds(arg) * switch.time_scale)
+        ch.media_started()
+        started = switch.clock()
+        try:
+            gevent.sleep(media_seconds(arg) * switch.time_scale)
+        except Break:
+            finish_playback(ch, switch.clock() - started)
+            raise
+        finish_playback(ch, switch.clock() - started)
         return "FILE PLAYED"
     if app == "sleep":
         gevent.sleep(int(arg or 0) / 1000 * switch.time_scale)
         return "_none_"
     if app == "set":
         name, _, value = arg.partition("=")
-        if value:
-            ch.vars[name] = value
-        else:
-            ch.vars.pop(name, None)
+        ch.set_var(name, value)
         return "_none_"
     if app == "export":
         name, _, value = arg.partition("=")
-        ch.vars[name] = value
+        ch.set_var(name, value)
         return "_none_"
     if app == "park":
         ch.state = "parked"
@@ -107,14 +122,15 @@ def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
         terminators, path = parts[4], parts[5]
         var = parts[7] if len(parts) > 7 else "pagd_input"
         regex = parts[8] if len(parts) > 8 else r"\d+"
-        ch.vars.pop(var, None)
+        ch.set_var(var, None)
+        digits = ""
         for _ in range(max(tries, 1)):
             digits = _wait_digits(switch, ch, mx, timeout_ms / 1000, terminators, path)
             if len(digits) >= mn and re.fullmatch(regex, digits):
-                ch.vars["read_result"] = "success"
-                ch.vars[var] = digits
+                ch.set_var("read_result", "success")
+                ch.set_var(var, digits)
                 return "_none_"
-        ch.vars["read_result"] = "timeout" if not digits else "failure"
+        ch.set_var("read_result", "timeout" if not digits else "failure")
         return "_none_"
     return "_none_"
 
@@ -129,14 +145,13 @@ def start(switch: "Switch", ch: Channel, app: str, arg: str, event_uuid: str) ->
         if app == "hangup":
             run_hangup(switch, ch, arg or "NORMAL_CLEARING", event_uuid)
             return
-        ch.app, ch.app_data, ch.app_uuid = app, arg, event_uuid
+        ch.start_app(app, arg, event_uuid)
         if app == "playback":
             execute, complete = steps["in.exec_playback"][0][1], steps["in.done_playback"][0][1]
         elif app == "play_and_get_digits":
             execute, complete = steps["in.exec_pagd"][0][1], steps["in.done_pagd"][0][1]
         else:
             execute, complete = steps["in.exec_answer"][0][1], steps["in.exec_answer"][1][1]
-        ch.vars.pop("read_result", None) if app == "play_and_get_digits" else None
         switch.emit_channel_event(execute, ch)
         try:
             response = run(switch, ch, app, arg)
@@ -146,7 +161,7 @@ def start(switch: "Switch", ch: Channel, app: str, arg: str, event_uuid: str) ->
             return
         if not ch.alive:
             return
-        switch.emit_channel_event(complete, ch, overrides={"Application-Response": response})
+        switch.emit_channel_event(complete, ch)
 
     g = gevent.spawn(body)
     ch.app_greenlet = g
@@ -155,7 +170,7 @@ def start(switch: "Switch", ch: Channel, app: str, arg: str, event_uuid: str) ->
 
 def run_hangup(switch: "Switch", ch: Channel, cause: str, event_uuid: str) -> None:
     """The hangup application: its own EXECUTE/COMPLETE around the hangup events."""
-    ch.app, ch.app_data, ch.app_uuid = "hangup", cause, event_uuid
+    ch.start_app("hangup", cause, event_uuid)
     ch.hangup_cause = cause
     switch.hangup(ch, cause, via_app=True)
 

@@ -18,8 +18,6 @@ from esl_cb.esl.wire import url_encode
 
 PROFILE_PATH = Path(__file__).with_name("profile.json")
 _TOKEN = re.compile(r"\$\{([a-z_0-9]+)\}")
-# Variables that only exist once an application set them on this call.
-VOLATILE_VARS = {"cb_digit", "read_result"}
 
 
 @lru_cache(maxsize=1)
@@ -141,40 +139,49 @@ def fill(value: str, tokens: dict[str, str]) -> str:
 def render(template: list[list[str]], common: dict[str, str], tokens: dict[str, str],
            originate_vars: Iterable[tuple[str, str]] = (), channel_vars: dict[str, str] | None = None,
            overrides: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """Fill one template. channel_vars replace recorded variables of the same name
-    and the rest are appended after the last recorded variable, as FreeSWITCH
-    appends newly set variables."""
+    """Fill one template.
+
+    channel_vars are the variables set while the call ran, in FreeSWITCH's
+    order. A recorded position ('${var_NAME}') takes the channel's value, or
+    is left out when the call never set it; the rest go where the recording
+    had them (the @runtime_vars marker), else after the last variable.
+    """
     out: list[tuple[str, str]] = []
     chan = channel_vars or {}
-    seen: set[str] = set()
+    used: set[str] = set()
+    marker = -1
     last_var = -1
     for name, value in template:
         if name in common:
             out.append((name, common[name]))
             continue
         if name == "@originate_vars":
-            for k, v in originate_vars:
-                out.append(("variable_" + k, v))
-                seen.add(k)
+            out.extend(("variable_" + k, v) for k, v in originate_vars)
             last_var = len(out) - 1
+            continue
+        if name == "@runtime_vars":
+            marker = len(out)
+            continue
+        if name == "@last_arg":
+            if tokens.get("last_arg"):
+                out.append(("variable_last_arg", tokens["last_arg"]))
             continue
         if overrides and name in overrides:
             out.append((name, overrides[name]))
             continue
-        if name.startswith("variable_"):
-            var = name[9:]
+        if value.startswith("${var_"):
+            var = value[6:-1]
+            used.add(var)
             if var in chan:
                 out.append((name, chan[var]))
-                seen.add(var)
-            elif var in VOLATILE_VARS:
-                continue
-            else:
-                out.append((name, fill(value, tokens)))
-            last_var = len(out) - 1
+                last_var = len(out) - 1
             continue
         out.append((name, fill(value, tokens)))
-    if chan and last_var >= 0:
-        extra = [("variable_" + k, v) for k, v in chan.items() if k not in seen]
-        if extra:
-            out[last_var + 1:last_var + 1] = extra
+        if name.startswith("variable_"):
+            last_var = len(out) - 1
+    rest = [("variable_" + k, v) for k, v in chan.items() if k not in used]
+    if rest:
+        at = marker if marker >= 0 else last_var + 1
+        if at > 0:
+            out[at:at] = rest
     return out

@@ -73,7 +73,36 @@ class Channel:
     answered_event: GEvent = field(default_factory=GEvent)
     hungup_event: GEvent = field(default_factory=GEvent)
     session: object | None = None   # the outbound socket session controlling this call
+    last_app: str = ""
+    last_arg: str = ""
+    media_started_at: float = 0.0
     job: object | None = None
+
+    def set_var(self, name: str, value: str | None) -> None:
+        """FreeSWITCH deletes then appends: a re-set variable moves to the end."""
+        self.vars.pop(name, None)
+        if value:
+            self.vars[name] = value
+
+    def start_app(self, app: str, data: str, app_uuid: str) -> None:
+        """What executing an application does to the variables, as the captures show:
+        current_application is replaced where it stands, the data is appended."""
+        self.app, self.app_data, self.app_uuid = app, data, app_uuid
+        self.last_app, self.last_arg = app, data
+        if "current_application" in self.vars:
+            self.vars["current_application"] = app
+        else:
+            self.vars["current_application"] = app
+        if data:
+            self.set_var("current_application_data", data)
+        else:
+            self.vars.pop("current_application_data", None)
+        self.vars.pop("current_application_response", None)
+
+    def media_started(self) -> None:
+        """Media applications re-set current_application when they start (it moves to the end)."""
+        self.media_started_at = time.time()
+        self.set_var("current_application", self.vars.get("current_application", self.app))
 
     @property
     def alive(self) -> bool:
@@ -85,7 +114,9 @@ class Channel:
         out = {
             "uuid": self.uuid, "channel_name": self.channel_name, "cid_num": self.cid_num,
             "cid_name": self.cid_name, "dest": self.dest,
+            "dest_host": self.channel_name.split("@", 1)[1] if "@" in self.channel_name else "127.0.0.1:5060",
         }
+        out["dest_port"] = out["dest_host"].rsplit(":", 1)[1] if ":" in out["dest_host"] else "5060"
         for key in ("created", "answered", "progress", "progress_media", "hangup", "bridged"):
             us = t.get(key, 0)
             out["time_" + key] = str(us)
@@ -108,7 +139,9 @@ class Channel:
             out["dur_answer" + unit] = str(ans_us // div)
             out["dur_wait" + unit] = str(ans_us // div)
             out["dur_progress_media" + unit] = "0"
-        out.update(app=self.app, app_data=self.app_data, app_uuid=self.app_uuid, app_response="_none_",
+        out.update(app=self.app, app_data=self.app_data, app_uuid=self.app_uuid,
+                   app_response=self.vars.get("current_application_response", "_none_"),
+                   last_app=self.last_app, last_arg=self.last_arg,
                    hangup_cause=self.hangup_cause or "NORMAL_CLEARING",
                    q850=Q850.get(self.hangup_cause or "NORMAL_CLEARING", "16"))
         if prefix:
@@ -170,7 +203,7 @@ class Switch:
         self._steps = profile()["steps"]
         self._events = profile()["events"]
         self.profile_connect = profile()["connect"]
-        self.on_inbound_call: Callable[[Channel], None] | None = None
+        self.caller_name: str | None = None   # caller-id name of injected calls (default: the number)
 
     # -- time ------------------------------------------------------------
     def now_us(self) -> int:
@@ -247,6 +280,10 @@ class Switch:
         common = self.seq.common("HEARTBEAT")
         headers = [(k, common.get(k, values.get(k, v))) for k, v in template]
         self.publish(Event(headers))
+        template = self._events["RE_SCHEDULE"]
+        common = self.seq.common("RE_SCHEDULE")
+        runtime = {"Task-Runtime": str(int(self.clock()) + 20)}
+        self.publish(Event([(k, common.get(k, runtime.get(k, v))) for k, v in template]))
 
     def uptime_text(self) -> str:
         up = self.clock() - self.started
@@ -286,10 +323,13 @@ class Switch:
         if tech == "sofia":
             profile_name, _, who = rest.partition("/")
             if profile_name not in KNOWN_PROFILES:
+                self._stillborn()
                 raise OriginateError("INVALID_PROFILE")
             if not who:
+                self._stillborn()
                 raise OriginateError("USER_NOT_REGISTERED")
         elif not rest:
+            self._stillborn()
             raise OriginateError("USER_NOT_REGISTERED")
         new_uuid = var_map.get("origination_uuid") or str(uuidlib.uuid4())
         if new_uuid in self.channels:
@@ -308,6 +348,13 @@ class Switch:
         self.emit_step("out.create", ch)
         gevent.spawn(self._ring, ch, target, float(var_map.get("originate_timeout", "60") or 60))
         return ch
+
+    def _stillborn(self) -> None:
+        """The session sofia creates before it rejects the dial string, and destroys at once."""
+        ch = Channel(uuid=str(uuidlib.uuid4()), direction="outbound", channel_name="N/A",
+                     cid_num="", cid_name="", dest="")
+        self.sessions_since_startup += 1
+        self.emit_step("out.stillborn", ch)
 
     def _ring(self, ch: Channel, target: str, timeout: float) -> None:
         beh = self.behaviour(ch.dest)
@@ -345,7 +392,7 @@ class Switch:
         m = re.match(r"&([\w:]+)\((.*)\)$", target.strip())
         app, data = (m.group(1), m.group(2)) if m else ("park", "")
         ch.state = "parked" if app == "park" else "executing"
-        ch.app, ch.app_data, ch.app_uuid = app, data, str(uuidlib.uuid4())
+        ch.start_app(app, data, str(uuidlib.uuid4()))
         self.emit_step("out.park", ch, skip=lambda name, c: name == "CHANNEL_PARK" and app != "park")
 
     def _fail(self, ch: Channel, cause: str) -> None:
@@ -408,10 +455,16 @@ class Switch:
                 session.channel_hungup()
 
     def _hangup_socket_leg(self, ch: Channel, via_app: bool, app_running: bool) -> None:
+        from .apps import finish_playback
+
         step = "in.exec_hangup" if via_app else "in.caller_hangup"
         completes = 0
         for _, template in self._steps[step]:
             name = template[0][1]
+            if name == "CHANNEL_EXECUTE_COMPLETE" and completes == 0 and app_running and ch.app == "playback":
+                # A playback cut short by the hangup reports how far it got, as an error.
+                finish_playback(ch, time.time() - ch.media_started_at, respond=False)
+                ch.set_var("current_application_response", "PLAYBACK ERROR")
             if name == "CHANNEL_EXECUTE_COMPLETE":
                 completes += 1
                 if completes == 2:        # the socket application itself ends
@@ -419,6 +472,34 @@ class Switch:
                 elif not via_app and not app_running:
                     continue
             self.emit_channel_event(template, ch)
+
+    def broadcast(self, ch: Channel, app: str, arg: str) -> None:
+        """uuid_broadcast onto a parked leg: the application runs, then park resumes."""
+        from .apps import media_seconds
+
+        from .apps import finish_playback
+
+        parked = (ch.app, ch.app_data, ch.app_uuid)
+        ch.start_app(app, arg, str(uuidlib.uuid4()))
+        started = self.clock()
+        for _, template in self._steps["out.broadcast"]:
+            if not ch.alive:
+                return
+            name = template[0][1]
+            if name.startswith("PLAYBACK_") and app != "playback":
+                continue
+            if name == "PLAYBACK_STOP":
+                finish_playback(ch, self.clock() - started, respond=False)
+            if name == "CHANNEL_EXECUTE_COMPLETE" and app == "playback":
+                ch.set_var("current_application_response", "FILE PLAYED")
+            if name == "PLAYBACK_START":
+                ch.media_started()
+            self.emit_channel_event(template, ch)
+            if name == "PLAYBACK_START":
+                if ch.hungup_event.wait(media_seconds(arg) * self.time_scale):
+                    return
+        # Park resumes: the application on the stack is park again.
+        ch.app, ch.app_data, ch.app_uuid = parked
 
     # -- bridge ----------------------------------------------------------
     def bridge(self, a: Channel, b: Channel) -> None:
@@ -428,21 +509,20 @@ class Switch:
                 c.app_greenlet.kill(block=False)
         a.peer, b.peer = b, a
         a.times["bridged"] = b.times["bridged"] = now
-        a.app = b.app = "uuid_bridge"
-        a.app_data, b.app_data = b.uuid, a.uuid
+        # uuid_bridge runs outside the application stack: current_application keeps
+        # its value (park) on both legs, as the recording shows.
         a.state = b.state = "bridged"
-        a.vars["bridge_uuid"], b.vars["bridge_uuid"] = b.uuid, a.uuid
         self.emit_step("bridge.bridge", a, b)
 
     # -- inbound calls ---------------------------------------------------
     def inbound_call(self, from_number: str, to_did: str) -> Channel:
         ch = self._new_channel(
             uuid=str(uuidlib.uuid4()), direction="inbound",
-            channel_name=f"sofia/internal/{from_number}@127.0.0.1:5070",
-            cid_num=from_number, cid_name=from_number, dest=to_did)
+            channel_name=f"sofia/lab/{from_number}@127.0.0.1:5070",
+            cid_num=from_number, cid_name=self.caller_name or from_number, dest=to_did)
         ch.state = "answered"
         ch.times["answered"] = self.now_us()
-        ch.app, ch.app_data, ch.app_uuid = "answer", "", str(uuidlib.uuid4())
+        ch.start_app("answer", "", str(uuidlib.uuid4()))
         self.emit_step("in.arrive", ch)
         ch.answered_event.set()
         return ch
@@ -452,7 +532,8 @@ class Switch:
         from .apps import deliver_dtmf
         from .connection import OutboundSession
 
-        ch.app, ch.app_data, ch.app_uuid = "socket", "%s:%d async full" % self.socket_target, str(uuidlib.uuid4())
+        ch.start_app("socket", "%s:%d async full" % self.socket_target, str(uuidlib.uuid4()))
+        ch.set_var("socket_host", self.socket_target[0])
         self.emit_channel_event(self._steps["in.exec_answer"][0][1], ch)
         try:
             sock = gevent.socket.create_connection(self.socket_target, timeout=5)
