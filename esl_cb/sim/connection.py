@@ -311,6 +311,7 @@ class OutboundSession(EventSocket):
         self.connected = False
         self.myevents = False
         self.linger: int | None = None     # None: no linger; -1: forever; N seconds
+        self.muted = False                  # set when the hangup events lose the race (capture 11)
         self._linger_timer: gevent.Greenlet | None = None
         channel.session = self
 

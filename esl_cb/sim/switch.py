@@ -203,6 +203,8 @@ class Switch:
         self._steps = profile()["steps"]
         self._events = profile()["events"]
         self.profile_connect = profile()["connect"]
+        # Capture 11: without linger, the disconnect notice can overtake every hangup event.
+        self.nolinger_race = False
         self.caller_name: str | None = None   # caller-id name of injected calls (default: the number)
 
     # -- time ------------------------------------------------------------
@@ -217,7 +219,7 @@ class Switch:
         for listener in list(self.listeners):
             listener.deliver(event)
         ch = self.channels.get(event.channel_uuid)
-        if ch is not None and ch.session is not None:
+        if ch is not None and ch.session is not None and not ch.session.muted:
             ch.session.deliver(event)
 
     def emit_step(self, step: str, a: Channel, b: Channel | None = None,
@@ -436,6 +438,8 @@ class Switch:
             if c is not None and c.app_greenlet is not None and not c.app_greenlet.dead \
                     and c.app_greenlet is not gevent.getcurrent():
                 c.app_greenlet.kill(Hangup(), block=False)
+        if self.nolinger_race and ch.session is not None and ch.session.linger is None:
+            ch.session.muted = True
         if peer is not None:
             self.emit_step("bridge.hangup", ch, peer)
         elif ch.direction == "outbound":
@@ -522,8 +526,13 @@ class Switch:
             cid_num=from_number, cid_name=self.caller_name or from_number, dest=to_did)
         ch.state = "answered"
         ch.times["answered"] = self.now_us()
-        ch.start_app("answer", "", str(uuidlib.uuid4()))
-        self.emit_step("in.arrive", ch)
+        answer_uuid = str(uuidlib.uuid4())
+
+        def run_answer(name: str, c: Channel) -> bool:
+            if name == "CHANNEL_EXECUTE":         # the dialplan's answer starts here
+                c.start_app("answer", "", answer_uuid)
+            return False
+        self.emit_step("in.arrive", ch, skip=run_answer)
         ch.answered_event.set()
         return ch
 
