@@ -1,6 +1,11 @@
-"""Shared fixtures: the simulator on port 0 and real PostgreSQL databases."""
+"""Shared fixtures: the simulator on port 0, real PostgreSQL databases, a running controller."""
 from __future__ import annotations
 
+import os
+import uuid
+
+import gevent
+import psycopg2
 import pytest
 
 from esl_cb.sim.events import Identity
@@ -8,6 +13,7 @@ from esl_cb.sim.server import Simulator
 
 LAB = Identity(core_uuid="aadb703e-a2e0-49c9-a225-eac6612582c4", hostname="fs-lab", ipv4="192.0.2.2",
                ipv6="fd00::2", version="1.11.3-dev~64bit")
+PG_ADMIN = os.environ.get("ESL_CB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture
@@ -16,3 +22,53 @@ def sim():
     s = Simulator(("127.0.0.1", 0), identity=LAB, heartbeat=0, max_sessions=100).start()
     yield s
     s.stop()
+
+
+def _admin():
+    try:
+        conn = psycopg2.connect(PG_ADMIN, connect_timeout=5)
+    except psycopg2.OperationalError as e:
+        pytest.fail(f"PostgreSQL is required for this test and is not reachable at {PG_ADMIN}: {e}\n"
+                    "Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                    pytrace=False)
+    conn.autocommit = True
+    return conn
+
+
+def create_database() -> str:
+    name = "eslcb_test_" + uuid.uuid4().hex[:12]
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
+    return f"{base}/{name}"
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A fresh, migrated PostgreSQL database for this test module."""
+    from esl_cb.db.migrate import upgrade
+
+    url = create_database()
+    upgrade(url)
+    yield url
+    drop_database(url)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    with gevent.Timeout(timeout, AssertionError(f"timed out after {timeout}s waiting for {what}")):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            gevent.sleep(interval)

@@ -166,8 +166,34 @@ def parse_dial_string(text: str) -> tuple[list[tuple[str, str]], str]:
             if not item:
                 continue
             k, _, v = item.partition("=")
-            variables.append((k.strip(), v.replace("\\,", ",").strip("'")))
+            variables.append((k.strip(), v.replace("\\,", ",").strip("'\"")))
     return variables, rest
+
+
+def split_args(text: str) -> list[str]:
+    """Split on spaces outside {...}, [...] and quotes, like FreeSWITCH's originate does."""
+    out, cur, depth, quote = [], [], 0, ""
+    for ch in text.strip():
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = ""
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth = max(depth - 1, 0)
+        elif ch == " " and depth == 0:
+            if cur:
+                out.append("".join(cur))
+                cur = []
+            continue
+        cur.append(ch)
+    if cur:
+        out.append("".join(cur))
+    return out
 
 
 def endpoint_user(dial: str) -> str:
@@ -200,6 +226,7 @@ class Switch:
         # What the switch received, for tests and benchmarks: (time, kind, text).
         self.command_log: list[tuple[float, str, str]] = []
         self.originates: list[dict] = []
+        self.answered_at: dict[str, float] = {}     # leg uuid -> when the far end answered
         self._steps = profile()["steps"]
         self._events = profile()["events"]
         self.profile_connect = profile()["connect"]
@@ -313,7 +340,7 @@ class Switch:
 
         Raises OriginateError for what FreeSWITCH rejects before any channel exists.
         """
-        words = arg.split()
+        words = split_args(arg)
         if not words:
             raise OriginateError("USAGE")
         dial_full, target = words[0], " ".join(words[1:]) or "&park()"
@@ -378,6 +405,7 @@ class Switch:
                 self._fail(ch, "NO_ANSWER")
                 return
             ch.times["answered"] = self.now_us()
+            self.answered_at[ch.uuid] = self.clock()
             ch.state = "answered"
             self.emit_step("out.answer", ch)
             ch.answered_event.set()

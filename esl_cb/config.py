@@ -1,0 +1,112 @@
+"""Controller settings, in layers: defaults < config file < ESL_CB_* environment < command line."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .esl.commands import UnsafeDialString, dial_for
+from .netaddr import parse_hostport
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    esl: str = "127.0.0.1:8021"
+    esl_password: str = "ClueCon"
+    listen: str = "127.0.0.1:8084"
+    db: str = ""
+    script: str = ""
+    dial_template: str = "sofia/gateway/pstn/{number}"
+    ports: int = 30                   # voice ports the callback dialler may use at once
+    retry_interval: float = 300.0     # seconds between callback attempts
+    max_attempts: int = 3
+    agent_ring_timeout: int = 20      # seconds an agent's phone rings before it counts as refused
+    callback_ring_timeout: int = 30   # seconds the customer's phone rings per attempt
+    refused_reset: float = 0.0        # seconds after which a Refused agent is Available again; 0 = never
+    region: str = "US"                # how national numbers (no +) are read
+    controller_id: str = ""
+    poll_interval: float = 1.0        # backstop: look for work even when nobody woke us
+    metrics_port: int = 0
+
+    def validate(self) -> "Settings":
+        for name in ("esl", "listen"):
+            try:
+                parse_hostport(getattr(self, name))
+            except ValueError as e:
+                raise ConfigError(f"{name}: {e}") from None
+        if not self.db:
+            raise ConfigError("no database: pass --db URL or set ESL_CB_DATABASE_URL "
+                              "(e.g. postgresql+psycopg2://postgres@127.0.0.1/eslcb)")
+        try:
+            dial_for(self.dial_template, "+13125550100")
+        except UnsafeDialString as e:
+            raise ConfigError(f"dial_template: {e}") from None
+        if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
+            raise ConfigError("dial_template must contain {number} (E.164, with +) or {digits}")
+        for name in ("ports", "max_attempts", "agent_ring_timeout", "callback_ring_timeout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.retry_interval < 0:
+            raise ConfigError("retry_interval cannot be negative")
+        if not self.controller_id:
+            self.controller_id = f"{socket.gethostname()}:{os.getpid()}"
+        return self
+
+    def masked(self) -> dict:
+        """For the start-up log line: never the password."""
+        out = asdict(self)
+        out["esl_password"] = "***"
+        if "@" in out["db"] and ":" in out["db"].split("@")[0].split("//")[-1]:
+            scheme, rest = out["db"].split("//", 1)
+            user = rest.split("@")[0].split(":")[0]
+            out["db"] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+        return out
+
+
+ENV_PREFIX = "ESL_CB_"
+
+
+def load_settings(config_file: str | None = None, overrides: dict | None = None,
+                  environ: dict | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    names = {f.name: f for f in fields(Settings)}
+    if config_file:
+        path = Path(config_file)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {path} must be a mapping of setting: value")
+        for key, value in doc.items():
+            k = str(key).replace("-", "_")
+            if k not in names:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}; known: {', '.join(names)}")
+            values[k] = value
+    for k in names:
+        env = environ.get(ENV_PREFIX + k.upper())
+        if env is not None:
+            values[k] = env
+    if "db" not in values and environ.get("ESL_CB_DATABASE_URL"):
+        values["db"] = environ["ESL_CB_DATABASE_URL"]
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    settings = Settings()
+    for k, v in values.items():
+        typ = type(getattr(settings, k))
+        try:
+            setattr(settings, k, typ(v))
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {k}: {v!r} is not a valid {typ.__name__}") from None
+    return settings

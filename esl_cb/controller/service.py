@@ -1,0 +1,548 @@
+"""The controller: wires FreeSWITCH (ESL), the store and the scripts together and owns the greenlets.
+
+Flow of a contact (SPEC 2 and 3):
+  caller arrives -> script (Reqagent queues it) -> dispatcher offers it to the
+  longest-idle agent (originates the agent's phone) -> agent answers ->
+    live caller: bridge at once;
+    callback: wait CallDelaySec (a persisted due time), dial the customer,
+              bridge when they answer; busy/no answer releases the agent and
+              retries later.
+Every step is stored (guarded by the expected state) before it is acted on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import gevent
+from gevent.event import Event as GEvent
+from gevent.queue import Queue
+from sqlalchemy.exc import SQLAlchemyError
+
+from esl_cb.config import Settings
+from esl_cb.db.store import DialPlan, Offer, Store, utcnow
+from esl_cb.domain import script as scripts
+from esl_cb.domain.numbers import storable
+from esl_cb.domain.runtime import CallerGone, ConnectedToAgent, ScriptRunner
+from esl_cb.domain.states import ContactState as C
+from esl_cb.domain.states import Outcome
+from esl_cb.esl import commands
+from esl_cb.esl.inbound import ESLError, Event, InboundConnection
+from esl_cb.esl.outbound import CallChannel, CallServer
+from esl_cb.netaddr import parse_hostport
+
+from .call import ChannelCall, LiveCall, StoreQueue
+
+log = logging.getLogger(__name__)
+
+EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "BACKGROUND_JOB"]
+# Causes that say the switch (not the person) could not place the call: try again shortly.
+SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION"}
+RESULT_OF_CAUSE = {"USER_BUSY": "busy", "NO_ANSWER": "no_answer", "NO_USER_RESPONSE": "no_answer",
+                   "CALL_REJECTED": "rejected", "ORIGINATOR_CANCEL": "cancelled"}
+
+
+@dataclass
+class LegWatch:
+    """One leg we placed or are watching; its events are handled in order by one greenlet."""
+
+    uuid: str
+    kind: str                                  # agent | callback | caller
+    contact_id: int
+    offer: Offer | None = None
+    plan: DialPlan | None = None
+    answered: bool = False
+    queue: Queue = field(default_factory=Queue)
+    worker: gevent.Greenlet | None = None
+
+
+class Controller:
+    def __init__(self, settings: Settings, store: Store | None = None, script: scripts.Script | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.db, settings.controller_id)
+        self.script = script or scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
+        self.esl: InboundConnection | None = None
+        self.server: CallServer | None = None
+        self.legs: dict[str, LegWatch] = {}
+        self.jobs: dict[str, str] = {}            # Job-UUID -> leg uuid
+        self.calls: dict[int, LiveCall] = {}      # contact id -> live caller
+        self.timers: dict[int, gevent.Greenlet] = {}
+        self.ports_in_use = 0
+        self._port_freed = GEvent()
+        self._wake = GEvent()
+        self._running = False
+        self._greenlets: list[gevent.Greenlet] = []
+        self.esl_ready = GEvent()
+        self.reconnects = 0
+
+    # -- life cycle -----------------------------------------------------
+    def start(self) -> "Controller":
+        self._running = True
+        host, port = parse_hostport(self.settings.listen)
+        self.server = CallServer(host, port, self._on_call)
+        self._greenlets.append(gevent.spawn(self.server.listen))
+        if not self.server.ready.wait(5):
+            raise RuntimeError("outbound-socket server did not start")
+        self._greenlets.append(gevent.spawn(self._keep_esl))
+        self._greenlets.append(gevent.spawn(self._dispatch_loop))
+        log.info("controller %s started: %s", self.settings.controller_id, self.settings.masked())
+        return self
+
+    @property
+    def listen_port(self) -> int:
+        return self.server.bound_port if self.server else 0
+
+    def stop(self) -> None:
+        self._running = False
+        if self.server is not None:
+            self.server.stop()
+        if self.esl is not None:
+            self.esl.close()
+        for g in list(self.timers.values()) + self._greenlets:
+            g.kill(block=False)
+        for call in list(self.calls.values()):
+            if call.greenlet is not None:
+                call.greenlet.kill(block=False)
+
+    def wake_dispatcher(self) -> None:
+        self._wake.set()
+
+    def _keep_esl(self) -> None:
+        """Stay connected to FreeSWITCH: reconnect with backoff, then reconcile."""
+        backoff = 0.1
+        ehost, eport = parse_hostport(self.settings.esl)
+        while self._running:
+            lost = GEvent()
+            conn = InboundConnection(ehost, eport, self.settings.esl_password, self._on_event, lost.set)
+            try:
+                conn.connect(EVENTS)
+            except ESLError as e:
+                log.warning("FreeSWITCH not reachable (%s); retrying in %.1fs", e, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.esl = conn
+            log.info("connected to FreeSWITCH at %s:%d", ehost, eport)
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconciling with FreeSWITCH failed; will retry on the next poll")
+            self.esl_ready.set()
+            self.wake_dispatcher()
+            lost.wait()
+            self.esl_ready.clear()
+            if self._running:
+                self.reconnects += 1
+                log.warning("lost the ESL connection to FreeSWITCH; reconnecting")
+
+    # -- events from the inbound connection (never block here) ---------
+    def _on_event(self, ev: Event) -> None:
+        name = ev.name
+        if name == "BACKGROUND_JOB":
+            leg = self.jobs.pop(ev.get("Job-UUID"), None)
+            watch = self.legs.get(leg) if leg else None
+        else:
+            watch = self.legs.get(ev.uuid)
+        if watch is not None:
+            watch.queue.put(ev)
+
+    def _watch(self, watch: LegWatch) -> LegWatch:
+        self.legs[watch.uuid] = watch
+        watch.worker = gevent.spawn(self._leg_worker, watch)
+        return watch
+
+    def _leg_worker(self, watch: LegWatch) -> None:
+        handler = {"agent": self._agent_event, "callback": self._callback_event, "caller": self._caller_event}[watch.kind]
+        while True:
+            ev = watch.queue.get()
+            try:
+                done = handler(watch, ev)
+            except SQLAlchemyError as e:
+                log.error("contact %s leg %s: database error handling %s: %s", watch.contact_id, watch.uuid,
+                          ev.name, e)
+                done = False
+            except Exception:
+                log.exception("contact %s leg %s: handling %s failed", watch.contact_id, watch.uuid, ev.name)
+                done = False
+            if done:
+                self.legs.pop(watch.uuid, None)
+                return
+
+    def _api(self, cmd: str) -> str:
+        if self.esl is None or not self.esl.connected:
+            raise ESLError("not connected to FreeSWITCH")
+        return self.esl.api(cmd)
+
+    def _kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> None:
+        if not uuid:
+            return
+        try:
+            self._api(f"uuid_kill {uuid} {cause}")
+        except ESLError as e:
+            log.warning("could not hang up %s: %s", uuid, e)
+
+    # -- dispatching offers ---------------------------------------------
+    def _dispatch_loop(self) -> None:
+        while self._running:
+            self._wake.wait(timeout=self.settings.poll_interval)
+            self._wake.clear()
+            if not self.esl_ready.is_set():
+                continue
+            try:
+                self._reset_refused()
+                while self._running:
+                    offer = self.store.claim_offer(str(uuidlib.uuid4()))
+                    if offer is None:
+                        break
+                    self._start_offer(offer)
+            except SQLAlchemyError as e:
+                log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
+                gevent.sleep(min(self.settings.poll_interval, 1.0))
+
+    def _reset_refused(self) -> None:
+        if self.settings.refused_reset > 0:
+            self.store.reset_refused(self.settings.refused_reset)
+
+    def _start_offer(self, offer: Offer) -> None:
+        watch = self._watch(LegWatch(offer.agent_leg_uuid, "agent", offer.contact_id, offer=offer))
+        number = offer.contact_number or "0"
+        label = f"Callback {number}" if offer.callback else f"{offer.skill} {number}"
+        cmd = commands.originate(offer.agent_leg_uuid, offer.dial_string, {
+            "origination_caller_id_number": number, "origination_caller_id_name": label,
+            "esl_cb_contact_id": offer.contact_id, "esl_cb_role": "agent",
+            "originate_timeout": self.settings.agent_ring_timeout, "ignore_early_media": "true"})
+        job = str(uuidlib.uuid4())
+        self.jobs[job] = offer.agent_leg_uuid
+        log.info("contact %s offered to agent %s on leg %s", offer.contact_id, offer.agent_name,
+                 offer.agent_leg_uuid)
+        try:
+            self.esl.bgapi(cmd, job_uuid=job)
+        except (ESLError, AttributeError) as e:
+            self.jobs.pop(job, None)
+            self.legs.pop(offer.agent_leg_uuid, None)
+            watch.worker.kill(block=False)
+            log.error("contact %s: could not ring agent %s: %s", offer.contact_id, offer.agent_name, e)
+            self.store.offer_failed(offer, refused=False, reason="switch unreachable")
+
+    def _agent_event(self, watch: LegWatch, ev: Event) -> bool:
+        offer = watch.offer
+        name = ev.name
+        if name == "BACKGROUND_JOB":
+            result = ev.body.decode(errors="replace").strip()
+            if result.startswith("-ERR") and not watch.answered:
+                cause = result[4:].strip() or "UNKNOWN"
+                refused = cause not in SWITCH_LIMIT_CAUSES
+                self.store.offer_failed(offer, refused=refused,
+                                        reason=f"agent {'did not take the call' if refused else 'not reachable'} "
+                                               f"({cause})")
+                self.wake_dispatcher()
+                if cause in ("CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED",
+                             "DESTINATION_OUT_OF_ORDER"):
+                    return True       # no channel was ever created: no hangup events will follow
+            return False
+        if name == "CHANNEL_ANSWER":
+            watch.answered = True
+            self._agent_answered(watch)
+            return False
+        if name == "CHANNEL_HANGUP":
+            if watch.answered:
+                self._agent_hung_up(watch, ev.get("Hangup-Cause"))
+            return False
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), watch.answered)
+            return True
+        return False
+
+    def _agent_answered(self, watch: LegWatch) -> None:
+        offer = watch.offer
+        contact = self.store.contact(offer.contact_id)
+        if contact.state != C.OFFERED.value or contact.agent_leg_uuid != offer.agent_leg_uuid:
+            log.info("contact %s: agent %s answered but the contact is %s; hanging up the agent",
+                     offer.contact_id, offer.agent_name, contact.state)
+            self._kill(watch.uuid)
+            return
+        if not contact.callback_requested:
+            live = self.calls.get(offer.contact_id)
+            if not self.store.accept_live(offer):
+                self._kill(watch.uuid)
+                return
+            if live is not None:
+                live.connected = True
+            reply = self._api(f"uuid_bridge {contact.caller_uuid} {watch.uuid}")
+            if not reply.startswith("+OK"):
+                log.error("contact %s: bridging caller %s to agent %s failed: %s", offer.contact_id,
+                          contact.caller_uuid, offer.agent_name, reply.strip())
+                self._kill(watch.uuid)
+                return
+            log.info("contact %s connected to agent %s (live)", offer.contact_id, offer.agent_name)
+            if live is not None and live.greenlet is not None:
+                live.greenlet.kill(ConnectedToAgent(), block=False)
+            return
+        if contact.call_delay_sec >= 60:
+            # SPEC 2 rule 4: the documented behaviour of the original.
+            log.error("contact %s (script %s): CallDelaySec %s is 60 or more; agent %s Refused, contact keeps "
+                      "its place", contact.id, contact.script, contact.call_delay_sec, offer.agent_name)
+            self.store.refuse_accepted(offer, f"CallDelaySec {contact.call_delay_sec} >= 60")
+            watch.answered = False
+            self._kill(watch.uuid)
+            self.wake_dispatcher()
+            return
+        due = self.store.accept_callback(offer, contact.call_delay_sec)
+        if due is None:
+            self._kill(watch.uuid)
+            return
+        log.info("contact %s accepted by agent %s; dialling %s at %s", contact.id, offer.agent_name,
+                 contact.callback_number, due.isoformat())
+        self._schedule_dial(contact.id, due)
+
+    def _schedule_dial(self, contact_id: int, due: datetime) -> None:
+        delay = max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+        old = self.timers.pop(contact_id, None)
+        if old is not None:
+            old.kill(block=False)
+        self.timers[contact_id] = gevent.spawn_later(delay, self._dial, contact_id)
+
+    def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
+        cid = watch.contact_id
+        contact = self.store.contact(cid)
+        if contact.agent_leg_uuid != watch.uuid and contact.state != C.CONNECTED.value:
+            return
+        if contact.state == C.ACCEPTED.value:
+            timer = self.timers.pop(cid, None)
+            if timer is not None:
+                timer.kill(block=False)
+            if self.store.agent_left_before_dial(cid, f"agent hung up during CallDelaySec ({cause})"):
+                self.wake_dispatcher()
+        elif contact.state == C.DIALLING.value:
+            self._kill(contact.callback_leg_uuid, "ORIGINATOR_CANCEL")
+            self.store.dial_failed(cid, contact.callback_leg_uuid, "agent_hangup", 0, self.settings.max_attempts,
+                                   counts=False)
+            self.wake_dispatcher()
+        elif contact.state == C.CONNECTED.value:
+            if self.store.complete(cid, f"agent hung up ({cause})"):
+                self.wake_dispatcher()
+
+    # -- dialling the customer back -------------------------------------
+    def _dial(self, contact_id: int) -> None:
+        self.timers.pop(contact_id, None)
+        while self.ports_in_use >= self.settings.ports:
+            log.info("contact %s: all %d ports busy; the callback waits for one", contact_id, self.settings.ports)
+            self._port_freed.clear()
+            self._port_freed.wait(timeout=1.0)
+        leg = str(uuidlib.uuid4())
+        plan = self.store.start_dial(contact_id, leg)       # persisted before the originate
+        if plan is None:
+            return
+        self.ports_in_use += 1
+        watch = self._watch(LegWatch(leg, "callback", contact_id, plan=plan))
+        try:
+            dial = commands.dial_for(self.settings.dial_template, plan.number)
+            cmd = commands.originate(leg, dial, {
+                "origination_caller_id_number": plan.caller_id, "origination_caller_id_name": plan.caller_id,
+                "esl_cb_contact_id": contact_id, "esl_cb_role": "callback", "esl_cb_attempt": plan.attempt_no,
+                "originate_timeout": self.settings.callback_ring_timeout, "ignore_early_media": "true"})
+            job = str(uuidlib.uuid4())
+            self.jobs[job] = leg
+            log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
+                     plan.caller_id, leg)
+            self.esl.bgapi(cmd, job_uuid=job)
+        except (ESLError, commands.UnsafeDialString, AttributeError) as e:
+            log.error("contact %s: dial failed before reaching the switch: %s", contact_id, e)
+            self._release_port(watch)
+            self.legs.pop(leg, None)
+            self.store.dial_failed(contact_id, leg, "switch_error", self.settings.retry_interval,
+                                   self.settings.max_attempts)
+            self._kill(plan.agent_leg_uuid)
+            self.wake_dispatcher()
+
+    def _release_port(self, watch: LegWatch) -> None:
+        if getattr(watch, "_port_released", False):
+            return
+        watch._port_released = True
+        self.ports_in_use -= 1
+        self._port_freed.set()
+
+    def _callback_event(self, watch: LegWatch, ev: Event) -> bool:
+        plan = watch.plan
+        name = ev.name
+        if name == "BACKGROUND_JOB":
+            result = ev.body.decode(errors="replace").strip()
+            if result.startswith("-ERR") and not watch.answered:
+                cause = result[4:].strip() or "UNKNOWN"
+                self._dial_failed(watch, cause)
+                if cause in ("CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED",
+                             "DESTINATION_OUT_OF_ORDER"):
+                    self._release_port(watch)
+                    return True
+            return False
+        if name == "CHANNEL_ANSWER":
+            watch.answered = True
+            if not self.store.dial_answered(plan.contact_id, watch.uuid):
+                self._kill(watch.uuid)
+                return False
+            reply = self._api(f"uuid_bridge {plan.agent_leg_uuid} {watch.uuid}")
+            if not reply.startswith("+OK"):
+                log.error("contact %s: bridging agent leg %s to customer %s failed: %s", plan.contact_id,
+                          plan.agent_leg_uuid, watch.uuid, reply.strip())
+                self._kill(watch.uuid)
+            else:
+                log.info("contact %s: customer answered and is connected to the agent", plan.contact_id)
+            return False
+        if name == "CHANNEL_HANGUP":
+            if watch.answered and self.store.complete(plan.contact_id, f"customer hung up "
+                                                                        f"({ev.get('Hangup-Cause')})"):
+                self.wake_dispatcher()
+            return False
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), watch.answered)
+            self._release_port(watch)
+            return True
+        return False
+
+    def _dial_failed(self, watch: LegWatch, cause: str) -> None:
+        plan = watch.plan
+        if cause in SWITCH_LIMIT_CAUSES:
+            # The switch is at a limit: not the customer's doing, try again shortly.
+            outcome = self.store.dial_failed(plan.contact_id, watch.uuid, "switch_busy", 1.0,
+                                             self.settings.max_attempts, counts=False)
+        else:
+            result = RESULT_OF_CAUSE.get(cause, "failed")
+            outcome = self.store.dial_failed(plan.contact_id, watch.uuid, result, self.settings.retry_interval,
+                                             self.settings.max_attempts)
+            log.info("contact %s attempt %d: %s (%s)%s", plan.contact_id, plan.attempt_no, result, cause,
+                     "; callback failed" if outcome is Outcome.CALLBACK_FAILED else "; will retry")
+        self._kill(plan.agent_leg_uuid)       # the agent waited on the line: release them
+        self.wake_dispatcher()
+
+    # -- live callers (outbound socket) ---------------------------------
+    def _on_call(self, channel: CallChannel) -> None:
+        data = channel.data
+        ani = data.get("Caller-Caller-ID-Number", "")
+        dnis = data.get("Caller-Destination-Number", "")
+        try:
+            contact_id = self.store.create_contact(channel.uuid, storable(ani), storable(dnis), self.script.name,
+                                                   storable(ani), storable(dnis))
+        except SQLAlchemyError as e:
+            log.error("call %s: database unavailable, cannot take the call (%s)", channel.uuid, type(e).__name__)
+            channel.hangup("NORMAL_TEMPORARY_FAILURE")
+            return
+        live = LiveCall(contact_id, channel)
+        live.greenlet = gevent.getcurrent()
+        self.calls[contact_id] = live
+        self._watch(LegWatch(channel.uuid, "caller", contact_id))
+
+        def gone() -> None:
+            if not live.expect_hangup and not live.connected and live.greenlet is not None:
+                live.greenlet.kill(CallerGone(), block=False)
+        channel.on_gone = gone
+        runner = ScriptRunner(self.script, ChannelCall(live), StoreQueue(self, contact_id),
+                              {"ANI": ani, "DNIS": dnis, "ContactID": str(contact_id)},
+                              default_region=self.settings.region, contact_label=f"contact {contact_id}")
+        try:
+            try:
+                result = runner.run()
+            except (CallerGone, ConnectedToAgent) as e:     # raised between two actions
+                result = None
+                ended_by = "agent" if isinstance(e, ConnectedToAgent) else "caller"
+            else:
+                ended_by = result.ended_by
+            if ended_by == "agent" or live.connected:
+                live.greenlet = None
+                channel.gone.wait()
+                return
+            in_callback = bool(result and result.in_callback)
+            self._script_ended(contact_id, ended_by, in_callback)
+            if not channel.gone.is_set():
+                live.expect_hangup = True
+                channel.hangup()
+                channel.gone.wait(timeout=5)
+        finally:
+            self.calls.pop(contact_id, None)
+
+    def _script_ended(self, contact_id: int, ended_by: str, in_callback: bool) -> None:
+        if in_callback:
+            return
+        reason = "caller hung up" if ended_by == "caller" else "script ended"
+        try:
+            if self.store.end_contact(contact_id, [C.ARRIVED], Outcome.NOT_QUEUED, reason):
+                return
+            if self.store.end_contact(contact_id, [C.QUEUED], Outcome.ABANDONED, reason):
+                return
+            agent_id = self.store.abandon_offer(contact_id, reason)
+            if agent_id is not None:
+                contact = self.store.contact(contact_id)
+                self._kill(contact.agent_leg_uuid)
+                self.wake_dispatcher()
+        except SQLAlchemyError as e:
+            log.error("contact %s: could not record the end of the call (%s); reconcile will", contact_id, e)
+
+    def _caller_event(self, watch: LegWatch, ev: Event) -> bool:
+        if ev.name == "CHANNEL_HANGUP":
+            contact = self.store.contact(watch.contact_id)
+            if contact.state == C.CONNECTED.value and not contact.callback_requested:
+                if self.store.complete(watch.contact_id, f"caller hung up ({ev.get('Hangup-Cause')})"):
+                    self.wake_dispatcher()
+        if ev.name == "CHANNEL_HANGUP_COMPLETE":
+            self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), True)
+            return True
+        return False
+
+    # -- start-up reconciliation ----------------------------------------
+    def reconcile(self) -> None:
+        """Rebuild from the database and FreeSWITCH: nothing stuck, nothing dialled twice."""
+        exists = lambda uuid: bool(uuid) and self._api(f"uuid_exists {uuid}").strip() == "true"  # noqa: E731
+        for c in self.store.contacts_in([C.ARRIVED, C.QUEUED]):
+            if c.id not in self.calls and not exists(c.caller_uuid):
+                self.store.end_contact(c.id, [C(c.state)], Outcome.ABANDONED if c.state == C.QUEUED.value
+                                       else Outcome.NOT_QUEUED, "caller gone while the controller was away")
+        for c in self.store.contacts_in([C.OFFERED]):
+            if c.agent_leg_uuid in self.legs:
+                continue
+            offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, c.callback_requested, c.caller_uuid,
+                          c.callback_number or c.original_ani, "")
+            self._kill(c.agent_leg_uuid)
+            if c.callback_requested or exists(c.caller_uuid):
+                self.store.offer_failed(offer, refused=False, reason="offer interrupted by a restart")
+            else:
+                self.store.abandon_offer(c.id, "caller gone while the controller was away")
+        for c in self.store.contacts_in([C.ACCEPTED]):
+            if c.id in self.timers:
+                continue
+            if exists(c.agent_leg_uuid):
+                offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, True, None, c.callback_number or "", "")
+                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True))
+                self._schedule_dial(c.id, c.dial_due_at.replace(tzinfo=c.dial_due_at.tzinfo or timezone.utc))
+            else:
+                self.store.agent_left_before_dial(c.id, "agent leg gone while the controller was away")
+        for c in self.store.contacts_in([C.DIALLING]):
+            if c.callback_leg_uuid in self.legs:
+                continue
+            if exists(c.callback_leg_uuid) and exists(c.agent_leg_uuid):
+                plan = DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id,
+                                c.attempts, c.callback_leg_uuid)
+                offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, True, None, c.callback_number or "", "")
+                self.ports_in_use += 1
+                self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan))
+                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True))
+            else:
+                self._kill(c.callback_leg_uuid)
+                self._kill(c.agent_leg_uuid)
+                self.store.dial_failed(c.id, c.callback_leg_uuid, "interrupted", 0, self.settings.max_attempts,
+                                       counts=False)
+        for c in self.store.contacts_in([C.CONNECTED]):
+            legs = [c.caller_uuid, c.agent_leg_uuid, c.callback_leg_uuid]
+            if any(u in self.legs for u in legs if u):
+                continue
+            if not any(exists(u) for u in legs if u):
+                self.store.complete(c.id, "ended while the controller was away")
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None

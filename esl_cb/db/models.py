@@ -1,0 +1,154 @@
+"""SQLAlchemy models: the database is the source of truth for every contact and agent."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite so ids still autoincrement.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Skill(Base):
+    __tablename__ = "skills"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    dial_string: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="LoggedOut")
+    state_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Longest idle first: the time the agent last became free.
+    available_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    contact_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    leg_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AgentSkill(Base):
+    __tablename__ = "agent_skills"
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    skill_id: Mapped[int] = mapped_column(ForeignKey("skills.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    direction: Mapped[str] = mapped_column(String(8), default="inbound")
+    state: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    script: Mapped[str] = mapped_column(String(255), default="")
+    skill_id: Mapped[int | None] = mapped_column(ForeignKey("skills.id"), nullable=True)
+    caller_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    original_ani: Mapped[str] = mapped_column(String(32), default="")
+    original_dnis: Mapped[str] = mapped_column(String(32), default="")
+    ani: Mapped[str] = mapped_column(String(32), default="")
+    dnis: Mapped[str] = mapped_column(String(32), default="")
+    priority_initial: Mapped[float] = mapped_column(Float, default=0)
+    priority_acceleration: Mapped[float] = mapped_column(Float, default=0)
+    priority_max: Mapped[float] = mapped_column(Float, default=0)
+    callback_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    callback_number: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    callback_caller_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    call_delay_sec: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), nullable=True)
+    agent_leg_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    callback_leg_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    dial_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    arrived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    callback_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    offered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dialled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (
+        Index("ix_contacts_state_skill", "state", "skill_id"),
+        Index("ix_contacts_callback_number", "callback_number", "skill_id"),
+    )
+
+
+class Leg(Base):
+    """One telephony leg as billed: the caller's, the agent's, or the callback to the customer."""
+
+    __tablename__ = "legs"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(16))           # caller | agent | callback
+    direction: Mapped[str] = mapped_column(String(8))       # inbound | outbound
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), nullable=True)
+    from_number: Mapped[str] = mapped_column(String(64), default="")
+    to_number: Mapped[str] = mapped_column(String(255), default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    billsec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    hangup_cause: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class CallbackAttempt(Base):
+    __tablename__ = "callback_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    leg_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), nullable=True)
+    number: Mapped[str] = mapped_column(String(32))
+    caller_id: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    result: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    __table_args__ = (UniqueConstraint("contact_id", "attempt_no"),)
+
+
+REPORTING_VIEW = """
+CREATE VIEW reporting_contacts AS
+SELECT c.id AS contact_id,
+       c.direction,
+       s.name AS skill,
+       c.original_ani, c.original_dnis, c.ani, c.dnis,
+       c.priority_initial, c.priority_acceleration, c.priority_max,
+       c.callback_requested,
+       c.callback_number,
+       c.arrived_at, c.queued_at, c.callback_requested_at, c.offered_at, c.accepted_at,
+       c.dialled_at, c.connected_at, c.ended_at,
+       a.name AS agent,
+       c.state,
+       c.outcome,
+       c.attempts
+FROM contacts c
+LEFT JOIN skills s ON s.id = c.skill_id
+LEFT JOIN agents a ON a.id = c.agent_id
+"""
+
+BILLING_VIEW = """
+CREATE VIEW billing_legs AS
+SELECT l.uuid,
+       l.contact_id,
+       CASE l.kind WHEN 'caller' THEN 'inbound' ELSE 'outbound' END AS direction,
+       l.kind,
+       a.name AS agent,
+       l.from_number, l.to_number,
+       l.started_at, l.answered_at, l.ended_at,
+       COALESCE(l.billsec, 0) AS billable_seconds,
+       l.hangup_cause
+FROM legs l
+LEFT JOIN agents a ON a.id = l.agent_id
+"""

@@ -1,0 +1,480 @@
+"""Persistence: every state change of a contact or agent, written before anyone acts on it.
+
+Each transition is one guarded UPDATE (... WHERE id = :id AND state = :expected).
+Zero rows updated means someone else (another controller, a hangup) got there
+first: callers get False or a StaleState error, never a silent no-op.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterable
+
+from sqlalchemy import Engine, and_, create_engine, event, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from esl_cb.domain.queue import Priority, order_key
+from esl_cb.domain.states import AgentState as A
+from esl_cb.domain.states import ContactState as C
+from esl_cb.domain.states import Outcome
+
+from .models import Agent, AgentSkill, CallbackAttempt, Contact, Leg, Skill
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class StoreError(Exception):
+    """A persistence operation that cannot be done as asked (the message says why)."""
+
+
+class StaleState(StoreError):
+    """The row was not in the state the caller expected."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A contact and an agent claimed for each other in one transaction."""
+
+    contact_id: int
+    agent_id: int
+    agent_name: str
+    dial_string: str
+    agent_leg_uuid: str
+    callback: bool
+    caller_uuid: str | None
+    contact_number: str
+    skill: str
+
+
+@dataclass(frozen=True)
+class DialPlan:
+    contact_id: int
+    agent_id: int
+    agent_leg_uuid: str
+    number: str
+    caller_id: str
+    attempt_no: int
+    leg_uuid: str
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class Store:
+    def __init__(self, url_or_engine: str | Engine, controller_id: str = "") -> None:
+        self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self.controller_id = controller_id
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- skills and agents ----------------------------------------------
+    def skill_id(self, conn, name: str, create: bool = True) -> int:
+        sid = conn.execute(select(Skill.id).where(Skill.name == name)).scalar()
+        if sid is None:
+            if not create:
+                raise NotFound(f"no skill named {name!r}")
+            sid = conn.execute(insert(Skill).values(name=name).returning(Skill.id)).scalar()
+        return sid
+
+    def add_skill(self, name: str) -> int:
+        with self.engine.begin() as conn:
+            return self.skill_id(conn, name)
+
+    def list_skills(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(Skill.name).order_by(Skill.name)).scalars())
+
+    def add_agent(self, name: str, dial_string: str, skills: Iterable[str]) -> int:
+        with self.engine.begin() as conn:
+            if conn.execute(select(Agent.id).where(Agent.name == name)).scalar() is not None:
+                raise StoreError(f"agent {name!r} already exists; remove it first or pick another name")
+            aid = conn.execute(insert(Agent).values(
+                name=name, dial_string=dial_string, state=A.LOGGED_OUT.value,
+                state_changed_at=utcnow()).returning(Agent.id)).scalar()
+            for s in skills:
+                conn.execute(insert(AgentSkill).values(agent_id=aid, skill_id=self.skill_id(conn, s)))
+            return aid
+
+    def remove_agent(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
+            if row is None:
+                raise NotFound(f"no agent named {name!r}")
+            if row.state in (A.OFFERED.value, A.ON_CALL.value):
+                raise StoreError(f"agent {name!r} is {row.state}; make them unavailable and wait for the call to end")
+            conn.execute(AgentSkill.__table__.delete().where(AgentSkill.agent_id == row.id))
+            conn.execute(Agent.__table__.delete().where(Agent.id == row.id))
+
+    def agent(self, name: str):
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Agent.__table__).where(Agent.name == name)).first()
+        if row is None:
+            raise NotFound(f"no agent named {name!r}")
+        return row
+
+    def agents(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Agent.__table__).order_by(Agent.name)).all()
+            skills = conn.execute(select(AgentSkill.agent_id, Skill.name).join(Skill)).all()
+        by_agent: dict[int, list[str]] = {}
+        for aid, sname in skills:
+            by_agent.setdefault(aid, []).append(sname)
+        return [{"id": a.id, "name": a.name, "dial_string": a.dial_string, "state": a.state,
+                 "state_changed_at": _as_utc(a.state_changed_at), "available_since": _as_utc(a.available_since),
+                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
+
+    def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A]) -> A:
+        """Operator-driven agent state change (CLI); refused with the reason when not allowed."""
+        allowed = [s.value for s in allowed_from]
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
+            if row is None:
+                raise NotFound(f"no agent named {name!r}")
+            if row.state == to.value:
+                raise StoreError(f"agent {name!r} is already {to.value}")
+            if row.state not in allowed:
+                raise StoreError(f"agent {name!r} is {row.state}; it cannot go to {to.value} now")
+            values = dict(state=to.value, state_changed_at=utcnow())
+            if to is A.AVAILABLE:
+                values["available_since"] = utcnow()
+            res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))
+            if res.rowcount != 1:
+                raise StaleState(f"agent {name!r} changed state meanwhile; try again")
+            log.info("agent %s %s -[operator]-> %s", name, row.state, to.value)
+            return A(row.state)
+
+    # -- contacts -------------------------------------------------------
+    def create_contact(self, caller_uuid: str, ani: str, dnis: str, script: str, from_number: str,
+                       to_number: str) -> int:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            cid = conn.execute(insert(Contact).values(
+                direction="inbound", state=C.ARRIVED.value, script=script, caller_uuid=caller_uuid,
+                original_ani=ani, original_dnis=dnis, ani=ani, dnis=dnis, priority_initial=0,
+                priority_acceleration=0, priority_max=0, callback_requested=False, call_delay_sec=0,
+                attempts=0, arrived_at=now, controller_id=self.controller_id).returning(Contact.id)).scalar()
+            conn.execute(insert(Leg).values(uuid=caller_uuid, contact_id=cid, kind="caller", direction="inbound",
+                                            from_number=from_number, to_number=to_number, started_at=now,
+                                            answered_at=now))
+        log.info("contact %s created for call %s from %s to %s", cid, caller_uuid, ani, dnis)
+        return cid
+
+    def contact(self, contact_id: int):
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+        if row is None:
+            raise NotFound(f"no contact {contact_id}")
+        return row
+
+    def _move(self, conn, contact_id: int, expected: Iterable[C], to: C, reason: str, **values) -> bool:
+        expected = list(expected)
+        res = conn.execute(update(Contact).where(
+            Contact.id == contact_id, Contact.state.in_([s.value for s in expected])).values(state=to.value, **values))
+        if res.rowcount == 1:
+            log.info("contact %s %s -[%s]-> %s", contact_id, "|".join(s.value for s in expected), reason, to.value)
+            return True
+        return False
+
+    def queue_contact(self, contact_id: int, skill: str, priority: Priority) -> None:
+        with self.engine.begin() as conn:
+            sid = self.skill_id(conn, skill)
+            ok = self._move(conn, contact_id, [C.ARRIVED], C.QUEUED, "reqagent", skill_id=sid, queued_at=utcnow(),
+                            priority_initial=priority.initial, priority_acceleration=priority.acceleration,
+                            priority_max=priority.maximum)
+            if not ok:
+                # Reqagent again (another skill or new priorities) keeps the place in the queue.
+                ok = conn.execute(update(Contact).where(
+                    Contact.id == contact_id, Contact.state == C.QUEUED.value).values(
+                    skill_id=sid, priority_initial=priority.initial, priority_acceleration=priority.acceleration,
+                    priority_max=priority.maximum)).rowcount == 1
+            if not ok:
+                raise StaleState(f"contact {contact_id} cannot be queued now: {self._state(conn, contact_id)}")
+
+    def _state(self, conn, contact_id: int) -> str:
+        return conn.execute(select(Contact.state).where(Contact.id == contact_id)).scalar() or "missing"
+
+    def request_callback(self, contact_id: int, number: str, caller_id: str, delay: int, ani: str,
+                         dnis: str) -> None:
+        """The Callback action: durable before the caller is hung up (SPEC 2, rule 2)."""
+        now = utcnow()
+        values = dict(callback_requested=True, callback_number=number, callback_caller_id=caller_id,
+                      call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None)
+        with self.engine.begin() as conn:
+            if self._move(conn, contact_id, [C.QUEUED], C.CALLBACK_QUEUED, "callback", **values):
+                return
+            # An agent is being offered right now: the offer goes on, as a callback.
+            res = conn.execute(update(Contact).where(
+                Contact.id == contact_id, Contact.state == C.OFFERED.value).values(**values))
+            if res.rowcount == 1:
+                log.info("contact %s offered -[callback]-> offered (as a callback)", contact_id)
+                return
+            raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
+                             "contact (run Reqagent first)")
+
+    def end_contact(self, contact_id: int, expected: Iterable[C], outcome: Outcome, reason: str,
+                    error: str | None = None) -> bool:
+        with self.engine.begin() as conn:
+            return self._move(conn, contact_id, expected, C.ENDED, reason, outcome=outcome.value,
+                              ended_at=utcnow(), last_error=error)
+
+    def contacts_in(self, states: Iterable[C]) -> list[Contact]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(Contact.__table__).where(
+                Contact.state.in_([s.value for s in states])).order_by(Contact.id)).all())
+
+    # -- dispatch -------------------------------------------------------
+    def claim_offer(self, new_leg_uuid: str, busy_agents: set[int] = frozenset()) -> Offer | None:
+        """Pick the best waiting contact and the longest-idle available agent with its skill,
+        and mark both Offered in one transaction. None when nothing can be matched."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            waiting = conn.execute(select(
+                Contact.id, Contact.skill_id, Contact.state, Contact.queued_at, Contact.priority_initial,
+                Contact.priority_acceleration, Contact.priority_max, Contact.caller_uuid, Contact.callback_number,
+                Contact.original_ani, Contact.retry_at).where(
+                Contact.state.in_([C.QUEUED.value, C.CALLBACK_QUEUED.value]),
+                or_(Contact.retry_at.is_(None), Contact.retry_at <= now))).all()
+            if not waiting:
+                return None
+            agents = conn.execute(select(Agent.id, Agent.name, Agent.dial_string, Agent.available_since,
+                                         AgentSkill.skill_id).join(AgentSkill, AgentSkill.agent_id == Agent.id).where(
+                Agent.state == A.AVAILABLE.value)).all()
+            if not agents:
+                return None
+            by_skill: dict[int, list] = {}
+            for a in agents:
+                if a.id not in busy_agents:
+                    by_skill.setdefault(a.skill_id, []).append(a)
+            for lst in by_skill.values():
+                lst.sort(key=lambda a: (_as_utc(a.available_since) or now, a.id))
+            ordered = sorted(waiting, key=lambda c: order_key(
+                Priority(c.priority_initial, c.priority_acceleration, c.priority_max), _as_utc(c.queued_at), now, c.id))
+            for c in ordered:
+                for a in by_skill.get(c.skill_id, []):
+                    got_agent = conn.execute(update(Agent).where(
+                        Agent.id == a.id, Agent.state == A.AVAILABLE.value).values(
+                        state=A.OFFERED.value, state_changed_at=now, contact_id=c.id, leg_uuid=new_leg_uuid,
+                        controller_id=self.controller_id)).rowcount == 1
+                    if not got_agent:
+                        continue
+                    got_contact = self._move(conn, c.id, [C(c.state)], C.OFFERED, f"offer to {a.name}",
+                                             offered_at=now, agent_id=a.id, agent_leg_uuid=new_leg_uuid,
+                                             controller_id=self.controller_id)
+                    if not got_contact:
+                        conn.rollback()
+                        return None
+                    skill = conn.execute(select(Skill.name).where(Skill.id == c.skill_id)).scalar()
+                    log.info("agent %s Available -[offer contact %s]-> Offered", a.name, c.id)
+                    return Offer(c.id, a.id, a.name, a.dial_string, new_leg_uuid,
+                                 c.state == C.CALLBACK_QUEUED.value, c.caller_uuid,
+                                 c.callback_number or c.original_ani, skill)
+                    # (the first agent that could be claimed wins)
+        return None
+
+    def offer_failed(self, offer: Offer, refused: bool, reason: str) -> None:
+        """The agent declined, did not answer, or could not be rung: the contact keeps its place."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Contact.callback_requested, Contact.state).where(
+                Contact.id == offer.contact_id)).first()
+            back = C.CALLBACK_QUEUED if row and row.callback_requested else C.QUEUED
+            self._move(conn, offer.contact_id, [C.OFFERED], back, reason, agent_id=None, agent_leg_uuid=None)
+            to = A.REFUSED if refused else A.AVAILABLE
+            conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
+                                             Agent.contact_id == offer.contact_id).values(
+                state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None))
+            log.info("agent %s Offered -[%s]-> %s", offer.agent_name, reason, to.value)
+
+    def accept_live(self, offer: Offer) -> bool:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(Contact).where(
+                Contact.id == offer.contact_id, Contact.state == C.OFFERED.value,
+                Contact.callback_requested.is_(False)).values(state=C.CONNECTED.value, accepted_at=now,
+                                                              connected_at=now))
+            if res.rowcount != 1:
+                return False
+            log.info("contact %s offered -[agent %s answered]-> connected", offer.contact_id, offer.agent_name)
+            self._agent_on_call(conn, offer, now)
+            self._add_leg(conn, offer.agent_leg_uuid, offer.contact_id, "agent", offer.agent_id,
+                          offer.contact_number, offer.dial_string, now)
+            return True
+
+    def accept_callback(self, offer: Offer, delay: int) -> datetime | None:
+        """Agent answered a callback offer: the CallDelaySec timer is persisted as a due time."""
+        now = utcnow()
+        due = now + timedelta(seconds=delay)
+        with self.engine.begin() as conn:
+            if not self._move(conn, offer.contact_id, [C.OFFERED], C.ACCEPTED, f"agent {offer.agent_name} answered",
+                              accepted_at=now, dial_due_at=due):
+                return None
+            self._agent_on_call(conn, offer, now)
+            self._add_leg(conn, offer.agent_leg_uuid, offer.contact_id, "agent", offer.agent_id,
+                          offer.contact_number, offer.dial_string, now)
+            return due
+
+    def _agent_on_call(self, conn, offer: Offer, now: datetime) -> None:
+        res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value).values(
+            state=A.ON_CALL.value, state_changed_at=now))
+        if res.rowcount != 1:
+            raise StaleState(f"agent {offer.agent_name} was not Offered when answering contact {offer.contact_id}")
+        log.info("agent %s Offered -[answered contact %s]-> OnCall", offer.agent_name, offer.contact_id)
+
+    def _add_leg(self, conn, uuid: str, contact_id: int, kind: str, agent_id: int | None, frm: str, to: str,
+                 answered: datetime | None) -> None:
+        conn.execute(insert(Leg).values(uuid=uuid, contact_id=contact_id, kind=kind,
+                                        direction="inbound" if kind == "caller" else "outbound",
+                                        agent_id=agent_id, from_number=frm, to_number=to,
+                                        started_at=answered or utcnow(), answered_at=answered))
+
+    def refuse_accepted(self, offer: Offer, reason: str) -> None:
+        """An accepted callback that must not be dialled (CallDelaySec >= 60): agent Refused, place kept."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            self._move(conn, offer.contact_id, [C.OFFERED, C.ACCEPTED], C.CALLBACK_QUEUED, reason,
+                       agent_id=None, agent_leg_uuid=None, dial_due_at=None, last_error=reason)
+            conn.execute(update(Agent).where(Agent.id == offer.agent_id).values(
+                state=A.REFUSED.value, state_changed_at=now, contact_id=None, leg_uuid=None))
+            log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
+
+    def start_dial(self, contact_id: int, leg_uuid: str) -> DialPlan | None:
+        """Persist 'about to originate' with the origination uuid: after a crash, that uuid decides."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.ACCEPTED.value:
+                return None
+            attempt = c.attempts + 1
+            if not self._move(conn, contact_id, [C.ACCEPTED], C.DIALLING, f"dial attempt {attempt}",
+                              attempts=attempt, callback_leg_uuid=leg_uuid, dialled_at=now):
+                return None
+            conn.execute(insert(CallbackAttempt).values(
+                contact_id=contact_id, attempt_no=attempt, leg_uuid=leg_uuid, agent_id=c.agent_id,
+                number=c.callback_number, caller_id=c.callback_caller_id, started_at=now))
+            conn.execute(insert(Leg).values(uuid=leg_uuid, contact_id=contact_id, kind="callback",
+                                            direction="outbound", agent_id=c.agent_id,
+                                            from_number=c.callback_caller_id, to_number=c.callback_number,
+                                            started_at=now))
+            return DialPlan(contact_id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id,
+                            attempt, leg_uuid)
+
+    def dial_answered(self, contact_id: int, leg_uuid: str) -> bool:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if not self._move(conn, contact_id, [C.DIALLING], C.CONNECTED, "customer answered", connected_at=now):
+                return False
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(result="answered"))
+            conn.execute(update(Leg).where(Leg.uuid == leg_uuid).values(answered_at=now))
+            return True
+
+    def dial_failed(self, contact_id: int, leg_uuid: str, result: str, retry_after: float, max_attempts: int,
+                    counts: bool = True) -> Outcome | None:
+        """The customer did not answer (or the agent hung up while it rang): release the agent,
+        retry later or give up. Returns CALLBACK_FAILED when it gave up."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.DIALLING.value or c.callback_leg_uuid != leg_uuid:
+                return None     # an older attempt reporting late: the contact has moved on
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
+                result=result, ended_at=now))
+            attempts = c.attempts if counts else max(c.attempts - 1, 0)
+            self._release_agent(conn, c.agent_id, now)
+            if attempts >= max_attempts:
+                self._move(conn, contact_id, [C(c.state)], C.ENDED, f"{result}, attempt {attempts} of {max_attempts}",
+                           outcome=Outcome.CALLBACK_FAILED.value, ended_at=now, attempts=attempts,
+                           last_error=result, agent_leg_uuid=None)
+                return Outcome.CALLBACK_FAILED
+            self._move(conn, contact_id, [C(c.state)], C.CALLBACK_QUEUED, f"{result}, retry in {retry_after:g}s",
+                       retry_at=now + timedelta(seconds=retry_after) if counts else None, attempts=attempts,
+                       agent_id=None, agent_leg_uuid=None, dial_due_at=None, callback_leg_uuid=None,
+                       last_error=result)
+            return None
+
+    def agent_left_before_dial(self, contact_id: int, reason: str) -> bool:
+        """Agent hung up during CallDelaySec: nothing was dialled, the contact keeps its place."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.ACCEPTED.value:
+                return False
+            self._release_agent(conn, c.agent_id, now)
+            return self._move(conn, contact_id, [C.ACCEPTED], C.CALLBACK_QUEUED, reason, agent_id=None,
+                              agent_leg_uuid=None, dial_due_at=None)
+
+    def _release_agent(self, conn, agent_id: int | None, now: datetime) -> None:
+        if agent_id is None:
+            return
+        conn.execute(update(Agent).where(Agent.id == agent_id, Agent.state.in_(
+            [A.ON_CALL.value, A.OFFERED.value])).values(state=A.AVAILABLE.value, state_changed_at=now,
+                                                        available_since=now, contact_id=None, leg_uuid=None))
+
+    def complete(self, contact_id: int, reason: str) -> bool:
+        """A connected contact ended: handled (live) or callback completed; the agent is free again."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.CONNECTED.value:
+                return False
+            outcome = Outcome.CALLBACK_COMPLETED if c.callback_requested else Outcome.HANDLED
+            self._release_agent(conn, c.agent_id, now)
+            return self._move(conn, contact_id, [C.CONNECTED], C.ENDED, reason, outcome=outcome.value, ended_at=now)
+
+    def abandon_offer(self, contact_id: int, reason: str) -> int | None:
+        """A live caller hung up while an agent was being offered: returns the agent to release."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.OFFERED.value or c.callback_requested:
+                return None
+            self._release_agent(conn, c.agent_id, now)
+            self._move(conn, contact_id, [C.OFFERED], C.ENDED, reason, outcome=Outcome.ABANDONED.value, ended_at=now)
+            return c.agent_id
+
+    def reset_refused(self, after_seconds: float) -> int:
+        """Refused agents become Available again after a while (if the operator configured it)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(Agent).where(
+                Agent.state == A.REFUSED.value, Agent.state_changed_at <= now - timedelta(seconds=after_seconds)
+            ).values(state=A.AVAILABLE.value, state_changed_at=now, available_since=now))
+            return res.rowcount
+
+    # -- legs -----------------------------------------------------------
+    def leg_ended(self, uuid: str, cause: str, billsec: int | None, answered: bool) -> None:
+        with self.engine.begin() as conn:
+            values = dict(ended_at=utcnow(), hangup_cause=cause, billsec=billsec)
+            conn.execute(update(Leg).where(Leg.uuid == uuid, Leg.ended_at.is_(None)).values(**values))
+
+    def count(self, sql_text: str, **params) -> int:
+        from sqlalchemy import text
+        with self.engine.connect() as conn:
+            return conn.execute(text(sql_text), params).scalar()

@@ -1,0 +1,166 @@
+"""Running one script for one call.
+
+The runner knows actions, branches and variables. What an action does to the
+telephone (CallPort) or the queue (QueuePort) is behind an interface, so this
+module never formats an ESL string and never touches the database.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from .numbers import InvalidNumber, normalize
+from .queue import Priority
+from .script import VOICE_ACTIONS, Action, Script, substitute
+
+log = logging.getLogger(__name__)
+MAX_STEPS = 10_000           # a script looping forever without waiting is a bug; stop it
+
+
+class CallerGone(Exception):
+    """The caller hung up; raised into the script wherever it is."""
+
+
+class ConnectedToAgent(Exception):
+    """An agent took the live call; the script has nothing more to do."""
+
+
+class ActionFailed(Exception):
+    """The action could not be carried out; the script takes OnError with _ERR = str(self)."""
+
+
+class CallPort(Protocol):
+    def play(self, prompt: str, max_seconds: float | None) -> None: ...
+    def menu(self, prompt: str, timeout: float, keys: str) -> str | None: ...
+    def capture(self, prompt: str, min_digits: int, max_digits: int, timeout: float, terminator: str) -> str: ...
+    def hangup(self) -> None: ...
+
+
+class QueuePort(Protocol):
+    def reqagent(self, skill: str, priority: Priority) -> None: ...
+    def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None: ...
+
+
+@dataclass
+class RunResult:
+    ended_by: str                 # 'hangup', 'callback', 'caller', 'agent', 'end'
+    in_callback: bool
+    variables: dict[str, str]
+
+
+class ScriptRunner:
+    def __init__(self, script: Script, call: CallPort, queue: QueuePort, variables: dict[str, str],
+                 default_region: str = "US", contact_label: str = "") -> None:
+        self.script = script
+        self.call = call
+        self.queue = queue
+        self.vars = dict(variables)
+        self.vars.setdefault("_ERR", "")
+        self.region = default_region
+        self.in_callback = False
+        self.label = contact_label
+
+    def run(self) -> RunResult:
+        caption: str | None = self.script.begin
+        steps = 0
+        try:
+            while caption is not None:
+                steps += 1
+                if steps > MAX_STEPS:
+                    log.error("%s script %s: more than %d actions without an end; stopping",
+                              self.label, self.script.name, MAX_STEPS)
+                    return RunResult("end", self.in_callback, self.vars)
+                action = self.script.actions[caption]
+                try:
+                    branch = self.execute(action)
+                except ActionFailed as e:
+                    self.vars["_ERR"] = str(e)
+                    log.warning("%s script %s action %r failed: %s", self.label, self.script.name, caption, e)
+                    branch = "OnError"
+                    if "OnError" not in action.branches:
+                        branch = "Default"
+                if branch == "end":
+                    return RunResult("hangup", self.in_callback, self.vars)
+                caption = action.branches.get(branch) or action.branches.get("Default")
+            return RunResult("end", self.in_callback, self.vars)
+        except CallerGone:
+            return RunResult("caller", self.in_callback, self.vars)
+        except ConnectedToAgent:
+            return RunResult("agent", self.in_callback, self.vars)
+
+    def text(self, action: Action, name: str) -> str:
+        try:
+            return substitute(action.prop(name), self.vars)
+        except KeyError as e:
+            raise ActionFailed(f"{name}: {e.args[0]}") from None
+
+    def number(self, action: Action, name: str) -> float:
+        value = self.text(action, name)
+        try:
+            return float(value)
+        except ValueError:
+            raise ActionFailed(f"{name} must be a number, got {value!r}") from None
+
+    def execute(self, action: Action) -> str:
+        """Run one action; returns the branch to take ('Default', a menu key, or 'end')."""
+        kind = action.kind
+        if kind in VOICE_ACTIONS and self.in_callback:
+            raise ActionFailed(f"{kind} needs the caller's voice path, which is gone after Callback")
+        if kind == "Begin":
+            return "Default"
+        if kind == "Assign":
+            self.vars[str(action.prop("Variable"))] = self.text(action, "Value")
+            return "Default"
+        if kind == "Reqagent":
+            priority = Priority(self.number(action, "PriorityInitial"), self.number(action, "PriorityAcceleration"),
+                                self.number(action, "PriorityMax"))
+            self.queue.reqagent(self.text(action, "Skill"), priority)
+            return "Default"
+        if kind == "Play":
+            max_s = self.number(action, "MaxDurationSec") if action.prop("MaxDurationSec") is not None else None
+            self.call.play(self.text(action, "Prompt"), max_s)
+            return "Default"
+        if kind == "Menu":
+            keys = "".join(k for k in action.branches if len(k) == 1)
+            digit = self.call.menu(self.text(action, "Prompt"), self.number(action, "TimeoutSec"), keys)
+            return digit if digit and digit in action.branches else "Default"
+        if kind == "Capture":
+            digits = self.call.capture(self.text(action, "Prompt"), int(self.number(action, "MinDigits")),
+                                       int(self.number(action, "MaxDigits")), self.number(action, "TimeoutSec"),
+                                       self.text(action, "Terminator"))
+            self.vars[str(action.prop("Variable"))] = digits
+            return "Default"
+        if kind == "Callback":
+            return self.callback(action)
+        if kind == "Hangup":
+            if not self.in_callback:
+                self.call.hangup()
+            return "end"
+        raise ActionFailed(f"unknown action {kind}")
+
+    def callback(self, action: Action) -> str:
+        """SPEC 2: validate, persist, then disconnect; the contact keeps its place."""
+        if self.in_callback:
+            raise ActionFailed("this contact is already a queued callback")
+        try:
+            number = normalize(self.text(action, "PhoneNumber"), self.region)
+        except InvalidNumber as e:
+            raise ActionFailed(f"PhoneNumber: {e}") from None
+        try:
+            caller_id = normalize(self.text(action, "CallerID"), self.region)
+        except InvalidNumber as e:
+            raise ActionFailed(f"CallerID: {e}") from None
+        delay_text = self.text(action, "CallDelaySec")
+        try:
+            delay = int(float(delay_text))
+        except ValueError:
+            raise ActionFailed(f"CallDelaySec must be a whole number of seconds, got {delay_text!r}") from None
+        if delay < 0:
+            raise ActionFailed(f"CallDelaySec cannot be negative ({delay})")
+        # ANI and DNIS now describe the outbound call (rule 5); the store keeps the originals.
+        self.queue.callback(number, caller_id, delay, ani=caller_id, dnis=number)
+        self.in_callback = True
+        self.vars["ANI"], self.vars["DNIS"] = caller_id, number
+        self.call.hangup()
+        return "Default"

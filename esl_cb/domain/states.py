@@ -1,0 +1,72 @@
+"""Contact and agent states, and which transitions are legal.
+
+Every state change goes through the store with the expected previous state as
+a guard, so a transition missing from these tables is a bug, not a race.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class ContactState(str, enum.Enum):
+    ARRIVED = "arrived"                  # call answered, script running, not queued yet
+    QUEUED = "queued"                    # live caller waiting for an agent
+    OFFERED = "offered"                  # an agent's phone is ringing for this contact
+    CALLBACK_QUEUED = "callback_queued"  # caller hung up, place kept, waiting for an agent
+    ACCEPTED = "accepted"                # agent answered a callback; CallDelaySec running
+    DIALLING = "dialling"                # the customer's phone is ringing
+    CONNECTED = "connected"              # customer and agent talk
+    ENDED = "ended"                      # final; see Outcome
+
+    @property
+    def final(self) -> bool:
+        return self is ContactState.ENDED
+
+
+class Outcome(str, enum.Enum):
+    HANDLED = "handled"
+    ABANDONED = "abandoned"
+    CALLBACK_COMPLETED = "callback_completed"
+    CALLBACK_FAILED = "callback_failed"
+    CANCELLED = "cancelled"
+    NOT_QUEUED = "not_queued"            # the script ended without ever queueing the contact
+
+
+class AgentState(str, enum.Enum):
+    LOGGED_OUT = "LoggedOut"
+    AVAILABLE = "Available"
+    OFFERED = "Offered"
+    ON_CALL = "OnCall"
+    REFUSED = "Refused"
+    UNAVAILABLE = "Unavailable"
+
+
+C = ContactState
+CONTACT_TRANSITIONS: dict[ContactState, set[ContactState]] = {
+    C.ARRIVED: {C.QUEUED, C.ENDED},
+    C.QUEUED: {C.OFFERED, C.CALLBACK_QUEUED, C.ENDED},
+    C.OFFERED: {C.QUEUED, C.CALLBACK_QUEUED, C.CONNECTED, C.ACCEPTED, C.ENDED},
+    C.CALLBACK_QUEUED: {C.OFFERED, C.ENDED},
+    C.ACCEPTED: {C.DIALLING, C.CALLBACK_QUEUED, C.ENDED},
+    C.DIALLING: {C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
+    C.CONNECTED: {C.ENDED},
+    C.ENDED: set(),
+}
+
+A = AgentState
+AGENT_TRANSITIONS: dict[AgentState, set[AgentState]] = {
+    A.LOGGED_OUT: {A.AVAILABLE, A.UNAVAILABLE},
+    A.AVAILABLE: {A.OFFERED, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.OFFERED: {A.ON_CALL, A.REFUSED, A.AVAILABLE, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.ON_CALL: {A.AVAILABLE, A.REFUSED, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.REFUSED: {A.AVAILABLE, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.UNAVAILABLE: {A.AVAILABLE, A.LOGGED_OUT},
+}
+
+
+def contact_can(frm: ContactState, to: ContactState) -> bool:
+    return to in CONTACT_TRANSITIONS[frm]
+
+
+def agent_can(frm: AgentState, to: AgentState) -> bool:
+    return to in AGENT_TRANSITIONS[frm] or frm == to

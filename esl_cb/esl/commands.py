@@ -1,0 +1,43 @@
+"""FreeSWITCH command strings: the only place that formats dial strings and originate commands."""
+from __future__ import annotations
+
+import re
+
+_VALUE_SAFE = re.compile(r"[^A-Za-z0-9 +._:@/-]")
+DIAL_STRING = re.compile(r"^[A-Za-z0-9_./@:+\-\[\]=]+$")
+
+
+class UnsafeDialString(ValueError):
+    pass
+
+
+def channel_value(text: str) -> str:
+    """A value for a {var=value} block: nothing that could end the block or start another variable.
+    A value with spaces is single-quoted, as FreeSWITCH's originate expects."""
+    value = _VALUE_SAFE.sub("", str(text))[:80]
+    return f"'{value}'" if " " in value else value
+
+
+def check_dial_string(dial: str) -> str:
+    """An operator's dial string (agent phone, gateway template): one endpoint, no variables block.
+
+    Commas and pipes would ring more endpoints; braces would inject channel variables.
+    """
+    if not DIAL_STRING.match(dial or ""):
+        raise UnsafeDialString(f"dial string {dial!r} may hold letters, digits and . _ / @ : + - only "
+                               "(no spaces, commas, pipes or braces), e.g. user/1001 or sofia/gateway/pstn/{number}")
+    return dial
+
+
+def dial_for(template: str, number: str) -> str:
+    """Fill a dial template such as 'sofia/gateway/pstn/{number}' with a validated E.164 number."""
+    if not re.fullmatch(r"\+?[0-9]{3,20}", number):
+        raise UnsafeDialString(f"{number!r} is not a normalised phone number")
+    dial = template.replace("{number}", number).replace("{digits}", number.lstrip("+"))
+    return check_dial_string(dial)
+
+
+def originate(leg_uuid: str, dial: str, variables: dict[str, str | int], app: str = "park", arg: str = "") -> str:
+    """'originate {origination_uuid=...,...}DIAL &app(arg)' with every value made safe."""
+    pairs = [f"origination_uuid={leg_uuid}"] + [f"{k}={channel_value(v)}" for k, v in variables.items()]
+    return f"originate {{{','.join(pairs)}}}{check_dial_string(dial)} &{app}({arg})"

@@ -1,0 +1,203 @@
+"""Per-call outbound-socket sessions (FreeSWITCH's 'socket ADDR async full'), on greenswitch.
+
+greenswitch's OutboundSession does the framing; this adds what a script needs:
+each application is sent with our own Event-UUID and waited for by the
+matching Application-UUID, so two prompts in a row cannot be confused, and a
+hangup or disconnect wakes every waiter.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import uuid as uuidlib
+from typing import Callable
+
+import gevent
+import greenswitch
+from gevent.event import AsyncResult, Event as GEvent
+from greenswitch.esl import OutboundSessionHasGoneAway
+
+log = logging.getLogger(__name__)
+
+
+class CallGone(Exception):
+    """The call hung up or its socket closed while we waited on it."""
+
+
+class CallServer(greenswitch.OutboundESLServer):
+    """greenswitch's server, with a blocking accept (its own polls every 100 ms) and a bind
+    error raised to the caller instead of sys.exit()."""
+
+    def __init__(self, host: str, port: int, on_call: Callable[["CallChannel"], None], max_connections: int = 10000):
+        super().__init__(bind_address=host, bind_port=port, application=_Application, max_connections=max_connections)
+        self.on_call = on_call
+        self.ready = GEvent()
+
+    def listen(self) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.server.bind((self.bind_address, self.bind_port[0]))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {self.bind_address}:{self.bind_port[0]} for FreeSWITCH's "
+                                   f"outbound socket: {e.strerror}") from None
+        self.bound_port = self.server.getsockname()[1]
+        self.server.listen(1024)
+        self._running = True
+        self.ready.set()
+        while self._running:
+            try:
+                sock, address = self.server.accept()
+            except OSError as e:
+                if not self._running or e.errno in (errno.EBADF, errno.EINVAL):
+                    break
+                log.warning("accept failed: %s", e)
+                gevent.sleep(0.01)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            gevent.spawn(self._serve, address, sock)
+
+    def _serve(self, address, sock) -> None:
+        session = greenswitch.esl.OutboundSession(address, sock)
+        channel = CallChannel(session)
+        try:
+            session.connect()
+        except Exception as e:      # the caller can hang up before we say hello
+            log.info("outbound session from %s ended before connect: %s", address, e)
+            channel.close()
+            return
+        channel.started()
+        try:
+            self.on_call(channel)
+        except Exception:
+            log.exception("call %s: handler failed", channel.uuid)
+        finally:
+            channel.close()
+
+    def stop(self) -> None:
+        self._running = False
+        if self.server is not None:
+            try:
+                self.server.close()
+            except OSError:
+                pass
+
+
+class _Application:          # greenswitch insists on one; our server never uses it
+    def __init__(self, session):
+        self.session = session
+
+    def run(self):
+        pass
+
+
+class CallChannel:
+    """One answered caller, driven over its outbound socket."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.data: dict[str, str] = {}
+        self.gone = GEvent()
+        self.hangup_cause = ""
+        self._waiting: dict[str, AsyncResult] = {}
+        self.on_gone: Callable[[], None] | None = None
+        self.on_bridge: Callable[[str], None] | None = None
+        self.dtmf: list[str] = []
+
+    @property
+    def uuid(self) -> str:
+        return self.data.get("Unique-ID", "")
+
+    def started(self) -> None:
+        self.data = dict(self.session.session_data or {})
+        self.session.register_handle("*", self._on_event)
+        self.session.register_handle("DISCONNECT", self._on_disconnect)
+        self.session.send("myevents")
+        self.session.send("linger")      # we still want HANGUP_COMPLETE; we close the socket ourselves
+
+    def _on_event(self, event) -> None:
+        h = event.headers
+        name = h.get("Event-Name")
+        if name == "CHANNEL_EXECUTE_COMPLETE":
+            waiter = self._waiting.pop(h.get("Application-UUID", ""), None)
+            if waiter is not None:
+                waiter.set(h)
+        elif name == "CHANNEL_HANGUP":
+            self.hangup_cause = h.get("Hangup-Cause", "")
+            self._mark_gone()
+        elif name == "CHANNEL_BRIDGE" and self.on_bridge is not None:
+            self.on_bridge(h.get("Other-Leg-Unique-ID", ""))
+        elif name == "DTMF":
+            self.dtmf.append(h.get("DTMF-Digit", ""))
+
+    def _on_disconnect(self, event) -> None:
+        # Without linger the notice alone may announce the hangup (capture 11).
+        if event.headers.get("Content-Disposition") != "linger":
+            self._mark_gone()
+        else:
+            self._mark_gone()
+
+    def _mark_gone(self) -> None:
+        if self.gone.is_set():
+            return
+        self.gone.set()
+        for waiter in list(self._waiting.values()):
+            waiter.set_exception(CallGone(self.hangup_cause or "caller hung up"))
+        self._waiting.clear()
+        if self.on_gone is not None:
+            self.on_gone()
+
+    # -- applications -------------------------------------------------
+    def execute(self, app: str, arg: str = "", timeout: float | None = None,
+                on_timeout: Callable[[], None] | None = None) -> dict[str, str]:
+        """Run a dialplan application and wait for its EXECUTE_COMPLETE (ours, by Event-UUID)."""
+        if self.gone.is_set():
+            raise CallGone(self.hangup_cause or "caller hung up")
+        event_uuid = str(uuidlib.uuid4())
+        waiter = AsyncResult()
+        self._waiting[event_uuid] = waiter
+        msg = f"sendmsg\ncall-command: execute\nexecute-app-name: {app}\n"
+        if arg:
+            msg += f"execute-app-arg: {arg}\n"
+        msg += f"Event-UUID: {event_uuid}"
+        try:
+            self.session.send(msg)
+        except (OutboundSessionHasGoneAway, OSError, greenswitch.esl.NotConnectedError):
+            self._mark_gone()
+            raise CallGone(self.hangup_cause or "socket closed") from None
+        try:
+            return waiter.get(timeout=timeout)
+        except gevent.Timeout:
+            if on_timeout is None:
+                raise
+            on_timeout()
+            return waiter.get(timeout=10)
+
+    def api(self, cmd: str) -> str:
+        try:
+            return self.session.send("api " + cmd).data
+        except (OutboundSessionHasGoneAway, OSError, greenswitch.esl.NotConnectedError):
+            raise CallGone("socket closed") from None
+
+    def break_media(self) -> None:
+        """Stop what is playing (uuid_break); the application completes as FILE PLAYED."""
+        if not self.gone.is_set():
+            self.api(f"uuid_break {self.uuid}")
+
+    def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
+        if self.gone.is_set():
+            return
+        try:
+            self.session.send(f"sendmsg\ncall-command: hangup\nhangup-cause: {cause}")
+        except (OutboundSessionHasGoneAway, OSError, greenswitch.esl.NotConnectedError):
+            pass
+
+    def close(self) -> None:
+        try:
+            self.session.stop()
+        except Exception:
+            try:
+                self.session.sock.close()
+            except OSError:
+                pass
