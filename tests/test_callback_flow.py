@@ -63,3 +63,248 @@ def test_example_script_callback_end_to_end(h):
     assert billing[0]["direction"] == "outbound" and billing[0]["to_number"] == "+13125550100"
     attempts = h.rows("SELECT attempt_no, result FROM callback_attempts")
     assert [(a["attempt_no"], a["result"]) for a in attempts] == [(1, "answered")]
+
+
+def quick_script(callback_extra: str = "", delay: str = "0", after_callback: str = "Default: Hangup",
+                 prio: str = "10", tail: str = "", first: str = "Queue") -> scripts.Script:
+    """The example's shape with short prompts, for scenarios the shipped script cannot express."""
+    return scripts.parse(f"""
+name: quick
+actions:
+  - action: Begin
+    Default: {first}
+  - action: Reqagent
+    Caption: Queue
+    Skill: support
+    PriorityInitial: "{prio}"
+    PriorityMax: 100
+    Default: Music
+  - action: Play
+    Caption: Music
+    Prompt: local_stream://moh
+    MaxDurationSec: 1
+    Default: Offer
+  - action: Menu
+    Caption: Offer
+    Prompt: ivr/ivr-callback_offer.wav
+    TimeoutSec: 2
+    "1": Callback
+    Default: Music
+  - action: Callback
+    CallDelaySec: "{delay}"
+    CallerID: "+13125557000"
+    OnError: Music
+    {callback_extra}
+    {after_callback}
+  - action: Hangup
+{tail}
+""", "quick.yaml")
+
+
+def test_caller_hangs_up_during_thank_you_no_callback(h):
+    h.call("3125550100", "3125557000", "dtmf 1 3.0 hangup 3.6")
+    ended = h.wait_state("ended")
+    assert ended.outcome == "abandoned" and not ended.callback_requested
+    assert h.rows("SELECT * FROM callback_attempts") == []
+
+
+def test_priority_order_callbacks_and_live_caller(pg_url):
+    h = Harness(pg_url, quick_script(prio="{DNIS}"))
+    try:
+        h.agent("alice", "1001", answer=0.1)
+        h.call("3125550101", "10", "dtmf 1 1.2")           # contact 1: callback, priority 10, first
+        h.wait_state("callback_queued", 1)
+        h.call("3125550102", "20", "dtmf 1 1.2")           # contact 2: callback, priority 20
+        h.wait_state("callback_queued", 2)
+        h.call("3125550103", "10")                         # contact 3: live caller, priority 10, last
+        h.wait_state("queued", 3)
+        h.sim_api("endpoint +13125550101 answer 0.1")
+        h.sim_api("endpoint +13125550102 answer 0.1")
+        h.available("alice")
+        served = []
+        for expected in (2, 1, 3):
+            c = h.wait_state("connected", expected, timeout=15)
+            served.append(c.id)
+            leg = c.callback_leg_uuid or c.caller_uuid
+            h.sim_api(f"hangup {leg}")
+            h.wait_state("ended", expected)
+        offered = [int(o["vars"]["esl_cb_contact_id"]) for o in h.originates_to("1001")]
+        assert served == [2, 1, 3] and offered == [2, 1, 3]
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("mode", ["reject", "noanswer"])
+def test_agent_declines_or_does_not_answer(pg_url, mode):
+    h = Harness(pg_url, quick_script())
+    try:
+        h.agent("ann", "1001")
+        h.sim_api(f"endpoint 1001 {mode}")
+        h.agent("bob", "1002", answer=0.1)
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        before = h.wait_state("callback_queued")
+        h.available("ann")
+        gevent_sleep(0.05)
+        h.available("bob")                                  # ann has waited longer: she is offered first
+        h.sim_api("endpoint +13125550100 answer 0.1")
+        connected = h.wait_state("connected", timeout=15)
+        agents = {a["name"]: a for a in h.store.agents()}
+        assert agents["ann"]["state"] == "Refused"
+        assert connected.agent_id == agents["bob"]["id"]
+        assert connected.queued_at == before.queued_at
+        assert [o["number"] for o in h.sim.switch.originates][:2] == ["1001", "1002"]
+    finally:
+        h.close()
+
+
+def test_agent_hangs_up_during_call_delay(pg_url):
+    h = Harness(pg_url, quick_script(delay="4"))
+    try:
+        h.agent("ann", "1001")
+        h.sim_api("endpoint 1001 answer 0.1 1")            # answers, hangs up 1 s later
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        before = h.wait_state("callback_queued")
+        h.available("ann")
+        wait_until(lambda: h.sim.switch.answered_at, what="the agent to answer")
+        h.sim_api("endpoint 1001 reject")                   # later offers are declined
+        after = wait_until(lambda: (c := h.contact()).state == "callback_queued" and c.offered_at and c,
+                           what="the contact back in the queue")
+        gevent_sleep(4.5)                                   # past the due time of the cancelled dial
+        assert h.originates_to("+13125550100") == []
+        c = h.contact()
+        assert c.state == "callback_queued" and c.attempts == 0 and c.queued_at == before.queued_at
+        assert after.queued_at == before.queued_at
+    finally:
+        h.close()
+
+
+def test_busy_then_no_answer_then_answers(pg_url):
+    h = Harness(pg_url, quick_script(), retry_interval=0.3, callback_ring_timeout=1)
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.sim_api("endpoint +13125550100 busy")
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        h.available("ann")
+        wait_until(lambda: len(h.originates_to("+13125550100")) == 1, what="first attempt")
+        h.sim_api("endpoint +13125550100 noanswer")
+        wait_until(lambda: len(h.originates_to("+13125550100")) == 2, timeout=15, what="second attempt")
+        h.sim_api("endpoint +13125550100 answer 0.1")
+        c = h.wait_state("connected", timeout=20)
+        assert c.attempts == 3
+        rows = h.rows("SELECT attempt_no, result FROM callback_attempts ORDER BY attempt_no")
+        assert [(r["attempt_no"], r["result"]) for r in rows] == [(1, "busy"), (2, "no_answer"), (3, "answered")]
+    finally:
+        h.close()
+
+
+def test_attempts_exhausted_ends_as_callback_failed(pg_url):
+    h = Harness(pg_url, quick_script(), retry_interval=0.1, max_attempts=2)
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.sim_api("endpoint +13125550100 reject")
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        h.available("ann")
+        c = h.wait_state("ended", timeout=20)
+        assert c.outcome == "callback_failed" and c.attempts == 2
+        wait_until(lambda: h.store.agents()[0]["state"] == "Available", what="the agent released")
+    finally:
+        h.close()
+
+
+def test_runtime_call_delay_of_60_refuses_agent(pg_url, caplog):
+    s = quick_script(delay="{DELAY}", tail="""  - action: Assign
+    Caption: Set delay
+    Variable: DELAY
+    Value: "60"
+    Default: Queue
+""", first="Set delay")
+    h = Harness(pg_url, s)
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        h.available("ann")
+        wait_until(lambda: h.store.agents()[0]["state"] == "Refused", what="the agent Refused")
+        c = h.contact()
+        assert c.state == "callback_queued" and c.attempts == 0
+        assert h.originates_to("+13125550100") == []
+        assert any(r.levelname == "ERROR" and "contact 1" in r.getMessage() and "quick" in r.getMessage()
+                   and "CallDelaySec 60" in r.getMessage() for r in caplog.records)
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("ani", ["1000,sofia/gateway/x/900", "{x=y}123", "555-0100;ext=2"])
+def test_invalid_or_injected_ani_takes_on_error(pg_url, caplog, ani):
+    h = Harness(pg_url, quick_script())
+    try:
+        caller = h.call(ani, "3125557000", "dtmf 1 1.2")
+        wait_until(lambda: any("action 'Callback' failed" in r.getMessage() for r in caplog.records),
+                   what="the Callback action to fail")
+        gevent_sleep(0.5)
+        c = h.contact()
+        assert c.state == "queued" and not c.callback_requested      # OnError: back to the music, still queued
+        assert caller in h.sim.switch.channels                         # the caller was not disconnected
+        assert h.sim.switch.originates == []
+        assert all(ani not in o["dial"] for o in h.sim.switch.originates)
+    finally:
+        h.close()
+
+
+def test_voice_after_callback_takes_on_error_and_hangup_keeps_callback(pg_url, caplog):
+    import logging
+    caplog.set_level(logging.DEBUG, logger="esl_cb")
+    s = quick_script(after_callback="Default: After", tail="""  - action: Play
+    Caption: After
+    Prompt: ivr/ivr-thank_you.wav
+    Default: Hangup
+    OnError: Note
+  - action: Assign
+    Caption: Note
+    Variable: NOTE
+    Value: "after callback: {_ERR}"
+    Default: Hangup
+""")
+    assert any("After" == w.caption for w in s.warnings)        # validation warned
+    h = Harness(pg_url, s)
+    try:
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        record = wait_until(lambda: [r for r in caplog.records if "script quick ended" in r.getMessage()],
+                            what="the script to end")[0]
+        assert "NOTE" in record.getMessage() and "voice path" in record.getMessage()
+        gevent_sleep(0.3)
+        assert h.contact().state == "callback_queued"
+    finally:
+        h.close()
+
+
+def test_port_limit_makes_the_dial_wait(pg_url):
+    h = Harness(pg_url, quick_script(), ports=1)
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.agent("bob", "1002", answer=0.1)
+        h.call("3125550101", "3125557000", "dtmf 1 1.2")
+        h.call("3125550102", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued", 1)
+        h.wait_state("callback_queued", 2)
+        h.available("ann")
+        first = h.wait_state("connected", 1, timeout=15)
+        h.available("bob")
+        h.wait_state("dialling", 2, timeout=10) if False else None
+        wait_until(lambda: h.contact(2).state == "accepted", what="contact 2 accepted by bob")
+        gevent_sleep(1.0)
+        assert h.originates_to("+13125550102") == []       # the only port is in use
+        assert h.contact(2).state == "accepted"
+        h.sim_api(f"hangup {first.callback_leg_uuid}")
+        h.wait_state("connected", 2, timeout=10)
+        assert len(h.originates_to("+13125550102")) == 1
+    finally:
+        h.close()
+
+
+def gevent_sleep(seconds: float) -> None:
+    import gevent
+    gevent.sleep(seconds)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "BACKGROUND_JOB"]
 # Causes that say the switch (not the person) could not place the call: try again shortly.
 SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION"}
+# Originate failures where FreeSWITCH never created a channel, so no hangup events follow.
+NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
 RESULT_OF_CAUSE = {"USER_BUSY": "busy", "NO_ANSWER": "no_answer", "NO_USER_RESPONSE": "no_answer",
                    "CALL_REJECTED": "rejected", "ORIGINATOR_CANCEL": "cancelled"}
 
@@ -55,6 +57,10 @@ class LegWatch:
     offer: Offer | None = None
     plan: DialPlan | None = None
     answered: bool = False
+    # A placed leg is finished when both its hangup and its BACKGROUND_JOB were seen:
+    # FreeSWITCH sends them in either order (capture 04).
+    job_done: bool = False
+    hangup_done: bool = False
     queue: Queue = field(default_factory=Queue)
     worker: gevent.Greenlet | None = None
 
@@ -232,6 +238,7 @@ class Controller:
         offer = watch.offer
         name = ev.name
         if name == "BACKGROUND_JOB":
+            watch.job_done = True
             result = ev.body.decode(errors="replace").strip()
             if result.startswith("-ERR") and not watch.answered:
                 cause = result[4:].strip() or "UNKNOWN"
@@ -240,10 +247,9 @@ class Controller:
                                         reason=f"agent {'did not take the call' if refused else 'not reachable'} "
                                                f"({cause})")
                 self.wake_dispatcher()
-                if cause in ("CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED",
-                             "DESTINATION_OUT_OF_ORDER"):
+                if cause in NO_CHANNEL_CAUSES:
                     return True       # no channel was ever created: no hangup events will follow
-            return False
+            return watch.hangup_done
         if name == "CHANNEL_ANSWER":
             watch.answered = True
             self._agent_answered(watch)
@@ -254,7 +260,8 @@ class Controller:
             return False
         if name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), watch.answered)
-            return True
+            watch.hangup_done = True
+            return watch.job_done
         return False
 
     def _agent_answered(self, watch: LegWatch) -> None:
@@ -370,15 +377,15 @@ class Controller:
         plan = watch.plan
         name = ev.name
         if name == "BACKGROUND_JOB":
+            watch.job_done = True
             result = ev.body.decode(errors="replace").strip()
             if result.startswith("-ERR") and not watch.answered:
                 cause = result[4:].strip() or "UNKNOWN"
                 self._dial_failed(watch, cause)
-                if cause in ("CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED",
-                             "DESTINATION_OUT_OF_ORDER"):
+                if cause in NO_CHANNEL_CAUSES:
                     self._release_port(watch)
                     return True
-            return False
+            return watch.hangup_done
         if name == "CHANNEL_ANSWER":
             watch.answered = True
             if not self.store.dial_answered(plan.contact_id, watch.uuid):
@@ -400,7 +407,8 @@ class Controller:
         if name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), watch.answered)
             self._release_port(watch)
-            return True
+            watch.hangup_done = True
+            return watch.job_done
         return False
 
     def _dial_failed(self, watch: LegWatch, cause: str) -> None:
@@ -455,6 +463,9 @@ class Controller:
                 channel.gone.wait()
                 return
             in_callback = bool(result and result.in_callback)
+            if result is not None:
+                log.debug("contact %s script %s ended by %s; variables: %s", contact_id, self.script.name,
+                          ended_by, result.variables)
             self._script_ended(contact_id, ended_by, in_callback)
             if not channel.gone.is_set():
                 live.expect_hangup = True
@@ -514,7 +525,7 @@ class Controller:
                 continue
             if exists(c.agent_leg_uuid):
                 offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, True, None, c.callback_number or "", "")
-                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True))
+                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True, job_done=True))
                 self._schedule_dial(c.id, c.dial_due_at.replace(tzinfo=c.dial_due_at.tzinfo or timezone.utc))
             else:
                 self.store.agent_left_before_dial(c.id, "agent leg gone while the controller was away")
@@ -526,8 +537,8 @@ class Controller:
                                 c.attempts, c.callback_leg_uuid)
                 offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, True, None, c.callback_number or "", "")
                 self.ports_in_use += 1
-                self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan))
-                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True))
+                self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, job_done=True))
+                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True, job_done=True))
             else:
                 self._kill(c.callback_leg_uuid)
                 self._kill(c.agent_leg_uuid)
