@@ -1,15 +1,22 @@
 """The esl-cb command line.
 
-Exit codes: 0 success; 1 the operation failed (the message says why);
-2 bad usage or input (click's convention); 3 a service (database, FreeSWITCH) is unreachable.
+Exit codes (for scripts and monitoring):
+  0  success
+  1  the operation failed; the message says why and what to do
+  2  bad usage or invalid input (unknown option, invalid number, invalid script)
+  3  a service is unreachable (the database or FreeSWITCH)
 """
 from __future__ import annotations
 
+import json
 import logging
+import sys
 
 import click
 
 from esl_cb.netaddr import parse_hostport
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 
 class HostPort(click.ParamType):
@@ -19,20 +26,372 @@ class HostPort(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            return parse_hostport(value)
+            parse_hostport(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
+        return value
 
 
 HOSTPORT = HostPort()
 
 
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def patch_gevent() -> None:
+    """Cooperative sockets and a psycopg2 that never blocks the event loop; once, before any I/O."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    from esl_cb.logs import configure
+
+    configure(level, fmt)
+
+
+def db_option(f):
+    return click.option("--db", envvar="ESL_CB_DATABASE_URL", show_envvar=True,
+                        help="SQLAlchemy URL, e.g. postgresql+psycopg2://postgres@127.0.0.1/eslcb")(f)
+
+
+def open_store(db: str | None):
+    from sqlalchemy.exc import OperationalError
+
+    from esl_cb.db.store import Store
+
+    if not db:
+        fail("no database: pass --db URL or set ESL_CB_DATABASE_URL", EXIT_USAGE)
+    store = Store(db)
+    try:
+        with store.engine.connect():
+            pass
+    except OperationalError as e:
+        fail(f"cannot reach the database ({str(e.orig).strip().splitlines()[0]}); is PostgreSQL running and "
+             "the URL right?", EXIT_UNREACHABLE)
+    return store
+
+
+def store_call(fn, *args, **kwargs):
+    """Run a store operation and turn its errors into operator messages."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from esl_cb.db.store import NotFound, StoreError
+
+    try:
+        return fn(*args, **kwargs)
+    except NotFound as e:
+        fail(str(e))
+    except StoreError as e:
+        fail(str(e))
+    except ProgrammingError as e:
+        if "does not exist" in str(e.orig):
+            fail("the database has no esl-cb tables yet: run `esl-cb db upgrade` first", EXIT_FAILED)
+        raise
+    except OperationalError as e:
+        fail(f"database error: {str(e.orig).strip().splitlines()[0]}", EXIT_UNREACHABLE)
+
+
 @click.group()
 @click.version_option(package_name="esl-cb")
 def main() -> None:
-    """esl-cb: queued callbacks for FreeSWITCH contact centres."""
+    """esl-cb: queued callbacks for FreeSWITCH contact centres.
+
+    \b
+    First steps:
+      esl-cb demo                       # see it work against the built-in simulator
+      esl-cb db upgrade --db URL        # create the tables
+      esl-cb agent add alice --dial-string user/1001 --skill support
+      esl-cb run --db URL --esl 127.0.0.1:8021
+    """
 
 
+# -- database --------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@db_option
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(db: str | None, revision: str) -> None:
+    """Create or update the tables and the reporting/billing views.
+
+    \b
+    Example:
+      esl-cb db upgrade --db postgresql+psycopg2://postgres@127.0.0.1/eslcb
+    """
+    from esl_cb.db.migrate import upgrade
+
+    open_store(db).close()
+    upgrade(db, revision)
+    click.echo(f"database is at revision {revision}")
+
+
+# -- the controller ----------------------------------------------------------
+@main.command()
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file of settings (same names as the options, e.g. dial_template: ...).")
+@click.option("--esl", type=HOSTPORT, help="FreeSWITCH event socket. [default: 127.0.0.1:8021]")
+@click.option("--esl-password", help="Event socket password (never logged). [default: ClueCon]")
+@click.option("--listen", type=HOSTPORT, help="Our outbound-socket server for FreeSWITCH. [default: 127.0.0.1:8084]")
+@db_option
+@click.option("--script", type=click.Path(exists=True, dir_okay=False), help="Call script (YAML). [default: the example]")
+@click.option("--dial-template", help="How to dial a customer, e.g. sofia/gateway/pstn/{number}.")
+@click.option("--ports", type=int, help="Voice ports the callback dialler may use at once. [default: 30]")
+@click.option("--retry-interval", type=float, help="Seconds between callback attempts. [default: 300]")
+@click.option("--max-attempts", type=int, help="Callback attempts before giving up. [default: 3]")
+@click.option("--agent-ring-timeout", type=int, help="Seconds an agent's phone rings. [default: 20]")
+@click.option("--callback-ring-timeout", type=int, help="Seconds the customer's phone rings. [default: 30]")
+@click.option("--refused-reset", type=float, help="Seconds before a Refused agent is Available again (0: never).")
+@click.option("--region", help="Country for numbers written without + (ISO code). [default: US]")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def run(config_file, log_level, log_format, **options) -> None:
+    """Run the controller (every option may also be set as ESL_CB_<NAME> or in --config).
+
+    \b
+    Example:
+      esl-cb run --db postgresql+psycopg2://postgres@127.0.0.1/eslcb \\
+                 --esl 127.0.0.1:8021 --listen 127.0.0.1:8084 \\
+                 --dial-template 'sofia/gateway/pstn/{number}'
+    """
+    patch_gevent()
+    setup_logging(log_level, log_format)
+    import gevent
+
+    from esl_cb.config import ConfigError, load_settings
+    from esl_cb.controller.service import Controller
+    from esl_cb.domain import script as scripts
+
+    try:
+        settings = load_settings(config_file, options).validate()
+    except ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+    try:
+        script = scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
+    except scripts.ScriptInvalid as e:
+        fail(f"the script is invalid:\n{e}", EXIT_USAGE)
+    for w in script.warnings:
+        click.secho(str(w), fg="yellow", err=True)
+    store = open_store(settings.db)
+    store.controller_id = settings.controller_id
+    controller = Controller(settings, store, script)
+    try:
+        controller.start()
+    except OSError as e:
+        fail(str(e), EXIT_FAILED)
+    try:
+        while True:
+            gevent.sleep(3600)
+    except KeyboardInterrupt:
+        controller.stop()
+
+
+# -- scripts -----------------------------------------------------------------
+@main.group()
+def script() -> None:
+    """Call scripts."""
+
+
+@script.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def script_check(file: str) -> None:
+    """Validate a script file; every problem is listed with the action's caption.
+
+    \b
+    Example:
+      esl-cb script check my-queue.yaml
+    """
+    from esl_cb.domain import script as scripts
+
+    try:
+        s = scripts.load(file)
+    except scripts.ScriptInvalid as e:
+        for p in e.problems:
+            click.secho(str(p), fg="red" if p.severity == "error" else "yellow", err=True)
+        errors = sum(p.severity == "error" for p in e.problems)
+        click.secho(f"{file}: {errors} error(s); fix them and check again", fg="red", err=True)
+        sys.exit(EXIT_USAGE)
+    for w in s.warnings:
+        click.secho(str(w), fg="yellow", err=True)
+    click.echo(f"{file}: OK ({len(s.actions)} actions" + (f", {len(s.warnings)} warning(s))" if s.warnings else ")"))
+
+
+# -- agents and skills --------------------------------------------------------
+@main.group()
+def agent() -> None:
+    """Agents: who takes the calls."""
+
+
+@agent.command("add")
+@click.argument("name")
+@click.option("--dial-string", required=True, help="How to ring the agent, e.g. user/1001.")
+@click.option("--skill", "skills", multiple=True, required=True, help="A skill (repeat for several).")
+@db_option
+def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | None) -> None:
+    """Add an agent (logged out until made available).
+
+    \b
+    Example:
+      esl-cb agent add alice --dial-string user/1001 --skill support --skill sales
+    """
+    from esl_cb.esl.commands import UnsafeDialString, check_dial_string
+
+    try:
+        check_dial_string(dial_string)
+    except UnsafeDialString as e:
+        fail(str(e), EXIT_USAGE)
+    store = open_store(db)
+    store_call(store.add_agent, name, dial_string, skills)
+    click.echo(f"agent {name} added ({dial_string}; skills: {', '.join(skills)}); "
+               f"make them available with: esl-cb agent available {name}")
+
+
+def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: str) -> None:
+    from esl_cb.domain.states import AgentState
+
+    store = open_store(db)
+    before = store_call(store.set_agent_state, name, AgentState(to), [AgentState(a) for a in allowed])
+    store_call(store.notify, f"agent {name}")
+    click.echo(f"agent {name}: {before.value} -> {to}")
+
+
+@agent.command("available")
+@click.argument("name")
+@db_option
+def agent_available(name: str, db: str | None) -> None:
+    """Make an agent available for the next contact (also clears Refused).
+
+    \b
+    Example:
+      esl-cb agent available alice
+    """
+    _agent_state(name, db, "Available", ["LoggedOut", "Refused", "Unavailable"], "available")
+
+
+@agent.command("unavailable")
+@click.argument("name")
+@db_option
+def agent_unavailable(name: str, db: str | None) -> None:
+    """Stop offering contacts to an agent (a call in progress goes on)."""
+    _agent_state(name, db, "Unavailable", ["Available", "Refused", "LoggedOut"], "unavailable")
+
+
+@agent.command("login")
+@click.argument("name")
+@db_option
+def agent_login(name: str, db: str | None) -> None:
+    """Log an agent in (Unavailable until made available)."""
+    _agent_state(name, db, "Unavailable", ["LoggedOut"], "login")
+
+
+@agent.command("logout")
+@click.argument("name")
+@db_option
+def agent_logout(name: str, db: str | None) -> None:
+    """Log an agent out (refused while they are offered a contact or on a call)."""
+    _agent_state(name, db, "LoggedOut", ["Available", "Refused", "Unavailable"], "logout")
+
+
+@agent.command("remove")
+@click.argument("name")
+@db_option
+def agent_remove(name: str, db: str | None) -> None:
+    """Delete an agent (refused while they are on a call)."""
+    store = open_store(db)
+    store_call(store.remove_agent, name)
+    click.echo(f"agent {name} removed")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+def agent_list(as_json: bool, db: str | None) -> None:
+    """List agents with state and skills."""
+    store = open_store(db)
+    agents = store_call(store.agents)
+    if as_json:
+        click.echo(json.dumps(agents, default=str, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "state", "since", "dial string", "skills", "contact")
+    for a in agents:
+        table.add_row(a["name"], a["state"], f"{a['state_changed_at']:%H:%M:%S}", a["dial_string"],
+                      ", ".join(a["skills"]), str(a["contact_id"] or ""))
+    Console().print(table)
+
+
+@main.group()
+def skill() -> None:
+    """Skills (queues)."""
+
+
+@skill.command("add")
+@click.argument("name")
+@db_option
+def skill_add(name: str, db: str | None) -> None:
+    """Add a skill (Reqagent also creates skills on first use)."""
+    store = open_store(db)
+    store_call(store.add_skill, name)
+    click.echo(f"skill {name} ready")
+
+
+@skill.command("list")
+@db_option
+def skill_list(db: str | None) -> None:
+    """List skills."""
+    store = open_store(db)
+    for name in store_call(store.list_skills):
+        click.echo(name)
+
+
+# -- the demo ------------------------------------------------------------------
+@main.command()
+@click.option("--speed", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="How many times faster than real time the demo runs.")
+@click.option("--callers", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--agents", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="Demo seconds during which callers arrive.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--db", help="Database URL (default: an SQLite file in a temporary folder).")
+def demo(speed, callers, agents, duration, seed, db) -> None:
+    """Watch esl-cb work: simulator + controller in one process, no set-up needed.
+
+    \b
+    Example:
+      esl-cb demo --speed 20 --callers 40 --agents 4
+      esl-cb demo --db postgresql+psycopg2://postgres@127.0.0.1/eslcb
+    """
+    patch_gevent()
+    setup_logging("WARNING", "text")
+    from esl_cb.demo import DemoOptions, run_demo
+
+    interactive = sys.stdout.isatty()
+    if db:
+        open_store(db).close()
+    rows = run_demo(DemoOptions(speed, callers, agents, duration, seed, db), interactive, click.echo)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("summary (from reporting_contacts and billing_legs)", "", title="Reporting and billing")
+    for k, v in rows:
+        table.add_row(k, v)
+    Console(force_terminal=interactive, width=100).print(table)
+
+
+# -- the simulator ------------------------------------------------------------
 @main.command()
 @click.option("--listen", type=HOSTPORT, default="127.0.0.1:8021", show_default=True,
               help="Where the simulated switch accepts inbound ESL connections.")
@@ -53,19 +412,19 @@ def sim(listen, password, socket_target, time_scale, seed, event_lag_ms, max_ses
       esl-cb sim --listen 127.0.0.1:8021 --socket-target 127.0.0.1:8084
       # then, from any ESL client:  api sim call 3125550199 5000 dtmf 1 31
     """
-    from gevent import monkey
-
-    monkey.patch_all()
+    patch_gevent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from esl_cb.sim.server import Simulator
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = Simulator(listen, password=password, socket_target=socket_target, time_scale=time_scale,
-                       seed=seed, event_lag=event_lag_ms / 1000, max_sessions=max_sessions)
-    click.echo(f"FreeSWITCH simulator on {listen[0]}:{listen[1]}; calls go to {socket_target[0]}:{socket_target[1]}")
+    server = Simulator(parse_hostport(listen), password=password, socket_target=parse_hostport(socket_target),
+                       time_scale=time_scale, seed=seed, event_lag=event_lag_ms / 1000, max_sessions=max_sessions)
+    click.echo(f"FreeSWITCH simulator on {listen}; calls go to {socket_target}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         server.stop()
+    except OSError as e:
+        fail(f"cannot listen on {listen}: {e.strerror}", EXIT_FAILED)
 
 
 if __name__ == "__main__":

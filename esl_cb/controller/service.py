@@ -94,6 +94,8 @@ class Controller:
             raise RuntimeError("outbound-socket server did not start")
         self._greenlets.append(gevent.spawn(self._keep_esl))
         self._greenlets.append(gevent.spawn(self._dispatch_loop))
+        if self.store.engine.dialect.name == "postgresql":
+            self._greenlets.append(gevent.spawn(self._listen_for_wakeups))
         log.info("controller %s started: %s", self.settings.controller_id, self.settings.masked())
         return self
 
@@ -115,6 +117,31 @@ class Controller:
 
     def wake_dispatcher(self) -> None:
         self._wake.set()
+
+    def _listen_for_wakeups(self) -> None:
+        """LISTEN for NOTIFY from the CLI and other controllers; polling stays the backstop."""
+        import select as _select
+
+        while self._running:
+            try:
+                raw = self.store.engine.raw_connection()
+                try:
+                    dbapi = raw.driver_connection
+                    dbapi.autocommit = True
+                    with dbapi.cursor() as cur:
+                        cur.execute(f"LISTEN {Store.NOTIFY_CHANNEL}")
+                    while self._running:
+                        ready, _, _ = _select.select([dbapi], [], [], 5.0)
+                        if ready:
+                            dbapi.poll()
+                            if dbapi.notifies:
+                                dbapi.notifies.clear()
+                                self.wake_dispatcher()
+                finally:
+                    raw.invalidate()
+            except Exception as e:      # database restarting: polling covers us meanwhile
+                log.warning("LISTEN for wake-ups failed (%s); retrying", type(e).__name__)
+                gevent.sleep(1.0)
 
     def _keep_esl(self) -> None:
         """Stay connected to FreeSWITCH: reconnect with backoff, then reconcile."""

@@ -245,6 +245,28 @@ class Store:
             return self._move(conn, contact_id, expected, C.ENDED, reason, outcome=outcome.value,
                               ended_at=utcnow(), last_error=error)
 
+    def cancel(self, contact_id: int, reason: str, force: bool = False) -> str:
+        """Cancel a waiting callback (or live contact). A callback being dialled or in
+        conversation is refused with the reason, unless force (used when shutting a demo)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if row is None:
+                raise NotFound(f"no contact {contact_id}")
+            if row.state == C.ENDED.value:
+                raise StoreError(f"contact {contact_id} already ended ({row.outcome})")
+            waiting = [C.QUEUED, C.CALLBACK_QUEUED, C.ARRIVED]
+            allowed = waiting + ([C.OFFERED, C.ACCEPTED, C.DIALLING, C.CONNECTED] if force else [])
+            if C(row.state) not in allowed:
+                what = {"offered": "an agent's phone is ringing for it", "accepted": "an agent accepted it and "
+                        "the dial is due", "dialling": "it is being dialled", "connected": "it is in conversation"}
+                raise StoreError(f"contact {contact_id} cannot be cancelled now: {what.get(row.state, row.state)}; "
+                                 "try again when it is back in the queue")
+            self._release_agent(conn, row.agent_id, utcnow())
+            if not self._move(conn, contact_id, [C(row.state)], C.ENDED, reason, outcome=Outcome.CANCELLED.value,
+                              ended_at=utcnow(), last_error=reason):
+                raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
+            return row.state
+
     def contacts_in(self, states: Iterable[C]) -> list[Contact]:
         with self.engine.connect() as conn:
             return list(conn.execute(select(Contact.__table__).where(
@@ -473,6 +495,16 @@ class Store:
         with self.engine.begin() as conn:
             values = dict(ended_at=utcnow(), hangup_cause=cause, billsec=billsec)
             conn.execute(update(Leg).where(Leg.uuid == uuid, Leg.ended_at.is_(None)).values(**values))
+
+    NOTIFY_CHANNEL = "esl_cb_wake"
+
+    def notify(self, what: str = "") -> None:
+        """Wake every controller on this database (PostgreSQL); they also poll, as the backstop."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        from sqlalchemy import text
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_notify(:c, :w)"), {"c": self.NOTIFY_CHANNEL, "w": what[:100]})
 
     def count(self, sql_text: str, **params) -> int:
         from sqlalchemy import text
