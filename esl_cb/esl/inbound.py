@@ -125,8 +125,7 @@ class InboundConnection:
                     raise ConnectionLost(f"{self.host}:{self.port} closed the connection during login")
                 frames = reader.feed(data)
                 if frames:
-                    if len(frames) > 1 or reader.buffered:
-                        raise ESLError("unexpected frames during login")
+                    # A refused login comes with its disconnect notice in the same read.
                     return frames[0]
 
     def _read_loop(self, reader: FrameReader) -> None:

@@ -1,0 +1,105 @@
+"""The command line, through click's runner, against a real PostgreSQL: output, errors, exit codes."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from cli import main
+from esl_cb.db.store import Store
+
+
+@pytest.fixture
+def run(pg_url):
+    store = Store(pg_url)
+    with store.engine.begin() as conn:
+        conn.execute(text("TRUNCATE callback_attempts, legs, contacts, agent_skills, agents, skills "
+                          "RESTART IDENTITY CASCADE"))
+    store.close()
+    runner = CliRunner()
+
+    def invoke(*args, env=None):
+        return runner.invoke(main, list(args), env={"ESL_CB_DATABASE_URL": pg_url, **(env or {})},
+                             catch_exceptions=False)
+    return invoke
+
+
+def test_db_upgrade_is_idempotent(run):
+    r = run("db", "upgrade")
+    assert r.exit_code == 0 and "revision head" in r.output
+
+
+def test_agent_lifecycle(run):
+    r = run("agent", "add", "alice", "--dial-string", "user/1001", "--skill", "support", "--skill", "sales")
+    assert r.exit_code == 0 and "agent alice added" in r.output
+    r = run("agent", "available", "alice")
+    assert r.exit_code == 0 and "LoggedOut -> Available" in r.output
+    r = run("agent", "available", "alice")
+    assert r.exit_code == 1 and "already Available" in r.output
+    r = run("agent", "list", "--json")
+    assert '"state": "Available"' in r.output and '"sales"' in r.output
+    assert run("agent", "unavailable", "alice").exit_code == 0
+    assert run("agent", "logout", "alice").exit_code == 0
+    r = run("agent", "logout", "alice")
+    assert r.exit_code == 1 and "already LoggedOut" in r.output
+    assert run("agent", "remove", "alice").exit_code == 0
+    r = run("agent", "remove", "alice")
+    assert r.exit_code == 1 and "no agent named 'alice'" in r.output
+
+
+def test_agent_errors(run):
+    r = run("agent", "add", "bob", "--dial-string", "user/1001,user/1002", "--skill", "s")
+    assert r.exit_code == 2 and "no spaces, commas, pipes or braces" in r.output
+    run("agent", "add", "bob", "--dial-string", "user/1002", "--skill", "s")
+    r = run("agent", "add", "bob", "--dial-string", "user/1002", "--skill", "s")
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = run("agent", "available", "nobody")
+    assert r.exit_code == 1 and "no agent named 'nobody'" in r.output
+    r = run("agent", "add", "carol", "--dial-string", "user/1003")
+    assert r.exit_code == 2 and "--skill" in r.output
+
+
+def test_skills(run):
+    assert run("skill", "add", "billing").exit_code == 0
+    assert run("skill", "list").output.split() == ["billing"]
+
+
+def test_missing_and_unreachable_database():
+    runner = CliRunner()
+    r = runner.invoke(main, ["agent", "list"], env={"ESL_CB_DATABASE_URL": ""})
+    assert r.exit_code == 2 and "no database" in r.output
+    r = runner.invoke(main, ["agent", "list", "--db", "postgresql+psycopg2://postgres@127.0.0.1:1/none"])
+    assert r.exit_code == 3 and "cannot reach the database" in r.output
+
+
+def test_script_check(tmp_path):
+    runner = CliRunner()
+    from esl_cb.domain.script import DEFAULT_SCRIPT
+
+    r = runner.invoke(main, ["script", "check", str(DEFAULT_SCRIPT)])
+    assert r.exit_code == 0 and "OK (7 actions)" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("actions:\n  - action: Begin\n    Default: Nope\n  - action: Reqagent\n    Caption: Q\n"
+                   "    Default: Q\n  - action: Callback\n    CallDelaySec: 75\n    Default: Q\n")
+    r = runner.invoke(main, ["script", "check", str(bad)])
+    assert r.exit_code == 2
+    assert "action 'Begin': error: branch Default points at 'Nope'" in r.output
+    assert "action 'Q': error: missing property 'Skill'" in r.output
+    assert "action 'Callback': error: CallDelaySec must be a whole number from 0 to 59" in r.output
+    assert "3 error(s)" in r.output or "error(s)" in r.output
+
+
+def test_run_refuses_bad_settings(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["run", "--db", "sqlite://", "--dial-template", "sofia/gateway/pstn/x,y{number}"])
+    assert r.exit_code == 2 and "dial_template" in r.output
+    r = runner.invoke(main, ["run", "--esl", "localhost"])
+    assert r.exit_code == 2 and "needs a port" in r.output
+
+
+def test_every_command_has_help_with_an_example():
+    runner = CliRunner()
+    for args in (["db", "upgrade"], ["run"], ["script", "check"], ["agent", "add"], ["agent", "available"],
+                 ["demo"], ["sim"]):
+        r = runner.invoke(main, args + ["--help"])
+        assert r.exit_code == 0 and "Example" in r.output, args
