@@ -57,6 +57,13 @@ def setup_logging(level: str, fmt: str) -> None:
     configure(level, fmt)
 
 
+def console():
+    """Rich console; piped output gets wide tables instead of squeezed columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def db_option(f):
     return click.option("--db", envvar="ESL_CB_DATABASE_URL", show_envvar=True,
                         help="SQLAlchemy URL, e.g. postgresql+psycopg2://postgres@127.0.0.1/eslcb")(f)
@@ -153,6 +160,7 @@ def db_upgrade(db: str | None, revision: str) -> None:
 @click.option("--callback-ring-timeout", type=int, help="Seconds the customer's phone rings. [default: 30]")
 @click.option("--refused-reset", type=float, help="Seconds before a Refused agent is Available again (0: never).")
 @click.option("--region", help="Country for numbers written without + (ISO code). [default: US]")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def run(config_file, log_level, log_format, **options) -> None:
@@ -189,6 +197,12 @@ def run(config_file, log_level, log_format, **options) -> None:
         controller.start()
     except OSError as e:
         fail(str(e), EXIT_FAILED)
+    if settings.metrics_port:
+        from esl_cb.controller.metrics import Metrics
+
+        controller.metrics = Metrics(controller)
+        port = controller.metrics.start(settings.metrics_port)
+        logging.getLogger("esl_cb").info("metrics on http://127.0.0.1:%d/metrics", port)
     try:
         while True:
             gevent.sleep(3600)
@@ -329,7 +343,7 @@ def agent_list(as_json: bool, db: str | None) -> None:
     for a in agents:
         table.add_row(a["name"], a["state"], f"{a['state_changed_at']:%H:%M:%S}", a["dial_string"],
                       ", ".join(a["skills"]), str(a["contact_id"] or ""))
-    Console().print(table)
+    console().print(table)
 
 
 @main.group()
@@ -354,6 +368,160 @@ def skill_list(db: str | None) -> None:
     store = open_store(db)
     for name in store_call(store.list_skills):
         click.echo(name)
+
+
+# -- watching and managing -----------------------------------------------------
+@main.command()
+@click.option("--once", is_flag=True, help="Print once and exit (default: refresh every second).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (implies --once).")
+@click.option("--ports", type=int, default=None, help="The port limit to show (default: ESL_CB_PORTS or 30).")
+@db_option
+def status(once: bool, as_json: bool, ports: int | None, db: str | None) -> None:
+    """Queues with effective priorities and waits, agents, callbacks, ports.
+
+    \b
+    Example:
+      esl-cb status --once
+      esl-cb status --json | jq '.queues'
+    """
+    import os
+    import time
+
+    from esl_cb.db import queries
+
+    store = open_store(db)
+    limit = ports if ports is not None else int(os.environ.get("ESL_CB_PORTS", 30))
+    if as_json:
+        click.echo(json.dumps(store_call(queries.status, store, limit), default=str, indent=2))
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    if once or not sys.stdout.isatty():
+        console().print(_status_view(store_call(queries.status, store, limit)))
+        return
+    with Live(_status_view(queries.status(store, limit)), refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(_status_view(queries.status(store, limit)))
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_view(st: dict):
+    from rich.console import Group
+    from rich.table import Table
+
+    queue = Table("skill", "contact", "kind", "priority", "waiting", "attempts", title="Queue")
+    for skill, items in st["queues"].items():
+        for c in items:
+            queue.add_row(skill, str(c["contact_id"]), c["kind"], f"{c['effective_priority']:g}",
+                          f"{c['waiting_s']:.0f}s", str(c["attempts"]))
+    agents = Table("agent", "state", "skills", "contact", title="Agents")
+    for a in st["agents"]:
+        agents.add_row(a["name"], a["state"], ", ".join(a["skills"]), str(a["contact_id"] or ""))
+    cbs = Table("contact", "number", "state", "dial in", "attempts", title="Callbacks")
+    for c in st["callbacks"]:
+        cbs.add_row(str(c["contact_id"]), c["number"] or "", c["state"],
+                    "" if c["dial_in_s"] is None else f"{c['dial_in_s']:.1f}s", str(c["attempts"]))
+    p = st["ports"]
+    return Group(queue, agents, cbs, f"ports in use: {p['in_use']} of {p['limit']}")
+
+
+@main.group()
+def callback() -> None:
+    """Queued callbacks: list, show, cancel."""
+
+
+@callback.command("list")
+@click.option("--all", "include_ended", is_flag=True, help="Include ended callbacks.")
+@click.option("--json", "as_json", is_flag=True)
+@db_option
+def callback_list(include_ended: bool, as_json: bool, db: str | None) -> None:
+    """List callbacks (open ones unless --all).
+
+    \b
+    Example:
+      esl-cb callback list --all
+    """
+    from esl_cb.db import queries
+
+    rows = store_call(queries.callbacks, open_store(db), include_ended)
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("contact", "skill", "number", "state", "outcome", "attempts", "agent", "requested")
+    for r in rows:
+        table.add_row(str(r["contact_id"]), r["skill"] or "", r["number"] or "", r["state"], r["outcome"] or "",
+                      str(r["attempts"]), r["agent"] or "", f"{r['callback_requested_at']:%Y-%m-%d %H:%M:%S}"
+                      if r["callback_requested_at"] else "")
+    console().print(table)
+
+
+@callback.command("show")
+@click.argument("contact_id", type=int)
+@db_option
+def callback_show(contact_id: int, db: str | None) -> None:
+    """Everything about one contact: times, attempts, legs.
+
+    \b
+    Example:
+      esl-cb callback show 42
+    """
+    from esl_cb.db import queries
+
+    click.echo(json.dumps(store_call(queries.contact_detail, open_store(db), contact_id), default=str, indent=2))
+
+
+@callback.command("cancel")
+@click.argument("contact_id", type=int)
+@click.option("--reason", default="cancelled by operator", show_default=True)
+@db_option
+def callback_cancel(contact_id: int, reason: str, db: str | None) -> None:
+    """Cancel a waiting callback (refused while it is being dialled or in conversation).
+
+    \b
+    Example:
+      esl-cb callback cancel 42 --reason "customer called back"
+    """
+    store = open_store(db)
+    before = store_call(store.cancel, contact_id, reason)
+    store_call(store.notify, f"cancel {contact_id}")
+    click.echo(f"contact {contact_id}: {before} -> cancelled")
+
+
+@main.command()
+@click.option("--from", "since", type=click.DateTime(), help="Contacts that arrived from (UTC).")
+@click.option("--to", "until", type=click.DateTime(), help="... until before (UTC).")
+@click.option("--csv", "as_csv", is_flag=True, help="One metric per line as CSV.")
+@db_option
+def report(since, until, as_csv: bool, db: str | None) -> None:
+    """Summary of the reporting and billing views for a time range.
+
+    \b
+    Example:
+      esl-cb report --from 2026-11-01 --to 2026-12-01 --csv
+    """
+    from datetime import timezone as tz
+
+    from esl_cb.db import queries
+
+    rep = store_call(queries.report, open_store(db), since and since.replace(tzinfo=tz.utc),
+                     until and until.replace(tzinfo=tz.utc))
+    lines = [("contacts", rep["contacts"])] + [(f"outcome_{k}", v) for k, v in sorted(rep["outcomes"].items())]
+    lines += [("callback_rate", rep["callback_rate"]), ("average_wait_to_answer_s", rep["average_wait_to_answer_s"]),
+              ("billed_outbound_seconds", rep["billed_outbound_seconds"])]
+    if as_csv:
+        click.echo("metric,value")
+        for k, v in lines:
+            click.echo(f"{k},{'' if v is None else v}")
+        return
+    for k, v in lines:
+        click.echo(f"{k:28} {'-' if v is None else v}")
 
 
 # -- the demo ------------------------------------------------------------------

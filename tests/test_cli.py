@@ -103,3 +103,58 @@ def test_every_command_has_help_with_an_example():
                  ["demo"], ["sim"]):
         r = runner.invoke(main, args + ["--help"])
         assert r.exit_code == 0 and "Example" in r.output, args
+
+
+def seed_contacts(pg_url):
+    """Three contacts: a live caller waiting, a queued callback, and one being dialled."""
+    from esl_cb.domain.queue import Priority
+
+    store = Store(pg_url)
+    for i, uuid in enumerate(("c-1", "c-2", "c-3"), 1):
+        store.create_contact(uuid, f"312555010{i}", "3125557000", "example", f"312555010{i}", "3125557000")
+        store.queue_contact(i, "support", Priority(10 * i, 0, 100))
+    store.request_callback(2, "+13125550102", "+13125557000", 5, "+13125557000", "+13125550102")
+    store.request_callback(3, "+13125550103", "+13125557000", 5, "+13125557000", "+13125550103")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE contacts SET state = 'dialling' WHERE id = 3"))
+    store.close()
+
+
+def test_status_callbacks_and_cancel(run, pg_url):
+    import json
+
+    seed_contacts(pg_url)
+    r = run("status", "--json", "--ports", "4")
+    st = json.loads(r.output)
+    assert r.exit_code == 0
+    assert [c["contact_id"] for c in st["queues"]["support"]] == [2, 1]    # priority 20 before 10
+    assert st["queues"]["support"][0]["kind"] == "callback"
+    assert st["ports"] == {"in_use": 1, "limit": 4}
+    r = run("status", "--once")
+    assert r.exit_code == 0 and "Queue" in r.output and "ports in use: 1 of 30" in r.output
+    r = run("callback", "list")
+    assert r.exit_code == 0 and "+13125550102" in r.output and "+13125550103" in r.output
+    r = run("callback", "show", "2")
+    assert r.exit_code == 0 and json.loads(r.output)["callback_number"] == "+13125550102"
+    r = run("callback", "cancel", "3")
+    assert r.exit_code == 1 and "it is being dialled" in r.output
+    r = run("callback", "cancel", "2", "--reason", "customer called back")
+    assert r.exit_code == 0 and "callback_queued -> cancelled" in r.output
+    r = run("callback", "cancel", "2")
+    assert r.exit_code == 1 and "already ended (cancelled)" in r.output
+    r = run("callback", "show", "99")
+    assert r.exit_code == 1 and "no contact 99" in r.output
+
+
+def test_report(run, pg_url):
+    seed_contacts(pg_url)
+    run("callback", "cancel", "2")
+    r = run("report", "--csv")
+    assert r.exit_code == 0
+    lines = dict(line.split(",", 1) for line in r.output.strip().splitlines()[1:])
+    assert lines["contacts"] == "3" and lines["outcome_cancelled"] == "1"
+    assert float(lines["callback_rate"]) == pytest.approx(2 / 3, abs=0.001)
+    r = run("report", "--from", "2000-01-01", "--to", "2000-01-02")
+    assert r.exit_code == 0 and "contacts" in r.output and " 0" in r.output
+    r = run("report", "--from", "yesterday")
+    assert r.exit_code == 2 and "yesterday" in r.output

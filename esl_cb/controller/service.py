@@ -83,6 +83,7 @@ class Controller:
         self._greenlets: list[gevent.Greenlet] = []
         self.esl_ready = GEvent()
         self.reconnects = 0
+        self.metrics = None                       # Metrics, when --metrics-port is set
 
     # -- life cycle -----------------------------------------------------
     def start(self) -> "Controller":
@@ -105,6 +106,8 @@ class Controller:
 
     def stop(self) -> None:
         self._running = False
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.server is not None:
             self.server.stop()
         if self.esl is not None:
@@ -170,6 +173,8 @@ class Controller:
             self.esl_ready.clear()
             if self._running:
                 self.reconnects += 1
+                if self.metrics is not None:
+                    self.metrics.reconnects.inc()
                 log.warning("lost the ESL connection to FreeSWITCH; reconnecting")
 
     # -- events from the inbound connection (never block here) ---------
@@ -393,6 +398,10 @@ class Controller:
             self._kill(plan.agent_leg_uuid)
             self.wake_dispatcher()
 
+    def _count_dial(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dials.labels(result).inc()
+
     def _release_port(self, watch: LegWatch) -> None:
         if getattr(watch, "_port_released", False):
             return
@@ -425,6 +434,7 @@ class Controller:
                 self._kill(watch.uuid)
             else:
                 log.info("contact %s: customer answered and is connected to the agent", plan.contact_id)
+                self._count_dial("answered")
             return False
         if name == "CHANNEL_HANGUP":
             if watch.answered and self.store.complete(plan.contact_id, f"customer hung up "
@@ -440,6 +450,7 @@ class Controller:
 
     def _dial_failed(self, watch: LegWatch, cause: str) -> None:
         plan = watch.plan
+        self._count_dial(RESULT_OF_CAUSE.get(cause, "switch_busy" if cause in SWITCH_LIMIT_CAUSES else "failed"))
         if cause in SWITCH_LIMIT_CAUSES:
             # The switch is at a limit: not the customer's doing, try again shortly.
             outcome = self.store.dial_failed(plan.contact_id, watch.uuid, "switch_busy", 1.0,

@@ -1,0 +1,92 @@
+"""Prometheus metrics for a running controller (esl-cb run --metrics-port N)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import gevent
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:
+    from .service import Controller
+
+log = logging.getLogger(__name__)
+CONTACT_STATES = ("arrived", "queued", "offered", "callback_queued", "accepted", "dialling", "connected")
+AGENT_STATES = ("LoggedOut", "Available", "Offered", "OnCall", "Refused", "Unavailable")
+
+
+class Metrics:
+    def __init__(self, controller: "Controller", registry: CollectorRegistry | None = None) -> None:
+        self.controller = controller
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("esl_cb_queue_depth", "Contacts waiting for an agent", ["skill"], registry=r)
+        self.contacts = Gauge("esl_cb_contacts", "Open contacts by state", ["state"], registry=r)
+        self.callbacks = Gauge("esl_cb_callbacks", "Open callbacks by state", ["state"], registry=r)
+        self.agents = Gauge("esl_cb_agents", "Agents by state", ["state"], registry=r)
+        self.ports = Gauge("esl_cb_ports_in_use", "Callback voice ports in use", registry=r)
+        self.port_limit = Gauge("esl_cb_ports_limit", "Configured callback port limit", registry=r)
+        self.dials = Counter("esl_cb_dial_outcomes", "Callback dial outcomes", ["result"], registry=r)
+        self.reconnects = Counter("esl_cb_esl_reconnects", "Reconnections to FreeSWITCH", registry=r)
+        self.loop_lag = Gauge("esl_cb_event_loop_lag_seconds", "How late a 100 ms timer fired, last sample",
+                              registry=r)
+        self.loop_lag_max = Gauge("esl_cb_event_loop_lag_max_seconds", "Worst timer lateness in the last "
+                                  "10 s", registry=r)
+        self.port_limit.set(controller.settings.ports)
+        for s in CONTACT_STATES:
+            self.contacts.labels(s)
+        for s in AGENT_STATES:
+            self.agents.labels(s)
+        self.dials.labels("answered")
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def start(self, port: int) -> int:
+        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self._greenlets = [gevent.spawn(self._sample_loop), gevent.spawn(self._lag_loop)]
+        return server.server_port
+
+    def stop(self) -> None:
+        for g in self._greenlets:
+            g.kill(block=False)
+
+    def _lag_loop(self) -> None:
+        worst, window_start = 0.0, time.monotonic()
+        while True:
+            t = time.monotonic()
+            gevent.sleep(0.1)
+            lag = max(time.monotonic() - t - 0.1, 0.0)
+            self.loop_lag.set(lag)
+            worst = max(worst, lag)
+            self.loop_lag_max.set(worst)
+            if time.monotonic() - window_start > 10:
+                worst, window_start = 0.0, time.monotonic()
+
+    def _sample_loop(self) -> None:
+        while True:
+            try:
+                self.sample()
+            except SQLAlchemyError as e:
+                log.warning("metrics: database unavailable (%s)", type(e).__name__)
+            gevent.sleep(1.0)
+
+    def sample(self) -> None:
+        c = self.controller
+        with c.store.engine.connect() as conn:
+            by_state = dict(conn.execute(text("SELECT state, count(*) FROM contacts WHERE state <> 'ended' "
+                                              "GROUP BY state")).all())
+            cb_state = dict(conn.execute(text("SELECT state, count(*) FROM contacts WHERE state <> 'ended' "
+                                              "AND callback_requested GROUP BY state")).all())
+            depth = conn.execute(text("SELECT s.name, count(*) FROM contacts c JOIN skills s ON s.id = c.skill_id "
+                                      "WHERE c.state IN ('queued', 'callback_queued') GROUP BY s.name")).all()
+            agents = dict(conn.execute(text("SELECT state, count(*) FROM agents GROUP BY state")).all())
+        for s in CONTACT_STATES:
+            self.contacts.labels(s).set(by_state.get(s, 0))
+            self.callbacks.labels(s).set(cb_state.get(s, 0))
+        for skill, n in depth:
+            self.queue_depth.labels(skill).set(n)
+        for s in AGENT_STATES:
+            self.agents.labels(s).set(agents.get(s, 0))
+        self.ports.set(c.ports_in_use)
