@@ -296,7 +296,12 @@ def agent_available(name: str, db: str | None) -> None:
 @click.argument("name")
 @db_option
 def agent_unavailable(name: str, db: str | None) -> None:
-    """Stop offering contacts to an agent (a call in progress goes on)."""
+    """Stop offering contacts to an agent (a call in progress goes on).
+
+    \b
+    Example:
+      esl-cb agent unavailable alice
+    """
     _agent_state(name, db, "Unavailable", ["Available", "Refused", "LoggedOut"], "unavailable")
 
 
@@ -304,7 +309,12 @@ def agent_unavailable(name: str, db: str | None) -> None:
 @click.argument("name")
 @db_option
 def agent_login(name: str, db: str | None) -> None:
-    """Log an agent in (Unavailable until made available)."""
+    """Log an agent in (Unavailable until made available).
+
+    \b
+    Example:
+      esl-cb agent login alice && esl-cb agent available alice
+    """
     _agent_state(name, db, "Unavailable", ["LoggedOut"], "login")
 
 
@@ -312,7 +322,12 @@ def agent_login(name: str, db: str | None) -> None:
 @click.argument("name")
 @db_option
 def agent_logout(name: str, db: str | None) -> None:
-    """Log an agent out (refused while they are offered a contact or on a call)."""
+    """Log an agent out (refused while they are offered a contact or on a call).
+
+    \b
+    Example:
+      esl-cb agent logout alice
+    """
     _agent_state(name, db, "LoggedOut", ["Available", "Refused", "Unavailable"], "logout")
 
 
@@ -320,7 +335,12 @@ def agent_logout(name: str, db: str | None) -> None:
 @click.argument("name")
 @db_option
 def agent_remove(name: str, db: str | None) -> None:
-    """Delete an agent (refused while they are on a call)."""
+    """Delete an agent (refused while they are on a call).
+
+    \b
+    Example:
+      esl-cb agent remove alice
+    """
     store = open_store(db)
     store_call(store.remove_agent, name)
     click.echo(f"agent {name} removed")
@@ -330,7 +350,12 @@ def agent_remove(name: str, db: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @db_option
 def agent_list(as_json: bool, db: str | None) -> None:
-    """List agents with state and skills."""
+    """List agents with state and skills.
+
+    \b
+    Example:
+      esl-cb agent list --json
+    """
     store = open_store(db)
     agents = store_call(store.agents)
     if as_json:
@@ -355,7 +380,12 @@ def skill() -> None:
 @click.argument("name")
 @db_option
 def skill_add(name: str, db: str | None) -> None:
-    """Add a skill (Reqagent also creates skills on first use)."""
+    """Add a skill (Reqagent also creates skills on first use).
+
+    \b
+    Example:
+      esl-cb skill add billing
+    """
     store = open_store(db)
     store_call(store.add_skill, name)
     click.echo(f"skill {name} ready")
@@ -364,7 +394,12 @@ def skill_add(name: str, db: str | None) -> None:
 @skill.command("list")
 @db_option
 def skill_list(db: str | None) -> None:
-    """List skills."""
+    """List skills.
+
+    \b
+    Example:
+      esl-cb skill list
+    """
     store = open_store(db)
     for name in store_call(store.list_skills):
         click.echo(name)
@@ -388,6 +423,7 @@ def status(once: bool, as_json: bool, ports: int | None, db: str | None) -> None
     import time
 
     from esl_cb.db import queries
+    from esl_cb.ui import status_view
 
     store = open_store(db)
     limit = ports if ports is not None else int(os.environ.get("ESL_CB_PORTS", 30))
@@ -398,35 +434,15 @@ def status(once: bool, as_json: bool, ports: int | None, db: str | None) -> None
     from rich.live import Live
 
     if once or not sys.stdout.isatty():
-        console().print(_status_view(store_call(queries.status, store, limit)))
+        console().print(status_view(store_call(queries.status, store, limit)))
         return
-    with Live(_status_view(queries.status(store, limit)), refresh_per_second=1) as live:
+    with Live(status_view(queries.status(store, limit)), refresh_per_second=1) as live:
         try:
             while True:
                 time.sleep(1)
-                live.update(_status_view(queries.status(store, limit)))
+                live.update(status_view(queries.status(store, limit)))
         except KeyboardInterrupt:
             pass
-
-
-def _status_view(st: dict):
-    from rich.console import Group
-    from rich.table import Table
-
-    queue = Table("skill", "contact", "kind", "priority", "waiting", "attempts", title="Queue")
-    for skill, items in st["queues"].items():
-        for c in items:
-            queue.add_row(skill, str(c["contact_id"]), c["kind"], f"{c['effective_priority']:g}",
-                          f"{c['waiting_s']:.0f}s", str(c["attempts"]))
-    agents = Table("agent", "state", "skills", "contact", title="Agents")
-    for a in st["agents"]:
-        agents.add_row(a["name"], a["state"], ", ".join(a["skills"]), str(a["contact_id"] or ""))
-    cbs = Table("contact", "number", "state", "dial in", "attempts", title="Callbacks")
-    for c in st["callbacks"]:
-        cbs.add_row(str(c["contact_id"]), c["number"] or "", c["state"],
-                    "" if c["dial_in_s"] is None else f"{c['dial_in_s']:.1f}s", str(c["attempts"]))
-    p = st["ports"]
-    return Group(queue, agents, cbs, f"ports in use: {p['in_use']} of {p['limit']}")
 
 
 @main.group()

@@ -127,25 +127,15 @@ class Demo:
                 "ended": ended, "ports": self.controller.ports_in_use}
 
     def render(self, snap: dict):
-        from rich.console import Group
-        from rich.table import Table
+        from esl_cb.db import queries
+        from esl_cb.ui import status_view
 
         elapsed = (time.time() - self.started) * self.opts.speed
-        head = Table.grid()
-        head.add_row(f"[b]esl-cb demo[/b]  t={elapsed:5.0f}s (x{self.opts.speed:g})  contacts={len(snap['rows'])}  "
-                     f"waiting={len(snap['waiting'])}  ended={len(snap['ended'])}  "
-                     f"ports={snap['ports']}/{self.settings.ports}")
-        agents = Table("agent", "state", "contact", title="Agents")
-        for a in snap["agents"]:
-            agents.add_row(a["name"], a["state"], str(a["contact_id"] or ""))
-        cbs = Table("contact", "number", "state", "dial in", "attempts", title="Callbacks")
-        for r in snap["callbacks"][:10]:
-            due = ""
-            if r.dial_due_at is not None:
-                d = r.dial_due_at if r.dial_due_at.tzinfo else r.dial_due_at.replace(tzinfo=timezone.utc)
-                due = f"{max((d - snap['now']).total_seconds(), 0) * self.opts.speed:4.1f}s"
-            cbs.add_row(str(r.id), r.callback_number or "", r.state, due, str(r.attempts))
-        return Group(head, agents, cbs)
+        header = (f"[b]esl-cb demo[/b]  t={elapsed:5.0f}s (x{self.opts.speed:g}, times shown in real seconds)  "
+                  f"contacts={len(snap['rows'])}  waiting={len(snap['waiting'])}  ended={len(snap['ended'])}")
+        st = queries.status(self.store, self.settings.ports)
+        st["ports"]["in_use"] = snap["ports"]
+        return status_view(st, header)
 
     def plain_line(self, snap: dict) -> str:
         elapsed = (time.time() - self.started) * self.opts.speed

@@ -98,9 +98,19 @@ def test_run_refuses_bad_settings(tmp_path):
 
 
 def test_every_command_has_help_with_an_example():
+    import click
+
     runner = CliRunner()
-    for args in (["db", "upgrade"], ["run"], ["script", "check"], ["agent", "add"], ["agent", "available"],
-                 ["demo"], ["sim"]):
+
+    def leaves(group, path):
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                yield from leaves(cmd, path + [name])
+            else:
+                yield path + [name]
+    commands = list(leaves(main, []))
+    assert len(commands) >= 19
+    for args in commands:
         r = runner.invoke(main, args + ["--help"])
         assert r.exit_code == 0 and "Example" in r.output, args
 
