@@ -33,6 +33,9 @@ class Settings:
     region: str = "US"                # how national numbers (no +) are read
     controller_id: str = ""
     poll_interval: float = 1.0        # backstop: look for work even when nobody woke us
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 10.0   # a controller silent this long has its contacts taken over
+    db_wait: float = 60.0             # how long a new caller hears music while the database is away
     metrics_port: int = 0
 
     def validate(self) -> "Settings":
@@ -56,7 +59,8 @@ class Settings:
         if self.retry_interval < 0:
             raise ConfigError("retry_interval cannot be negative")
         if not self.controller_id:
-            self.controller_id = f"{socket.gethostname()}:{os.getpid()}"
+            # Stable across restarts on one host, so a restarted controller finds its own contacts.
+            self.controller_id = f"{socket.gethostname()}:{parse_hostport(self.listen)[1]}"
         return self
 
     def masked(self) -> dict:

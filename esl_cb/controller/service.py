@@ -11,6 +11,7 @@ Every step is stored (guarded by the expected state) before it is acted on.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid as uuidlib
@@ -25,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from esl_cb.config import Settings
 from esl_cb.db.store import DialPlan, Offer, Store, utcnow
 from esl_cb.domain import script as scripts
-from esl_cb.domain.numbers import storable
+from esl_cb.domain.numbers import InvalidNumber, normalize, storable
 from esl_cb.domain.runtime import CallerGone, ConnectedToAgent, ScriptRunner
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
@@ -95,6 +96,7 @@ class Controller:
             raise RuntimeError("outbound-socket server did not start")
         self._greenlets.append(gevent.spawn(self._keep_esl))
         self._greenlets.append(gevent.spawn(self._dispatch_loop))
+        self._greenlets.append(gevent.spawn(self._heartbeat_loop))
         if self.store.engine.dialect.name == "postgresql":
             self._greenlets.append(gevent.spawn(self._listen_for_wakeups))
         log.info("controller %s started: %s", self.settings.controller_id, self.settings.masked())
@@ -120,6 +122,20 @@ class Controller:
 
     def wake_dispatcher(self) -> None:
         self._wake.set()
+
+    def _heartbeat_loop(self) -> None:
+        """Say we are alive; take over the contacts of controllers that stopped saying so."""
+        while self._running:
+            try:
+                self.store.heartbeat(self.settings.esl)
+                if self.store.adopt_dead(self.settings.heartbeat_timeout) and self.esl_ready.is_set():
+                    self.reconcile()
+                    self.wake_dispatcher()
+            except SQLAlchemyError as e:
+                log.warning("heartbeat: database unavailable (%s)", type(e).__name__)
+            except ESLError as e:
+                log.warning("heartbeat: reconcile after a takeover failed (%s); retrying", e)
+            gevent.sleep(self.settings.heartbeat_interval)
 
     def _listen_for_wakeups(self) -> None:
         """LISTEN for NOTIFY from the CLI and other controllers; polling stays the backstop."""
@@ -197,15 +213,21 @@ class Controller:
         handler = {"agent": self._agent_event, "callback": self._callback_event, "caller": self._caller_event}[watch.kind]
         while True:
             ev = watch.queue.get()
-            try:
-                done = handler(watch, ev)
-            except SQLAlchemyError as e:
-                log.error("contact %s leg %s: database error handling %s: %s", watch.contact_id, watch.uuid,
-                          ev.name, e)
-                done = False
-            except Exception:
-                log.exception("contact %s leg %s: handling %s failed", watch.contact_id, watch.uuid, ev.name)
-                done = False
+            backoff = 0.2
+            while True:
+                try:
+                    done = handler(watch, ev)
+                    break
+                except SQLAlchemyError as e:
+                    # Never act without storing: hold this leg's events until the database is back.
+                    log.error("contact %s leg %s: database unavailable handling %s (%s); retrying in %.1fs",
+                              watch.contact_id, watch.uuid, ev.name, type(e).__name__, backoff)
+                    gevent.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                except Exception:
+                    log.exception("contact %s leg %s: handling %s failed", watch.contact_id, watch.uuid, ev.name)
+                    done = False
+                    break
             if done:
                 self.legs.pop(watch.uuid, None)
                 return
@@ -469,13 +491,19 @@ class Controller:
         data = channel.data
         ani = data.get("Caller-Caller-ID-Number", "")
         dnis = data.get("Caller-Destination-Number", "")
-        try:
-            contact_id = self.store.create_contact(channel.uuid, storable(ani), storable(dnis), self.script.name,
-                                                   storable(ani), storable(dnis))
-        except SQLAlchemyError as e:
-            log.error("call %s: database unavailable, cannot take the call (%s)", channel.uuid, type(e).__name__)
-            channel.hangup("NORMAL_TEMPORARY_FAILURE")
+        contact_id = self._create_contact(channel, ani, dnis)
+        if contact_id is None:
             return
+        variables = {"ANI": ani, "DNIS": dnis, "ContactID": str(contact_id), "CallbackPending": "0",
+                     "PendingContactID": ""}
+        try:
+            pending = self.store.pending_callback(normalize(ani, self.settings.region))
+        except (InvalidNumber, SQLAlchemyError):
+            pending = None
+        if pending is not None:
+            # Documented: a caller whose callback is still queued is recognised; scripts may branch on it.
+            variables.update(CallbackPending="1", PendingContactID=str(pending))
+            log.info("contact %s: caller %s already has callback contact %s queued", contact_id, ani, pending)
         live = LiveCall(contact_id, channel)
         live.greenlet = gevent.getcurrent()
         self.calls[contact_id] = live
@@ -485,8 +513,7 @@ class Controller:
             if not live.expect_hangup and not live.connected and live.greenlet is not None:
                 live.greenlet.kill(CallerGone(), block=False)
         channel.on_gone = gone
-        runner = ScriptRunner(self.script, ChannelCall(live), StoreQueue(self, contact_id),
-                              {"ANI": ani, "DNIS": dnis, "ContactID": str(contact_id)},
+        runner = ScriptRunner(self.script, ChannelCall(live), StoreQueue(self, contact_id), variables,
                               default_region=self.settings.region, contact_label=f"contact {contact_id}")
         try:
             try:
@@ -511,6 +538,39 @@ class Controller:
                 channel.gone.wait(timeout=5)
         finally:
             self.calls.pop(contact_id, None)
+
+    def _create_contact(self, channel: CallChannel, ani: str, dnis: str) -> int | None:
+        """Store the new contact; while the database is away the caller hears music, for a while."""
+        deadline = time.time() + self.settings.db_wait
+        music = False
+        while True:
+            try:
+                contact_id = self.store.create_contact(channel.uuid, storable(ani), storable(dnis), self.script.name,
+                                                       storable(ani), storable(dnis))
+                break
+            except SQLAlchemyError as e:
+                if time.time() > deadline or channel.gone.is_set():
+                    log.error("call %s: database unavailable for %ss, cannot take the call (%s)", channel.uuid,
+                              self.settings.db_wait, type(e).__name__)
+                    channel.hangup("NORMAL_TEMPORARY_FAILURE")
+                    return None
+                if not music:
+                    music = True
+                    gevent.spawn(self._hold_music, channel)
+                gevent.sleep(1.0)
+        if music:
+            try:
+                channel.break_media()
+            except Exception:
+                pass
+        return contact_id
+
+    @staticmethod
+    def _hold_music(channel: CallChannel) -> None:
+        try:
+            channel.execute("playback", "local_stream://moh")
+        except Exception:
+            pass
 
     def _script_ended(self, contact_id: int, ended_by: str, in_callback: bool) -> None:
         if in_callback:
@@ -542,52 +602,110 @@ class Controller:
 
     # -- start-up reconciliation ----------------------------------------
     def reconcile(self) -> None:
-        """Rebuild from the database and FreeSWITCH: nothing stuck, nothing dialled twice."""
-        exists = lambda uuid: bool(uuid) and self._api(f"uuid_exists {uuid}").strip() == "true"  # noqa: E731
-        for c in self.store.contacts_in([C.ARRIVED, C.QUEUED]):
+        """Rebuild from the database and FreeSWITCH: nothing stuck, nothing dialled twice.
+
+        Runs at every (re)connection and after taking over a dead controller's contacts. Only
+        this controller's contacts are examined; the origination uuids we stored decide
+        whether a leg exists, so a dial is never sent twice."""
+        channels = self._channels()
+        exists = lambda uuid: bool(uuid) and uuid in channels  # noqa: E731
+        self._resync_watched(channels)
+        for c in self.store.contacts_in([C.ARRIVED, C.QUEUED], mine=True):
             if c.id not in self.calls and not exists(c.caller_uuid):
                 self.store.end_contact(c.id, [C(c.state)], Outcome.ABANDONED if c.state == C.QUEUED.value
                                        else Outcome.NOT_QUEUED, "caller gone while the controller was away")
-        for c in self.store.contacts_in([C.OFFERED]):
+        for c in self.store.contacts_in([C.OFFERED], mine=True):
             if c.agent_leg_uuid in self.legs:
                 continue
             offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, c.callback_requested, c.caller_uuid,
                           c.callback_number or c.original_ani, "")
-            self._kill(c.agent_leg_uuid)
-            if c.callback_requested or exists(c.caller_uuid):
+            if exists(c.agent_leg_uuid):
+                self._kill(c.agent_leg_uuid)
+            if c.callback_requested or c.id in self.calls:
                 self.store.offer_failed(offer, refused=False, reason="offer interrupted by a restart")
             else:
                 self.store.abandon_offer(c.id, "caller gone while the controller was away")
-        for c in self.store.contacts_in([C.ACCEPTED]):
-            if c.id in self.timers:
+        for c in self.store.contacts_in([C.ACCEPTED], mine=True):
+            if c.id in self.timers or c.agent_leg_uuid in self.legs:
                 continue
             if exists(c.agent_leg_uuid):
-                offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, True, None, c.callback_number or "", "")
-                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True, job_done=True))
-                self._schedule_dial(c.id, c.dial_due_at.replace(tzinfo=c.dial_due_at.tzinfo or timezone.utc))
+                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
+                                     job_done=True))
+                due = c.dial_due_at if c.dial_due_at.tzinfo else c.dial_due_at.replace(tzinfo=timezone.utc)
+                self._schedule_dial(c.id, due)          # resumes from the persisted due time
             else:
                 self.store.agent_left_before_dial(c.id, "agent leg gone while the controller was away")
-        for c in self.store.contacts_in([C.DIALLING]):
+        for c in self.store.contacts_in([C.DIALLING], mine=True):
             if c.callback_leg_uuid in self.legs:
                 continue
             if exists(c.callback_leg_uuid) and exists(c.agent_leg_uuid):
-                plan = DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id,
-                                c.attempts, c.callback_leg_uuid)
-                offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, True, None, c.callback_number or "", "")
-                self.ports_in_use += 1
-                self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, job_done=True))
-                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer, answered=True, job_done=True))
+                self._reattach_callback(c, answered=channels[c.callback_leg_uuid] == "ACTIVE")
             else:
+                # Persisted as 'about to originate' but the leg is not there: it never rang, or it
+                # is over. Either way it is not redialled here: the contact goes back to the queue.
                 self._kill(c.callback_leg_uuid)
                 self._kill(c.agent_leg_uuid)
                 self.store.dial_failed(c.id, c.callback_leg_uuid, "interrupted", 0, self.settings.max_attempts,
                                        counts=False)
-        for c in self.store.contacts_in([C.CONNECTED]):
-            legs = [c.caller_uuid, c.agent_leg_uuid, c.callback_leg_uuid]
-            if any(u in self.legs for u in legs if u):
+        for c in self.store.contacts_in([C.CONNECTED], mine=True):
+            legs = [u for u in (c.caller_uuid, c.agent_leg_uuid, c.callback_leg_uuid) if u]
+            if any(u in self.legs for u in legs):
                 continue
-            if not any(exists(u) for u in legs if u):
+            alive = [u for u in legs if exists(u)]
+            if len(alive) < 2:
+                for u in alive:
+                    self._kill(u)
                 self.store.complete(c.id, "ended while the controller was away")
+            elif c.callback_requested:
+                self._reattach_callback(c, answered=True)
+            else:
+                self._watch(LegWatch(c.caller_uuid, "caller", c.id))
+                self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
+                                     job_done=True))
+
+    @staticmethod
+    def _offer_of(c) -> Offer:
+        return Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, bool(c.callback_requested), c.caller_uuid,
+                     c.callback_number or c.original_ani or "", "")
+
+    def _reattach_callback(self, c, answered: bool) -> None:
+        plan = DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, c.attempts,
+                        c.callback_leg_uuid)
+        self.ports_in_use += 1
+        self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, answered=answered, job_done=True))
+        self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
+                             job_done=True))
+        if not answered:
+            log.info("contact %s: re-attached to the ringing callback leg %s", c.id, c.callback_leg_uuid)
+
+    def _channels(self) -> dict[str, str]:
+        """uuid -> call state of every channel FreeSWITCH has now."""
+        body = self._api("show channels as json")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ESLError(f"'show channels as json' did not return JSON: {body[:80]!r}") from None
+        return {row["uuid"]: row.get("callstate", "") for row in data.get("rows", [])}
+
+    def _resync_watched(self, channels: dict[str, str]) -> None:
+        """Events lost while the connection was down: tell each watched leg what happened meanwhile."""
+        for watch in list(self.legs.values()):
+            state = channels.get(watch.uuid)
+            synthetic = []
+            if state is not None:
+                if watch.kind != "caller" and not watch.answered and state == "ACTIVE":
+                    synthetic.append(_event("CHANNEL_ANSWER", watch.uuid))
+                continue
+            if watch.kind != "caller" and not watch.answered and not watch.job_done:
+                synthetic.append(_event("BACKGROUND_JOB", watch.uuid, body=b"-ERR DESTINATION_OUT_OF_ORDER\n"))
+            synthetic += [_event("CHANNEL_HANGUP", watch.uuid), _event("CHANNEL_HANGUP_COMPLETE", watch.uuid)]
+            log.warning("contact %s: leg %s ended while we were disconnected", watch.contact_id, watch.uuid)
+            for ev in synthetic:
+                watch.queue.put(ev)
+
+
+def _event(name: str, uuid: str, body: bytes = b"") -> Event:
+    return Event([("Event-Name", name), ("Unique-ID", uuid), ("Hangup-Cause", "LOST_EVENTS")], body)
 
 
 def _int(text: str) -> int | None:

@@ -81,7 +81,18 @@ class Contact(Base):
     __table_args__ = (
         Index("ix_contacts_state_skill", "state", "skill_id"),
         Index("ix_contacts_callback_number", "callback_number", "skill_id"),
+        Index("ix_contacts_controller_id", "controller_id"),
     )
+
+
+class Controller(Base):
+    """A running `esl-cb run`: the others take over its contacts when its heartbeat stops."""
+
+    __tablename__ = "controllers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    esl: Mapped[str] = mapped_column(String(255))
 
 
 class Leg(Base):

@@ -19,7 +19,7 @@ from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
-from .models import Agent, AgentSkill, CallbackAttempt, Contact, Leg, Skill
+from .models import Agent, AgentSkill, CallbackAttempt, Contact, Controller, Leg, Skill
 
 log = logging.getLogger(__name__)
 
@@ -222,22 +222,86 @@ class Store:
         return conn.execute(select(Contact.state).where(Contact.id == contact_id)).scalar() or "missing"
 
     def request_callback(self, contact_id: int, number: str, caller_id: str, delay: int, ani: str,
-                         dnis: str) -> None:
-        """The Callback action: durable before the caller is hung up (SPEC 2, rule 2)."""
+                         dnis: str) -> int:
+        """The Callback action: durable before the caller is hung up (SPEC 2, rule 2).
+
+        At most one open callback per number and skill: a second request takes over the
+        existing one (which keeps the earlier of the two places). Returns the contact id
+        that now carries the callback."""
         now = utcnow()
         values = dict(callback_requested=True, callback_number=number, callback_caller_id=caller_id,
                       call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None)
         with self.engine.begin() as conn:
+            me = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if me is None:
+                raise NotFound(f"no contact {contact_id}")
+            if me.skill_id is not None:
+                if conn.dialect.name == "postgresql":
+                    # Serialise requests for one number and skill, so two cannot both miss each other.
+                    conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{me.skill_id}"))))
+                other = conn.execute(select(Contact.__table__).where(
+                    Contact.callback_number == number, Contact.skill_id == me.skill_id, Contact.id != contact_id,
+                    Contact.callback_requested.is_(True), Contact.state != C.ENDED.value).order_by(
+                    Contact.queued_at).limit(1)).first()
+                if other is not None and me.state in (C.QUEUED.value, C.OFFERED.value):
+                    earliest = min(_as_utc(other.queued_at), _as_utc(me.queued_at) or now)
+                    conn.execute(update(Contact).where(Contact.id == other.id).values(
+                        queued_at=earliest, callback_caller_id=caller_id, call_delay_sec=delay, ani=ani, dnis=dnis,
+                        priority_initial=max(other.priority_initial, me.priority_initial),
+                        priority_acceleration=max(other.priority_acceleration, me.priority_acceleration),
+                        priority_max=max(other.priority_max, me.priority_max)))
+                    if me.state == C.OFFERED.value:
+                        self._release_agent(conn, me.agent_id, now)
+                    self._move(conn, contact_id, [C(me.state)], C.ENDED, f"duplicate of contact {other.id}",
+                               outcome=Outcome.MERGED.value, ended_at=now, callback_requested=True,
+                               callback_number=number, callback_requested_at=now,
+                               last_error=f"callback merged into contact {other.id}")
+                    log.info("contact %s callback for %s merged into pending contact %s (keeps the earlier place)",
+                             contact_id, number, other.id)
+                    return other.id
             if self._move(conn, contact_id, [C.QUEUED], C.CALLBACK_QUEUED, "callback", **values):
-                return
+                return contact_id
             # An agent is being offered right now: the offer goes on, as a callback.
             res = conn.execute(update(Contact).where(
                 Contact.id == contact_id, Contact.state == C.OFFERED.value).values(**values))
             if res.rowcount == 1:
                 log.info("contact %s offered -[callback]-> offered (as a callback)", contact_id)
-                return
+                return contact_id
             raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
                              "contact (run Reqagent first)")
+
+    def pending_callback(self, number: str) -> int | None:
+        """A caller calling in again while their callback waits: the contact that holds it."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(Contact.id).where(
+                Contact.callback_number == number, Contact.callback_requested.is_(True),
+                Contact.state != C.ENDED.value).order_by(Contact.queued_at).limit(1)).scalar()
+
+    # -- controllers ----------------------------------------------------
+    def heartbeat(self, esl: str) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            n = conn.execute(update(Controller).where(Controller.id == self.controller_id).values(
+                heartbeat_at=now, esl=esl)).rowcount
+            if n == 0:
+                conn.execute(insert(Controller).values(id=self.controller_id, started_at=now, heartbeat_at=now,
+                                                       esl=esl))
+
+    def adopt_dead(self, timeout: float) -> list[str]:
+        """Take over the open contacts of controllers whose heartbeat stopped; returns their ids."""
+        limit = utcnow() - timedelta(seconds=timeout)
+        with self.engine.begin() as conn:
+            dead = [r.id for r in conn.execute(select(Controller.id).where(
+                Controller.heartbeat_at < limit, Controller.id != self.controller_id).with_for_update(
+                skip_locked=True)).all()]
+            for cid in dead:
+                n = conn.execute(update(Contact).where(Contact.controller_id == cid, Contact.state != C.ENDED.value)
+                                 .values(controller_id=self.controller_id)).rowcount
+                conn.execute(update(Agent).where(Agent.controller_id == cid).values(controller_id=self.controller_id))
+                conn.execute(Controller.__table__.delete().where(Controller.id == cid))
+                log.warning("controller %s stopped beating; %s took over its %d open contacts", cid,
+                            self.controller_id, n)
+            return dead
 
     def end_contact(self, contact_id: int, expected: Iterable[C], outcome: Outcome, reason: str,
                     error: str | None = None) -> bool:
@@ -267,10 +331,12 @@ class Store:
                 raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
             return row.state
 
-    def contacts_in(self, states: Iterable[C]) -> list[Contact]:
+    def contacts_in(self, states: Iterable[C], mine: bool = False) -> list:
         with self.engine.connect() as conn:
-            return list(conn.execute(select(Contact.__table__).where(
-                Contact.state.in_([s.value for s in states])).order_by(Contact.id)).all())
+            q = select(Contact.__table__).where(Contact.state.in_([s.value for s in states]))
+            if mine:
+                q = q.where(Contact.controller_id == self.controller_id)
+            return list(conn.execute(q.order_by(Contact.id)).all())
 
     # -- dispatch -------------------------------------------------------
     def claim_offer(self, new_leg_uuid: str, busy_agents: set[int] = frozenset()) -> Offer | None:

@@ -30,6 +30,7 @@ class Outcome(str, enum.Enum):
     CALLBACK_FAILED = "callback_failed"
     CANCELLED = "cancelled"
     NOT_QUEUED = "not_queued"            # the script ended without ever queueing the contact
+    MERGED = "merged"                    # asked for a callback already pending for the same number and skill
 
 
 class AgentState(str, enum.Enum):
