@@ -258,7 +258,8 @@ class Controller:
                     offer = self.store.claim_offer(str(uuidlib.uuid4()))
                     if offer is None:
                         break
-                    self._start_offer(offer)
+                    if not self._start_offer(offer):
+                        break             # the switch refused: wait for the next wake-up or poll
             except SQLAlchemyError as e:
                 log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
                 gevent.sleep(min(self.settings.poll_interval, 1.0))
@@ -267,7 +268,7 @@ class Controller:
         if self.settings.refused_reset > 0:
             self.store.reset_refused(self.settings.refused_reset)
 
-    def _start_offer(self, offer: Offer) -> None:
+    def _start_offer(self, offer: Offer) -> bool:
         watch = self._watch(LegWatch(offer.agent_leg_uuid, "agent", offer.contact_id, offer=offer))
         number = offer.contact_number or "0"
         label = f"Callback {number}" if offer.callback else f"{offer.skill} {number}"
@@ -287,6 +288,8 @@ class Controller:
             watch.worker.kill(block=False)
             log.error("contact %s: could not ring agent %s: %s", offer.contact_id, offer.agent_name, e)
             self.store.offer_failed(offer, refused=False, reason="switch unreachable")
+            return False
+        return True
 
     def _agent_event(self, watch: LegWatch, ev: Event) -> bool:
         offer = watch.offer

@@ -253,7 +253,9 @@ def sim(switch: "Switch", arg: str) -> str:
                     for c in switch.channels.values()]
             return "\n".join(rows) + f"\n{len(rows)} total.\n"
         if sub == "originates":
-            return json.dumps(switch.originates) + "\n"
+            legs = [dict(o, answered=switch.answered_at.get(o["uuid"]), ended=switch.ended_at.get(o["uuid"]))
+                    for o in switch.originates]
+            return json.dumps(legs) + "\n"
         if sub == "dtmf" and len(words) >= 3:
             from .apps import deliver_dtmf
             ch = switch.channels.get(words[1])

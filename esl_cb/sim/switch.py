@@ -227,6 +227,7 @@ class Switch:
         self.command_log: list[tuple[float, str, str]] = []
         self.originates: list[dict] = []
         self.answered_at: dict[str, float] = {}     # leg uuid -> when the far end answered
+        self.ended_at: dict[str, float] = {}        # leg uuid -> when it hung up
         self._steps = profile()["steps"]
         self._events = profile()["events"]
         self.profile_connect = profile()["connect"]
@@ -426,6 +427,7 @@ class Switch:
         self.emit_step("out.park", ch, skip=lambda name, c: name == "CHANNEL_PARK" and app != "park")
 
     def _fail(self, ch: Channel, cause: str) -> None:
+        self.ended_at[ch.uuid] = self.clock()
         ch.hangup_cause = cause
         ch.times["hangup"] = self.now_us()
         ch.state = "hungup"
@@ -457,6 +459,7 @@ class Switch:
         now = self.now_us()
         for c in (ch, peer):
             if c is not None:
+                self.ended_at[c.uuid] = self.clock()
                 c.hangup_cause = cause if c is ch else "NORMAL_CLEARING"
                 c.times["hangup"] = now
                 c.state = "hungup"
