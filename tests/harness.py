@@ -13,7 +13,7 @@ from esl_cb.sim.server import Simulator
 
 from .fixtures import LAB, wait_until
 
-TABLES = "callback_attempts, legs, contacts, agent_skills, agents, skills"
+TABLES = "callback_attempts, legs, contacts, agent_skills, agents, skills, controllers"
 
 
 class Harness:
@@ -79,6 +79,14 @@ class Harness:
     def rows(self, sql: str, **params) -> list:
         with self.store.engine.connect() as conn:
             return conn.execute(text(sql), params).mappings().all()
+
+    def count(self, sql: str, **params) -> int:
+        with self.store.engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar()
+
+    def count_attempts_per_contact(self) -> set[int]:
+        return {r["n"] for r in self.rows("SELECT contact_id, count(*) AS n FROM callback_attempts "
+                                          "GROUP BY contact_id")}
 
     def originates_to(self, number: str) -> list[dict]:
         return [o for o in self.sim.switch.originates if o["number"] == number]

@@ -1,0 +1,143 @@
+"""Several controllers on one database, duplicates, lost connections, a restarted PostgreSQL."""
+from __future__ import annotations
+
+import logging
+import subprocess
+
+import gevent
+import pytest
+from sqlalchemy import text
+
+from esl_cb.config import Settings
+from esl_cb.controller.service import Controller
+from esl_cb.domain import script as scripts
+from esl_cb.domain.queue import Priority
+from esl_cb.domain.states import AgentState
+
+from .fixtures import wait_until
+from .harness import Harness
+from .test_callback_flow import quick_script
+
+
+def seed_callbacks(store, n: int, first: int = 0) -> list[str]:
+    numbers = []
+    for i in range(first, first + n):
+        number = f"+1312556{i:04d}"
+        cid = store.create_contact(f"seed-{i}", number, "3125557000", "seed", number, "3125557000")
+        store.queue_contact(cid, "support", Priority(10, 0, 10))
+        store.request_callback(cid, number, "+13125557000", 0, "+13125557000", number)
+        numbers.append(number)
+    return numbers
+
+
+def test_two_controllers_200_callbacks_20_agents(pg_url):
+    h = Harness(pg_url, quick_script(), max_attempts=3, agent_ring_timeout=5, callback_ring_timeout=5)
+    second = None
+    try:
+        settings = Settings(**{**h.settings.__dict__, "controller_id": "second", "listen": "127.0.0.1:0"})
+        second = Controller(settings, type(h.store)(pg_url, "second"), quick_script()).start()
+        wait_until(second.esl_ready.is_set, what="the second controller")
+        numbers = seed_callbacks(h.store, 200)
+        for n in numbers:
+            h.sim_api(f"endpoint {n} answer 0.05")
+        for i in range(20):
+            ext = f"20{i:02d}"
+            h.store.add_agent(f"agent{i}", f"user/{ext}", ["support"])
+            h.sim_api(f"endpoint {ext} answer 0.05 0.4")   # answers, talks 0.4 s, hangs up
+            h.store.set_agent_state(f"agent{i}", AgentState.AVAILABLE, list(AgentState))
+        h.controller.wake_dispatcher()
+        second.wake_dispatcher()
+        wait_until(lambda: h.store.count("SELECT count(*) FROM contacts WHERE state = 'ended'") == 200,
+                   timeout=120, interval=0.5, what="all 200 callbacks to end")
+        outcomes = h.rows("SELECT outcome, count(*) AS n FROM contacts GROUP BY outcome")
+        assert {r["outcome"]: r["n"] for r in outcomes} == {"callback_completed": 200}
+        legs = h.sim.switch.originates
+        for n in numbers:                               # each customer dialled exactly once
+            assert sum(1 for o in legs if o["number"] == n) == 1, n
+        by_controller = h.rows("SELECT controller_id, count(*) AS n FROM contacts GROUP BY controller_id")
+        assert len(by_controller) == 2, by_controller   # both controllers did work
+        # No agent ever held two contacts: the agent legs of one phone never overlap in time.
+        for i in range(20):
+            ext = f"20{i:02d}"
+            spans = sorted((o["t"], h.sim.switch.ended_at[o["uuid"]]) for o in legs if o["number"] == ext)
+            for (s1, e1), (s2, _) in zip(spans, spans[1:]):
+                assert s2 >= e1, f"agent {ext} rang for a second contact while on a call"
+        assert h.count_attempts_per_contact() == {1}
+    finally:
+        if second is not None:
+            second.stop()
+        h.close()
+
+
+def test_duplicate_request_keeps_one_callback_at_the_earlier_place(pg_url, caplog):
+    caplog.set_level(logging.INFO, logger="esl_cb")
+    h = Harness(pg_url, quick_script())
+    try:
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        first = h.wait_state("callback_queued", 1)
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        second = h.wait_state("ended", 2)
+        assert second.outcome == "merged" and "merged into contact 1" in second.last_error
+        kept = h.contact(1)
+        assert kept.state == "callback_queued" and kept.queued_at == first.queued_at
+        assert h.count("SELECT count(*) FROM contacts WHERE callback_requested AND state <> 'ended'") == 1
+        # The returning caller was recognised (CallbackPending=1 for scripts).
+        assert any("already has callback contact 1 queued" in r.getMessage() for r in caplog.records)
+    finally:
+        h.close()
+
+
+def test_esl_connection_dropped_mid_load(pg_url):
+    h = Harness(pg_url, quick_script(), max_attempts=3)
+    try:
+        numbers = seed_callbacks(h.store, 10)
+        for n in numbers:
+            h.sim_api(f"endpoint {n} answer 1.0")         # ringing when the connection drops
+        for i in range(3):
+            h.agent(f"agent{i}", f"30{i:02d}", answer=0.1)
+            h.sim_api(f"endpoint 30{i:02d} answer 0.1 1.5")
+            h.available(f"agent{i}")
+        wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state = 'dialling'") > 0,
+                   what="a dial in progress")
+        h.sim.drop_connections()
+        wait_until(lambda: h.controller.reconnects >= 1, what="the reconnect")
+        wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state = 'ended'") == 10, timeout=60,
+                   interval=0.2, what="all callbacks to end")
+        assert h.count("SELECT count(*) FROM contacts WHERE outcome = 'callback_completed'") == 10
+        answered = [o for o in h.sim.switch.originates if o["number"] in numbers
+                    and h.sim.switch.answered_at.get(o["uuid"])]
+        assert sorted(o["number"] for o in answered) == sorted(numbers)   # each connected once
+    finally:
+        h.close()
+
+
+def test_postgresql_restarted_during_load(pg_url):
+    h = Harness(pg_url, quick_script(), max_attempts=3)
+    try:
+        numbers = seed_callbacks(h.store, 8)
+        for n in numbers:
+            h.sim_api(f"endpoint {n} answer 0.3")
+        for i in range(2):
+            h.agent(f"agent{i}", f"40{i:02d}", answer=0.1)
+            h.sim_api(f"endpoint 40{i:02d} answer 0.1 0.8")
+            h.available(f"agent{i}")
+        wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state = 'ended'") >= 2, timeout=30,
+                   what="load under way")
+        cluster = subprocess.run("ls /etc/postgresql", shell=True, capture_output=True, text=True).stdout.split()[0]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"], check=True,
+                       capture_output=True)
+        wait_until(lambda: _count_or_none(h, "SELECT count(*) FROM contacts WHERE state = 'ended'") == 8,
+                   timeout=90, interval=0.5, what="all callbacks to end after the restart")
+        assert h.count("SELECT count(*) FROM contacts WHERE outcome = 'callback_completed'") == 8
+        for n in numbers:
+            assert sum(1 for o in h.sim.switch.originates if o["number"] == n
+                       and h.sim.switch.answered_at.get(o["uuid"])) == 1, n
+    finally:
+        h.close()
+
+
+def _count_or_none(h, sql):
+    try:
+        return h.count(sql)
+    except Exception:
+        return None
