@@ -35,7 +35,12 @@ class Metrics:
                               registry=r)
         self.loop_lag_max = Gauge("esl_cb_event_loop_lag_max_seconds", "Worst timer lateness in the last "
                                   "10 s", registry=r)
+        self.db_statements = Counter("esl_cb_db_statements", "SQL statements sent to the database", registry=r)
         self.port_limit.set(controller.settings.ports)
+        from sqlalchemy import event as sa_event
+
+        sa_event.listen(controller.store.engine, "before_cursor_execute",
+                        lambda *args, **kw: self.db_statements.inc())
         for s in CONTACT_STATES:
             self.contacts.labels(s)
         for s in AGENT_STATES:

@@ -708,7 +708,7 @@ class Controller:
 
 
 def _event(name: str, uuid: str, body: bytes = b"") -> Event:
-    return Event([("Event-Name", name), ("Unique-ID", uuid), ("Hangup-Cause", "LOST_EVENTS")], body)
+    return Event.from_headers([("Event-Name", name), ("Unique-ID", uuid), ("Hangup-Cause", "LOST_EVENTS")], body)
 
 
 def _int(text: str) -> int | None:

@@ -344,18 +344,20 @@ class Store:
         and mark both Offered in one transaction. None when nothing can be matched."""
         now = utcnow()
         with self.engine.begin() as conn:
-            waiting = conn.execute(select(
-                Contact.id, Contact.skill_id, Contact.state, Contact.queued_at, Contact.priority_initial,
-                Contact.priority_acceleration, Contact.priority_max, Contact.caller_uuid, Contact.callback_number,
-                Contact.original_ani, Contact.retry_at).where(
-                Contact.state.in_([C.QUEUED.value, C.CALLBACK_QUEUED.value]),
-                or_(Contact.retry_at.is_(None), Contact.retry_at <= now))).all()
-            if not waiting:
-                return None
+            # Free agents first: cheap, and most wake-ups find none.
             agents = conn.execute(select(Agent.id, Agent.name, Agent.dial_string, Agent.available_since,
                                          AgentSkill.skill_id).join(AgentSkill, AgentSkill.agent_id == Agent.id).where(
                 Agent.state == A.AVAILABLE.value)).all()
             if not agents:
+                return None
+            skills = {a.skill_id for a in agents}
+            waiting = conn.execute(select(
+                Contact.id, Contact.skill_id, Contact.state, Contact.queued_at, Contact.priority_initial,
+                Contact.priority_acceleration, Contact.priority_max, Contact.caller_uuid, Contact.callback_number,
+                Contact.original_ani, Contact.retry_at).where(
+                Contact.state.in_([C.QUEUED.value, C.CALLBACK_QUEUED.value]), Contact.skill_id.in_(skills),
+                or_(Contact.retry_at.is_(None), Contact.retry_at <= now))).all()
+            if not waiting:
                 return None
             by_skill: dict[int, list] = {}
             for a in agents:

@@ -18,7 +18,7 @@ from typing import Callable
 import gevent
 from gevent.event import AsyncResult
 
-from .wire import Frame, FrameReader, ProtocolError, parse_plain_event, url_decode
+from .wire import Frame, FrameReader, ProtocolError, url_decode
 
 log = logging.getLogger(__name__)
 YIELD_EVERY = 32          # frames handled before the reader lets other greenlets run
@@ -37,23 +37,32 @@ class CommandTimeout(ESLError):
 
 
 class Event:
-    """A text/event-plain event whose header values are decoded only when read."""
+    """A text/event-plain event kept as its raw header text.
 
-    __slots__ = ("_headers", "_index", "body")
+    Nothing is split or decoded until a header is asked for: the router reads two
+    headers of events that carry about a hundred (FREESWITCH-FACTS: decoding is the
+    cost, not the I/O). The first occurrence of a name wins, as the COMMAND event
+    repeats Event-Name.
+    """
 
-    def __init__(self, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        self._headers = headers
-        self._index: dict[str, str] | None = None
+    __slots__ = ("_text", "body")
+
+    def __init__(self, text: str, body: bytes = b"") -> None:
+        self._text = text if text.startswith("\n") else "\n" + text
         self.body = body
 
+    @classmethod
+    def from_headers(cls, headers: list[tuple[str, str]], body: bytes = b"") -> "Event":
+        return cls("".join(f"{k}: {v}\n" for k, v in headers), body)
+
     def get(self, name: str, default: str = "") -> str:
-        if self._index is None:
-            idx: dict[str, str] = {}
-            for k, v in self._headers:
-                idx.setdefault(k, v)          # the first Event-Name wins (COMMAND events repeat it)
-            self._index = idx
-        value = self._index.get(name)
-        return default if value is None else url_decode(value)
+        t = self._text
+        i = t.find(f"\n{name}: ")
+        if i < 0:
+            return default
+        start = i + len(name) + 3
+        end = t.find("\n", start)
+        return url_decode(t[start:end] if end >= 0 else t[start:])
 
     @property
     def name(self) -> str:
@@ -71,8 +80,17 @@ class Event:
 
 
 def parse_event(frame: Frame) -> Event:
-    headers, body = parse_plain_event(frame.body)
-    return Event(headers, body)
+    raw = frame.body
+    end = raw.find(b"\n\n")
+    if end < 0:
+        return Event(raw.decode("utf-8", "replace"))
+    text = raw[:end + 1].decode("utf-8", "replace")
+    body = b""
+    if "\nContent-Length: " in text or text.startswith("Content-Length: "):
+        ev = Event(text)
+        n = int(ev.get("Content-Length", "0") or 0)
+        body = raw[end + 2:end + 2 + n]
+    return Event(text, body)
 
 
 class InboundConnection:

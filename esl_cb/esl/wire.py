@@ -153,26 +153,6 @@ class ProtocolError(Exception):
     """The peer sent bytes that are not an ESL frame."""
 
 
-def parse_plain_event(body: bytes | str) -> tuple[list[tuple[str, str]], bytes]:
-    """Split a text/event-plain body into (headers, inner body).
-
-    Header values are left encoded; decode only the ones you need.
-    """
-    if isinstance(body, str):
-        body = body.encode()
-    end = body.find(b"\n\n")
-    if end < 0:
-        return parse_header_block(body), b""
-    headers = parse_header_block(body[:end])
-    inner = b""
-    for k, v in headers:
-        if k == "Content-Length":
-            n = int(v)
-            inner = body[end + 2 : end + 2 + n]
-            break
-    return headers, inner
-
-
 def render_headers(headers: list[tuple[str, str]], encode: bool = True) -> str:
     if encode:
         return "".join(f"{k}: {url_encode(v)}\n" for k, v in headers)

@@ -253,8 +253,9 @@ def sim(switch: "Switch", arg: str) -> str:
                     for c in switch.channels.values()]
             return "\n".join(rows) + f"\n{len(rows)} total.\n"
         if sub == "originates":
+            start = int(words[1]) if len(words) > 1 else 0
             legs = [dict(o, answered=switch.answered_at.get(o["uuid"]), ended=switch.ended_at.get(o["uuid"]))
-                    for o in switch.originates]
+                    for o in switch.originates[start:]]
             return json.dumps(legs) + "\n"
         if sub == "dtmf" and len(words) >= 3:
             from .apps import deliver_dtmf
@@ -276,7 +277,7 @@ def sim(switch: "Switch", arg: str) -> str:
 
 
 SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s]|busy|noanswer|reject|fail; "
-             "sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]; sim calls; sim originates; "
+             "sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]; sim calls; sim originates [from_index]; "
              "sim dtmf <uuid> <digits>; sim hangup <uuid> [cause]\n")
 
 
