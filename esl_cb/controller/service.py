@@ -309,7 +309,7 @@ class Controller:
             return watch.hangup_done
         if name == "CHANNEL_ANSWER":
             watch.answered = True
-            self._agent_answered(watch)
+            self._agent_answered(watch, _answered_at(ev))
             return False
         if name == "CHANNEL_HANGUP":
             if watch.answered:
@@ -321,7 +321,7 @@ class Controller:
             return watch.job_done
         return False
 
-    def _agent_answered(self, watch: LegWatch) -> None:
+    def _agent_answered(self, watch: LegWatch, answered_at: datetime | None = None) -> None:
         offer = watch.offer
         contact = self.store.contact(offer.contact_id)
         if contact.state != C.OFFERED.value or contact.agent_leg_uuid != offer.agent_leg_uuid:
@@ -355,7 +355,7 @@ class Controller:
             self._kill(watch.uuid)
             self.wake_dispatcher()
             return
-        due = self.store.accept_callback(offer, contact.call_delay_sec)
+        due = self.store.accept_callback(offer, contact.call_delay_sec, answered_at)
         if due is None:
             self._kill(watch.uuid)
             return
@@ -705,6 +705,20 @@ class Controller:
             log.warning("contact %s: leg %s ended while we were disconnected", watch.contact_id, watch.uuid)
             for ev in synthetic:
                 watch.queue.put(ev)
+
+
+def _answered_at(ev: Event) -> datetime | None:
+    """When the agent picked up, by the switch's clock: CallDelaySec counts from there, not from when
+    the event reached us (delivery lags 2-21 ms, more under load). Implausible values are ignored."""
+    try:
+        us = int(ev.get("Caller-Channel-Answered-Time") or 0)
+    except ValueError:
+        return None
+    if not us:
+        return None
+    at = datetime.fromtimestamp(us / 1_000_000, timezone.utc)
+    lag = (datetime.now(timezone.utc) - at).total_seconds()
+    return at if 0 <= lag < 2.0 else None
 
 
 def _event(name: str, uuid: str, body: bytes = b"") -> Event:

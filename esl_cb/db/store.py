@@ -418,10 +418,11 @@ class Store:
                           offer.contact_number, offer.dial_string, now)
             return True
 
-    def accept_callback(self, offer: Offer, delay: int) -> datetime | None:
-        """Agent answered a callback offer: the CallDelaySec timer is persisted as a due time."""
+    def accept_callback(self, offer: Offer, delay: int, answered_at: datetime | None = None) -> datetime | None:
+        """Agent answered a callback offer: the CallDelaySec timer is persisted as a due time,
+        counted from the moment the agent answered."""
         now = utcnow()
-        due = now + timedelta(seconds=delay)
+        due = (answered_at or now) + timedelta(seconds=delay)
         with self.engine.begin() as conn:
             if not self._move(conn, offer.contact_id, [C.OFFERED], C.ACCEPTED, f"agent {offer.agent_name} answered",
                               accepted_at=now, dial_due_at=due):

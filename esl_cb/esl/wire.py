@@ -151,9 +151,3 @@ class FrameReader:
 
 class ProtocolError(Exception):
     """The peer sent bytes that are not an ESL frame."""
-
-
-def render_headers(headers: list[tuple[str, str]], encode: bool = True) -> str:
-    if encode:
-        return "".join(f"{k}: {url_encode(v)}\n" for k, v in headers)
-    return "".join(f"{k}: {v}\n" for k, v in headers)

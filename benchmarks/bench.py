@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""esl-cb performance benchmark (issue 6). One command:
+
+    python benchmarks/bench.py            # full run, a few minutes
+    python benchmarks/bench.py --smoke    # seconds, for CI: no thresholds
+
+Starts `esl-cb sim` and `esl-cb run` as separate processes against a fresh
+PostgreSQL database. Every latency is taken from the simulator's receipt of
+the controller's commands (its originate records), never from the controller.
+The simulator holds events back like FreeSWITCH does (--event-lag-ms).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid as uuidlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gevent import monkey  # noqa: E402
+
+monkey.patch_all()
+from psycogreen.gevent import patch_psycopg  # noqa: E402
+
+patch_psycopg()
+
+import psycopg2  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from benchmarks.common import esl_cb, free_port, pct, proc_stats, wait_port  # noqa: E402
+from benchmarks.ingest import run as ingest_run  # noqa: E402
+from esl_cb.db.migrate import upgrade  # noqa: E402
+from esl_cb.db.store import Store  # noqa: E402
+from esl_cb.domain.queue import Priority  # noqa: E402
+from esl_cb.domain.states import AgentState  # noqa: E402
+from esl_cb.esl.inbound import InboundConnection  # noqa: E402
+
+PG_ADMIN = os.environ.get("ESL_CB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+SCRIPT = """
+name: bench
+actions:
+  - action: Begin
+    Default: Queue
+  - action: Reqagent
+    Caption: Queue
+    Skill: live
+    Default: Music
+  - action: Play
+    Caption: Music
+    Prompt: local_stream://moh
+    MaxDurationSec: 3600
+    Default: Music
+"""
+
+
+class Rig:
+    def __init__(self, tmp: Path, event_lag_ms: float) -> None:
+        self.db_name = "eslcb_bench_" + uuidlib.uuid4().hex[:10]
+        admin = psycopg2.connect(PG_ADMIN)
+        admin.autocommit = True
+        admin.cursor().execute(f'CREATE DATABASE "{self.db_name}"')
+        admin.close()
+        self.url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + "/" + self.db_name
+        upgrade(self.url)
+        self.store = Store(self.url, "bench-cli")
+        script = tmp / "bench.yaml"
+        script.write_text(SCRIPT)
+        self.ctl_port, self.metrics_port = free_port(), free_port()
+        self.sim_port = free_port()
+        self.sim = esl_cb("sim", "--listen", f"127.0.0.1:{self.sim_port}", "--socket-target",
+                          f"127.0.0.1:{self.ctl_port}", "--event-lag-ms", str(event_lag_ms), "--max-sessions", "10000",
+                          log=(tmp / "sim.log").open("wb"))
+        wait_port(self.sim_port)
+        self.ctl = esl_cb("run", "--db", self.url, "--esl", f"127.0.0.1:{self.sim_port}", "--listen",
+                          f"127.0.0.1:{self.ctl_port}", "--script", str(script), "--metrics-port",
+                          str(self.metrics_port), "--retry-interval", "1", "--agent-ring-timeout", "5",
+                          "--callback-ring-timeout", "5", "--ports", "1000", "--log-level", "WARNING",
+                          log=(tmp / "controller.log").open("wb"))
+        wait_port(self.ctl_port)
+        wait_port(self.metrics_port)
+        self.esl = InboundConnection("127.0.0.1", self.sim_port, "ClueCon", lambda e: None, timeout=30)
+        self.esl.connect([])
+        self.seen = 0
+
+    def sim_api(self, line: str) -> str:
+        return self.esl.api("sim " + line)
+
+    def new_originates(self) -> list[dict]:
+        rows = json.loads(self.sim_api(f"originates {self.seen}"))
+        self.seen += len(rows)
+        return rows
+
+    def all_originates(self) -> list[dict]:
+        return json.loads(self.sim_api("originates 0"))
+
+    def metric(self, name: str) -> float:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
+        for line in body.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def seed(self, skill: str, n: int, delay: int, tag: str) -> list[str]:
+        numbers = []
+        for i in range(n):
+            number = f"+1{tag[:6]}{i:04d}"
+            cid = self.store.create_contact(f"{tag}-{i}", number, "3125557000", "bench", number, "3125557000")
+            self.store.queue_contact(cid, skill, Priority(10, 0, 10))
+            self.store.request_callback(cid, number, "+13125557000", delay, "+13125557000", number)
+            self.sim_api(f"endpoint {number} answer 0.02")
+            numbers.append(number)
+        return numbers
+
+    def agent(self, name: str, ext: str, skill: str, behaviour: str) -> None:
+        self.store.add_agent(name, f"user/{ext}", [skill])
+        self.sim_api(f"endpoint {ext} {behaviour}")
+
+    def available(self, name: str) -> float:
+        t0 = time.time()
+        self.store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))
+        self.store.notify(name)
+        return t0
+
+    def ended(self, skill: str) -> int:
+        with self.store.engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM contacts c JOIN skills s ON s.id = c.skill_id "
+                                     "WHERE s.name = :s AND c.state = 'ended'"), {"s": skill}).scalar()
+
+    def close(self) -> None:
+        self.esl.close()
+        for p in (self.ctl, self.sim):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.store.close()
+        admin = psycopg2.connect(PG_ADMIN)
+        admin.autocommit = True
+        cur = admin.cursor()
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.db_name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{self.db_name}"')
+        admin.close()
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.01)
+    raise RuntimeError(f"benchmark stalled waiting for {what}")
+
+
+def offer_latency_cli(rig: Rig, samples: int) -> list[float]:
+    """Agent made available from the CLI (store + NOTIFY) while a contact waits -> originate at the switch."""
+    rig.agent("cli", "9000", "cli", "reject")
+    rig.seed("cli", 3, 0, "312558")
+    rig.new_originates()
+    out = []
+    for _ in range(samples):
+        t0 = rig.available("cli")
+        o = wait_for(lambda: [x for x in rig.new_originates() if x["number"] == "9000"], 10, "the offer")[0]
+        out.append((o["t"] - t0) * 1000)
+        wait_for(lambda: rig.store.agents()[0]["state"] == "Refused" or
+                 [a for a in rig.store.agents() if a["name"] == "cli" and a["state"] == "Refused"], 10, "refusal")
+    return out
+
+
+def offer_latency_after_call(rig: Rig, n: int) -> tuple[list[float], float]:
+    """The agent's previous call just ended -> the next offer reaches the switch."""
+    rig.agent("busy", "9001", "after", "answer 0.01 0.3")
+    rig.seed("after", n, 0, "312559")
+    stmts0 = rig.metric("esl_cb_db_statements_total")
+    rig.available("busy")
+    wait_for(lambda: rig.ended("after") == n, 30 + n * 0.5, "the after-call contacts")
+    stmts = rig.metric("esl_cb_db_statements_total") - stmts0
+    legs = sorted((o for o in rig.all_originates() if o["number"] == "9001"), key=lambda o: o["t"])
+    gaps = [(b["t"] - a["ended"]) * 1000 for a, b in zip(legs, legs[1:]) if a.get("ended")]
+    return gaps, stmts / n
+
+
+def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, tag: str = "312560") -> dict:
+    """Customer originate at the switch minus (agent answer at the switch + CallDelaySec)."""
+    for i in range(agents):
+        rig.agent(f"{skill}{i}", f"7{tag[4:6]}{i:02d}", skill, "answer 0.02 1.2")
+    rig.seed(skill, n, 1, tag)
+    baseline = None
+    started = time.time()
+    for i in range(agents):
+        rig.available(f"{skill}{i}")
+    if burst:
+        bench_dir = Path(__file__).resolve().parent
+        baseline = subprocess.Popen([sys.executable, str(bench_dir / "greenswitch_baseline.py"), "--esl",
+                                     f"127.0.0.1:{rig.sim_port}", "--seconds", "8"], stdout=subprocess.PIPE)
+        time.sleep(0.5)
+        for i in range(burst):                    # ~45 events per call: about 11,000 events
+            rig.esl.command(f"bgapi sim call 31277{i:05d} 3125557000")
+    wait_for(lambda: rig.ended(skill) == n, 60 + n, f"the {skill} contacts")
+    legs = rig.all_originates()
+    agent_legs = {o["vars"].get("esl_cb_contact_id"): o for o in legs if o["vars"].get("esl_cb_role") == "agent"
+                  and o.get("answered") and o["t"] >= started}
+    errors = []
+    for o in legs:
+        if o["vars"].get("esl_cb_role") == "callback" and o["t"] >= started:
+            a = agent_legs.get(o["vars"].get("esl_cb_contact_id"))
+            if a:
+                errors.append((o["t"] - (a["answered"] + 1.0)) * 1000)
+    result = {"errors": errors}
+    if baseline is not None:
+        out = json.loads(baseline.communicate(timeout=60)[0])
+        result["greenswitch_timer_late_ms"] = out["timer_late_ms"]
+        result["greenswitch_events"] = out["events"]
+    return result
+
+
+def scale(rig: Rig, calls: int, rate: float) -> dict:
+    cpu0, rss0 = proc_stats(rig.ctl.pid)
+    t0 = time.time()
+    for i in range(calls):
+        rig.esl.command(f"bgapi sim call 31288{i:05d} 3125557000")
+        lag = t0 + (i + 1) / rate - time.time()
+        if lag > 0:
+            time.sleep(lag)
+    arrival = time.time() - t0
+    with rig.store.engine.connect() as conn:
+        waiting = wait_for(lambda: (n := conn.execute(text(
+            "SELECT count(*) FROM contacts WHERE state = 'queued'")).scalar()) >= calls * 0.99 and n,
+            60, "the waiting calls")
+    cpu1, rss1 = proc_stats(rig.ctl.pid)
+    return {"calls": calls, "waiting": waiting, "arrival_s": arrival, "cpu_pct": (cpu1 - cpu0) / arrival * 100,
+            "rss_per_call_kb": (rss1 - rss0) / calls / 1024, "rss_mb": rss1 / 1e6}
+
+
+def row(name, values, target=""):
+    if not values:
+        return f"| {name} | - | - | - | - | {target} |"
+    return (f"| {name} | {pct(values, 50):.1f} | {pct(values, 95):.1f} | {pct(values, 99):.1f} | "
+            f"{max(values):.1f} | {target} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
+    ap.add_argument("--event-lag-ms", type=float, default=10.0)
+    args = ap.parse_args()
+    n = 10 if args.smoke else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), args.event_lag_ms)
+        try:
+            cli = offer_latency_cli(rig, n)
+            after, stmts_per_cb = offer_latency_after_call(rig, n)
+            quiet = delay_precision(rig, "quiet", n, 20, tag="312570")
+            burst = delay_precision(rig, "burst", n, 20, burst=25 if args.smoke else 250, tag="312580")
+            ingest = ingest_run(5 if args.smoke else 60)
+            sc = scale(rig, 100 if args.smoke else 2000, 100)
+        finally:
+            rig.close()
+    print(f"esl-cb benchmark {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
+          f"({os.cpu_count()} cores, Python {platform.python_version()}), simulator event lag "
+          f"{args.event_lag_ms:g} ms, samples per row ~{n}")
+    print()
+    print("| measure (ms) | p50 | p95 | p99 | max | target |")
+    print("|---|---|---|---|---|---|")
+    print(row("offer latency, agent made available (CLI)", cli, "p50 <= 12, p95 <= 25"))
+    print(row("offer latency, agent's previous call just ended", after, "p50 <= 12, p95 <= 25"))
+    print(row("CallDelaySec error, quiet", quiet["errors"], "p99 <= 50"))
+    print(row("CallDelaySec error, during a burst of new calls", burst["errors"], "p99 <= 50"))
+    print(row("baseline: greenswitch `event plain ALL` + 20 ms gevent timer, lateness during the burst",
+              burst.get("greenswitch_timer_late_ms", []), "(for comparison)"))
+    print()
+    ratio = ingest["ours_per_s"] / ingest["greenswitch_per_s"]
+    print(f"event ingest, one core, recorded frames: esl-cb {ingest['ours_per_s']:,.0f}/s, greenswitch parse path "
+          f"{ingest['greenswitch_per_s']:,.0f}/s -> {ratio:.1f}x (target >= 3x); lossless and in order: "
+          f"{ingest['lossless_in_order']}")
+    print(f"scale: {sc['waiting']} waiting calls (music) after {sc['calls']} arrivals at 100/s: controller CPU "
+          f"{sc['cpu_pct']:.0f}% of one core during arrival (target < 100%), memory {sc['rss_per_call_kb']:.1f} KB "
+          f"per waiting call (target < 50), RSS {sc['rss_mb']:.0f} MB")
+    print(f"database: {stmts_per_cb:.1f} SQL statements per callback (offer, accept, dial, answer, complete)")
+    print(f"burst: greenswitch baseline received {burst.get('greenswitch_events', 0)} events")
+
+
+if __name__ == "__main__":
+    main()
