@@ -141,3 +141,57 @@ def _count_or_none(h, sql):
         return h.count(sql)
     except Exception:
         return None
+
+
+def test_dead_controllers_contacts_are_taken_over(pg_url):
+    """A controller whose heartbeat stopped mid-offer: another takes its contact over after the timeout."""
+    from datetime import timedelta
+
+    from esl_cb.db.store import utcnow
+
+    h = Harness(pg_url, quick_script(), heartbeat_timeout=1.0, heartbeat_interval=0.2)
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.sim_api("endpoint +13125550100 answer 0.1")
+        seed_callbacks(h.store, 1)
+        number = h.contact(1).callback_number
+        h.sim_api(f"endpoint {number} answer 0.1")
+        stale = utcnow() - timedelta(seconds=30)
+        with h.store.engine.begin() as conn:       # what a controller that died mid-offer leaves behind
+            conn.execute(text("INSERT INTO controllers (id, started_at, heartbeat_at, esl) "
+                              "VALUES ('dead-1', :t, :t, 'x')"), {"t": stale})
+            conn.execute(text("UPDATE agents SET state = 'Offered', contact_id = 1, controller_id = 'dead-1', "
+                              "leg_uuid = '00000000-dead-4000-8000-000000000001'"))
+            conn.execute(text("UPDATE contacts SET state = 'offered', agent_id = 1, controller_id = 'dead-1', "
+                              "agent_leg_uuid = '00000000-dead-4000-8000-000000000001', offered_at = :t"),
+                         {"t": stale})
+        c = h.wait_state("connected", 1, timeout=15)
+        assert c.controller_id == "test"
+        assert h.count("SELECT count(*) FROM controllers WHERE id = 'dead-1'") == 0
+        assert len([o for o in h.sim.switch.originates if o["number"] == number]) == 1
+    finally:
+        h.close()
+
+
+def test_callback_refused_with_on_error_while_the_database_is_away(pg_url, caplog):
+    """The caller stays on the line; _ERR says the database is unavailable; nothing is half-stored."""
+    from sqlalchemy import create_engine
+
+    h = Harness(pg_url, quick_script())
+    try:
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("queued", 1)
+        good = h.controller.store.engine
+        h.controller.store.engine = create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/none",
+                                                  connect_args={"connect_timeout": 1})
+        try:
+            wait_until(lambda: any("database unavailable, callback not stored" in r.getMessage()
+                                   for r in caplog.records), timeout=10, what="the Callback action to fail")
+        finally:
+            h.controller.store.engine = good
+        c = h.contact(1)
+        assert c.state in ("queued", "offered") and not c.callback_requested
+        caller = c.caller_uuid
+        assert caller in h.sim.switch.channels                  # still on the line, back in the music
+    finally:
+        h.close()

@@ -77,6 +77,7 @@ class Controller:
         self.jobs: dict[str, str] = {}            # Job-UUID -> leg uuid
         self.calls: dict[int, LiveCall] = {}      # contact id -> live caller
         self.timers: dict[int, gevent.Greenlet] = {}
+        self.plans: dict[int, DialPlan] = {}      # contact id -> the prepared dial, sent when due
         self.ports_in_use = 0
         self._port_freed = GEvent()
         self._wake = GEvent()
@@ -359,8 +360,12 @@ class Controller:
         if due is None:
             self._kill(watch.uuid)
             return
-        log.info("contact %s accepted by agent %s; dialling %s at %s", contact.id, offer.agent_name,
-                 contact.callback_number, due.isoformat())
+        plan = self.store.prepare_dial(contact.id, str(uuidlib.uuid4()))
+        if plan is None:
+            return
+        self.plans[contact.id] = plan
+        log.info("contact %s accepted by agent %s; dialling %s at %s on leg %s", contact.id, offer.agent_name,
+                 contact.callback_number, due.isoformat(), plan.leg_uuid)
         self._schedule_dial(contact.id, due)
 
     def _schedule_dial(self, contact_id: int, due: datetime) -> None:
@@ -375,10 +380,14 @@ class Controller:
         contact = self.store.contact(cid)
         if contact.agent_leg_uuid != watch.uuid and contact.state != C.CONNECTED.value:
             return
+        if contact.state == C.ACCEPTED.value and contact.callback_leg_uuid in self.legs:
+            # The originate already went out; 'dialling' is being recorded: treat it as dialling.
+            contact = contact._replace(state=C.DIALLING.value)
         if contact.state == C.ACCEPTED.value:
             timer = self.timers.pop(cid, None)
             if timer is not None:
                 timer.kill(block=False)
+            self.plans.pop(cid, None)
             if self.store.agent_left_before_dial(cid, f"agent hung up during CallDelaySec ({cause})"):
                 self.wake_dispatcher()
         elif contact.state == C.DIALLING.value:
@@ -392,15 +401,25 @@ class Controller:
 
     # -- dialling the customer back -------------------------------------
     def _dial(self, contact_id: int) -> None:
+        try:
+            self._dial_now(contact_id)
+        except SQLAlchemyError as e:
+            # A due dial is never dropped: try again shortly (the persisted state decides).
+            log.error("contact %s: database unavailable when the dial was due (%s); retrying in 1s", contact_id,
+                      type(e).__name__)
+            self.timers[contact_id] = gevent.spawn_later(1.0, self._dial, contact_id)
+
+    def _dial_now(self, contact_id: int) -> None:
+        """The due time: send the originate first (the attempt was stored at acceptance), then record."""
         self.timers.pop(contact_id, None)
+        plan = self.plans.pop(contact_id, None) or self.store.prepared_plan(contact_id)
+        if plan is None:
+            return
         while self.ports_in_use >= self.settings.ports:
             log.info("contact %s: all %d ports busy; the callback waits for one", contact_id, self.settings.ports)
             self._port_freed.clear()
             self._port_freed.wait(timeout=1.0)
-        leg = str(uuidlib.uuid4())
-        plan = self.store.start_dial(contact_id, leg)       # persisted before the originate
-        if plan is None:
-            return
+        leg = plan.leg_uuid
         self.ports_in_use += 1
         watch = self._watch(LegWatch(leg, "callback", contact_id, plan=plan))
         try:
@@ -411,8 +430,6 @@ class Controller:
                 "originate_timeout": self.settings.callback_ring_timeout, "ignore_early_media": "true"})
             job = str(uuidlib.uuid4())
             self.jobs[job] = leg
-            log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
-                     plan.caller_id, leg)
             self.esl.bgapi(cmd, job_uuid=job)
         except (ESLError, commands.UnsafeDialString, AttributeError) as e:
             log.error("contact %s: dial failed before reaching the switch: %s", contact_id, e)
@@ -422,6 +439,10 @@ class Controller:
                                    self.settings.max_attempts)
             self._kill(plan.agent_leg_uuid)
             self.wake_dispatcher()
+            return
+        log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
+                 plan.caller_id, leg)
+        self.store.mark_dialling(plan)
 
     def _count_dial(self, result: str) -> None:
         if self.metrics is not None:
@@ -454,9 +475,12 @@ class Controller:
                 return False
             reply = self._api(f"uuid_bridge {plan.agent_leg_uuid} {watch.uuid}")
             if not reply.startswith("+OK"):
-                log.error("contact %s: bridging agent leg %s to customer %s failed: %s", plan.contact_id,
-                          plan.agent_leg_uuid, watch.uuid, reply.strip())
+                log.warning("contact %s: the agent left before the customer answered (%s); back to the queue",
+                            plan.contact_id, reply.strip())
+                watch.answered = False            # its hangup is not the end of a conversation
+                self.store.bridge_failed(plan.contact_id, watch.uuid, "agent gone before the bridge")
                 self._kill(watch.uuid)
+                self.wake_dispatcher()
             else:
                 log.info("contact %s: customer answered and is connected to the agent", plan.contact_id)
                 self._count_dial("answered")
@@ -613,6 +637,16 @@ class Controller:
         channels = self._channels()
         exists = lambda uuid: bool(uuid) and uuid in channels  # noqa: E731
         self._resync_watched(channels)
+        watched_before = set(self.legs)
+        self._reconcile_contacts(channels, exists)
+        # A leg that ended between the snapshot and its watch being attached sent its events to
+        # nobody: a second look catches it (handlers are guarded, a duplicate hangup is harmless).
+        fresh = {u: w for u, w in self.legs.items() if u not in watched_before}
+        if fresh:
+            again = self._channels()
+            self._resync_watched(again, only=fresh)
+
+    def _reconcile_contacts(self, channels: dict[str, str], exists) -> None:
         for c in self.store.contacts_in([C.ARRIVED, C.QUEUED], mine=True):
             if c.id not in self.calls and not exists(c.caller_uuid):
                 self.store.end_contact(c.id, [C(c.state)], Outcome.ABANDONED if c.state == C.QUEUED.value
@@ -631,10 +665,26 @@ class Controller:
         for c in self.store.contacts_in([C.ACCEPTED], mine=True):
             if c.id in self.timers or c.agent_leg_uuid in self.legs:
                 continue
+            due = c.dial_due_at if c.dial_due_at.tzinfo else c.dial_due_at.replace(tzinfo=timezone.utc)
+            if c.callback_leg_uuid and due <= datetime.now(timezone.utc):
+                # Due before the crash: the originate may have gone out. Its uuid decides.
+                if exists(c.callback_leg_uuid) and exists(c.agent_leg_uuid):
+                    plan = self.store.prepared_plan(c.id)
+                    if plan and self.store.mark_dialling(plan):
+                        self._reattach_callback(self.store.contact(c.id), answered=False)
+                        continue
+                self._kill(c.callback_leg_uuid)
+                self._kill(c.agent_leg_uuid)
+                self.store.dial_failed(c.id, c.callback_leg_uuid, "interrupted", 0, self.settings.max_attempts,
+                                       counts=False)
+                continue
             if exists(c.agent_leg_uuid):
                 self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
                                      job_done=True))
-                due = c.dial_due_at if c.dial_due_at.tzinfo else c.dial_due_at.replace(tzinfo=timezone.utc)
+                if not c.callback_leg_uuid:
+                    plan = self.store.prepare_dial(c.id, str(uuidlib.uuid4()))
+                    if plan is not None:
+                        self.plans[c.id] = plan
                 self._schedule_dial(c.id, due)          # resumes from the persisted due time
             else:
                 self.store.agent_left_before_dial(c.id, "agent leg gone while the controller was away")
@@ -690,9 +740,9 @@ class Controller:
             raise ESLError(f"'show channels as json' did not return JSON: {body[:80]!r}") from None
         return {row["uuid"]: row.get("callstate", "") for row in data.get("rows", [])}
 
-    def _resync_watched(self, channels: dict[str, str]) -> None:
+    def _resync_watched(self, channels: dict[str, str], only: dict[str, LegWatch] | None = None) -> None:
         """Events lost while the connection was down: tell each watched leg what happened meanwhile."""
-        for watch in list(self.legs.values()):
+        for watch in list((only or self.legs).values()):
             state = channels.get(watch.uuid)
             synthetic = []
             if state is not None:

@@ -101,7 +101,11 @@ class Store:
         if sid is None:
             if not create:
                 raise NotFound(f"no skill named {name!r}")
-            sid = conn.execute(insert(Skill).values(name=name).returning(Skill.id)).scalar()
+            try:
+                with conn.begin_nested():          # many callers can meet a new skill at once
+                    sid = conn.execute(insert(Skill).values(name=name).returning(Skill.id)).scalar()
+            except IntegrityError:
+                sid = conn.execute(select(Skill.id).where(Skill.name == name)).scalar()
         return sid
 
     def add_skill(self, name: str) -> int:
@@ -456,32 +460,71 @@ class Store:
                 state=A.REFUSED.value, state_changed_at=now, contact_id=None, leg_uuid=None))
             log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
 
-    def start_dial(self, contact_id: int, leg_uuid: str) -> DialPlan | None:
-        """Persist 'about to originate' with the origination uuid: after a crash, that uuid decides."""
-        now = utcnow()
+    def prepare_dial(self, contact_id: int, leg_uuid: str) -> DialPlan | None:
+        """Persist the coming attempt, with its origination uuid, when the agent accepts: at the due
+        time the originate goes out with no database work in the way, and after a crash the stored
+        uuid decides whether it was sent (it is never sent twice)."""
         with self.engine.begin() as conn:
             c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
             if c is None or c.state != C.ACCEPTED.value:
                 return None
-            attempt = c.attempts + 1
-            if not self._move(conn, contact_id, [C.ACCEPTED], C.DIALLING, f"dial attempt {attempt}",
-                              attempts=attempt, callback_leg_uuid=leg_uuid, dialled_at=now):
+            # Rows are numbered by every dial; `attempts` counts only those that count against the
+            # limit (an attempt the agent cut short does not).
+            row_no = (conn.execute(select(func.max(CallbackAttempt.attempt_no)).where(
+                CallbackAttempt.contact_id == contact_id)).scalar() or 0) + 1
+            due = _as_utc(c.dial_due_at) or utcnow()
+            res = conn.execute(update(Contact).where(Contact.id == contact_id, Contact.state == C.ACCEPTED.value,
+                                                     Contact.callback_leg_uuid.is_(None)).values(
+                attempts=c.attempts + 1, callback_leg_uuid=leg_uuid))
+            if res.rowcount != 1:
                 return None
             conn.execute(insert(CallbackAttempt).values(
-                contact_id=contact_id, attempt_no=attempt, leg_uuid=leg_uuid, agent_id=c.agent_id,
-                number=c.callback_number, caller_id=c.callback_caller_id, started_at=now))
-            conn.execute(insert(Leg).values(uuid=leg_uuid, contact_id=contact_id, kind="callback",
-                                            direction="outbound", agent_id=c.agent_id,
-                                            from_number=c.callback_caller_id, to_number=c.callback_number,
-                                            started_at=now))
+                contact_id=contact_id, attempt_no=row_no, leg_uuid=leg_uuid, agent_id=c.agent_id,
+                number=c.callback_number, caller_id=c.callback_caller_id, started_at=due))
             return DialPlan(contact_id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id,
-                            attempt, leg_uuid)
+                            row_no, leg_uuid)
+
+    def prepared_plan(self, contact_id: int) -> DialPlan | None:
+        with self.engine.connect() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.ACCEPTED.value or not c.callback_leg_uuid:
+                return None
+            no = conn.execute(select(CallbackAttempt.attempt_no).where(
+                CallbackAttempt.leg_uuid == c.callback_leg_uuid)).scalar()
+            return DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, no or 0,
+                            c.callback_leg_uuid)
+
+    def mark_dialling(self, plan: DialPlan) -> bool:
+        """Right after the originate went out: the contact is being dialled, and the leg is billed."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if not self._move(conn, plan.contact_id, [C.ACCEPTED], C.DIALLING, f"dial attempt {plan.attempt_no}",
+                              dialled_at=now):
+                return False
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == plan.leg_uuid).values(
+                started_at=now))
+            if conn.execute(select(Leg.uuid).where(Leg.uuid == plan.leg_uuid)).scalar() is None:
+                conn.execute(insert(Leg).values(uuid=plan.leg_uuid, contact_id=plan.contact_id, kind="callback",
+                                                direction="outbound", agent_id=plan.agent_id,
+                                                from_number=plan.caller_id, to_number=plan.number, started_at=now))
+            return True
 
     def dial_answered(self, contact_id: int, leg_uuid: str) -> bool:
         now = utcnow()
         with self.engine.begin() as conn:
-            if not self._move(conn, contact_id, [C.DIALLING], C.CONNECTED, "customer answered", connected_at=now):
+            res = conn.execute(update(Contact).where(
+                Contact.id == contact_id, Contact.callback_leg_uuid == leg_uuid,
+                Contact.state.in_([C.DIALLING.value, C.ACCEPTED.value])).values(
+                state=C.CONNECTED.value, connected_at=now))
+            if res.rowcount != 1:
                 return False
+            log.info("contact %s dialling -[customer answered]-> connected", contact_id)
+            if conn.execute(select(Leg.uuid).where(Leg.uuid == leg_uuid)).scalar() is None:
+                c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+                conn.execute(insert(Leg).values(uuid=leg_uuid, contact_id=contact_id, kind="callback",
+                                                direction="outbound", agent_id=c.agent_id,
+                                                from_number=c.callback_caller_id, to_number=c.callback_number,
+                                                started_at=now))
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(result="answered"))
             conn.execute(update(Leg).where(Leg.uuid == leg_uuid).values(answered_at=now))
             return True
@@ -493,7 +536,7 @@ class Store:
         now = utcnow()
         with self.engine.begin() as conn:
             c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
-            if c is None or c.state != C.DIALLING.value or c.callback_leg_uuid != leg_uuid:
+            if c is None or c.state not in (C.DIALLING.value, C.ACCEPTED.value) or c.callback_leg_uuid != leg_uuid:
                 return None     # an older attempt reporting late: the contact has moved on
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
                 result=result, ended_at=now))
@@ -510,6 +553,20 @@ class Store:
                        last_error=result)
             return None
 
+    def bridge_failed(self, contact_id: int, leg_uuid: str, reason: str) -> bool:
+        """The customer answered but the agent was gone by then: back to the queue, not counted."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            if c is None or c.state != C.CONNECTED.value or c.callback_leg_uuid != leg_uuid:
+                return False
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
+                result="agent_gone", ended_at=now))
+            self._release_agent(conn, c.agent_id, now)
+            return self._move(conn, contact_id, [C.CONNECTED], C.CALLBACK_QUEUED, reason,
+                              attempts=max(c.attempts - 1, 0), agent_id=None, agent_leg_uuid=None,
+                              callback_leg_uuid=None, dial_due_at=None, connected_at=None, last_error=reason)
+
     def agent_left_before_dial(self, contact_id: int, reason: str) -> bool:
         """Agent hung up during CallDelaySec: nothing was dialled, the contact keeps its place."""
         now = utcnow()
@@ -518,8 +575,13 @@ class Store:
             if c is None or c.state != C.ACCEPTED.value:
                 return False
             self._release_agent(conn, c.agent_id, now)
+            attempts = c.attempts
+            if c.callback_leg_uuid:        # the prepared attempt was never dialled: it does not count
+                conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == c.callback_leg_uuid).values(
+                    result="not_dialled", ended_at=now))
+                attempts = max(attempts - 1, 0)
             return self._move(conn, contact_id, [C.ACCEPTED], C.CALLBACK_QUEUED, reason, agent_id=None,
-                              agent_leg_uuid=None, dial_due_at=None)
+                              agent_leg_uuid=None, dial_due_at=None, callback_leg_uuid=None, attempts=attempts)
 
     def _release_agent(self, conn, agent_id: int | None, now: datetime) -> None:
         if agent_id is None:

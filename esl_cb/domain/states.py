@@ -50,7 +50,7 @@ CONTACT_TRANSITIONS: dict[ContactState, set[ContactState]] = {
     C.CALLBACK_QUEUED: {C.OFFERED, C.ENDED},
     C.ACCEPTED: {C.DIALLING, C.CALLBACK_QUEUED, C.ENDED},
     C.DIALLING: {C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
-    C.CONNECTED: {C.ENDED},
+    C.CONNECTED: {C.ENDED, C.CALLBACK_QUEUED},     # back to the queue: the agent left before the bridge
     C.ENDED: set(),
 }
 
