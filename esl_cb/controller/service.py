@@ -203,12 +203,18 @@ class Controller:
         else:
             watch = self.legs.get(ev.uuid)
         if watch is not None:
-            watch.queue.put(ev)
+            self._deliver(watch, ev)
 
     def _watch(self, watch: LegWatch) -> LegWatch:
+        """Route this leg's events to it. Its worker greenlet starts with the first event: a caller
+        waiting in queue gets none for minutes, and 2,000 idle greenlets cost memory."""
         self.legs[watch.uuid] = watch
-        watch.worker = gevent.spawn(self._leg_worker, watch)
         return watch
+
+    def _deliver(self, watch: LegWatch, ev: Event) -> None:
+        watch.queue.put(ev)
+        if watch.worker is None:
+            watch.worker = gevent.spawn(self._leg_worker, watch)
 
     def _leg_worker(self, watch: LegWatch) -> None:
         handler = {"agent": self._agent_event, "callback": self._callback_event, "caller": self._caller_event}[watch.kind]
@@ -286,7 +292,6 @@ class Controller:
         except (ESLError, AttributeError) as e:
             self.jobs.pop(job, None)
             self.legs.pop(offer.agent_leg_uuid, None)
-            watch.worker.kill(block=False)
             log.error("contact %s: could not ring agent %s: %s", offer.contact_id, offer.agent_name, e)
             self.store.offer_failed(offer, refused=False, reason="switch unreachable")
             return False
@@ -754,7 +759,7 @@ class Controller:
             synthetic += [_event("CHANNEL_HANGUP", watch.uuid), _event("CHANNEL_HANGUP_COMPLETE", watch.uuid)]
             log.warning("contact %s: leg %s ended while we were disconnected", watch.contact_id, watch.uuid)
             for ev in synthetic:
-                watch.queue.put(ev)
+                self._deliver(watch, ev)
 
 
 def _answered_at(ev: Event) -> datetime | None:
