@@ -195,3 +195,54 @@ def test_callback_refused_with_on_error_while_the_database_is_away(pg_url, caplo
         assert caller in h.sim.switch.channels                  # still on the line, back in the music
     finally:
         h.close()
+
+
+def test_switch_restarted_mid_load(pg_url):
+    """FreeSWITCH restarts: every channel is gone. The controller reconnects, puts the interrupted
+    callbacks back in the queue (nothing dialled twice for one attempt) and finishes them all."""
+    from esl_cb.sim.server import Simulator
+
+    from .fixtures import LAB
+
+    h = Harness(pg_url, quick_script(), max_attempts=5)
+    try:
+        numbers = seed_callbacks(h.store, 6)
+
+        def configure(sim) -> None:
+            for n in numbers:
+                api_line = f"endpoint {n} answer 1.0"
+                assert sim_api(sim, api_line) == "+OK\n"
+            for i in range(2):
+                assert sim_api(sim, f"endpoint 50{i:02d} answer 0.1 1.5") == "+OK\n"
+
+        configure(h.sim)
+        for i in range(2):
+            h.store.add_agent(f"agent{i}", f"user/50{i:02d}", ["support"])
+            h.available(f"agent{i}")
+        wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state IN ('dialling', 'connected')") > 0,
+                   what="calls in progress")
+        port = h.sim.port
+        old = h.sim
+        old.stop()                                        # the switch goes down with every call on it
+        gevent.sleep(0.5)
+        h.sim = Simulator(("127.0.0.1", port), identity=LAB, heartbeat=0).start()
+        h.sim.switch.socket_target = old.switch.socket_target
+        configure(h.sim)
+        wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state = 'ended'") == 6, timeout=60,
+                   interval=0.2, what="all callbacks to end after the switch restart")
+        assert h.count("SELECT count(*) FROM contacts WHERE outcome = 'callback_completed'") == 6
+        for n in numbers:
+            legs = old.switch.originates + h.sim.switch.originates
+            attempts = h.rows("SELECT a.leg_uuid FROM callback_attempts a JOIN contacts c ON c.id = a.contact_id "
+                              "WHERE c.callback_number = :n", n=n)
+            sent = [o for o in legs if o["number"] == n]
+            assert len(sent) == len({a["leg_uuid"] for a in attempts} & {o["uuid"] for o in sent})  # one per attempt
+            assert len({o["uuid"] for o in sent}) == len(sent)                                         # no uuid reused
+    finally:
+        h.close()
+
+
+def sim_api(sim, line: str) -> str:
+    from esl_cb.sim import api
+
+    return api.execute(sim.switch, "sim", line)
