@@ -301,10 +301,8 @@ class Controller:
         offer = watch.offer
         name = ev.name
         if name == "BACKGROUND_JOB":
-            watch.job_done = True
-            result = ev.body.decode(errors="replace").strip()
-            if result.startswith("-ERR") and not watch.answered:
-                cause = result[4:].strip() or "UNKNOWN"
+            cause = _job_failed(watch, ev)
+            if cause is not None:
                 refused = cause not in SWITCH_LIMIT_CAUSES
                 self.store.offer_failed(offer, refused=refused,
                                         reason=f"agent {'did not take the call' if refused else 'not reachable'} "
@@ -464,10 +462,8 @@ class Controller:
         plan = watch.plan
         name = ev.name
         if name == "BACKGROUND_JOB":
-            watch.job_done = True
-            result = ev.body.decode(errors="replace").strip()
-            if result.startswith("-ERR") and not watch.answered:
-                cause = result[4:].strip() or "UNKNOWN"
+            cause = _job_failed(watch, ev)
+            if cause is not None:
                 self._dial_failed(watch, cause)
                 if cause in NO_CHANNEL_CAUSES:
                     self._release_port(watch)
@@ -760,6 +756,15 @@ class Controller:
             log.warning("contact %s: leg %s ended while we were disconnected", watch.contact_id, watch.uuid)
             for ev in synthetic:
                 self._deliver(watch, ev)
+
+
+def _job_failed(watch: LegWatch, ev: Event) -> str | None:
+    """Note the originate's result; the cause when it failed before the leg answered."""
+    watch.job_done = True
+    result = ev.body.decode(errors="replace").strip()
+    if result.startswith("-ERR") and not watch.answered:
+        return result[4:].strip() or "UNKNOWN"
+    return None
 
 
 def _answered_at(ev: Event) -> datetime | None:
