@@ -310,3 +310,25 @@ def test_port_limit_makes_the_dial_wait(pg_url):
 def gevent_sleep(seconds: float) -> None:
     import gevent
     gevent.sleep(seconds)
+
+
+def test_agent_hangs_up_while_the_customer_rings(pg_url):
+    h = Harness(pg_url, quick_script())
+    try:
+        h.agent("ann", "1001")
+        h.sim_api("endpoint 1001 answer 0.1 0.6")            # hangs up 0.6 s after answering
+        h.sim_api("endpoint +13125550100 answer 3")           # the customer would answer after 3 s
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        h.available("ann")
+        wait_until(lambda: h.originates_to("+13125550100"), what="the customer dialled")
+        h.sim_api("endpoint 1001 reject")                     # no second acceptance in this test
+        first = h.originates_to("+13125550100")[0]
+        wait_until(lambda: first["uuid"] in h.sim.switch.ended_at, what="the customer's ringing cancelled")
+        c = wait_until(lambda: (x := h.contact()).state == "callback_queued" and x, what="back in the queue")
+        assert c.attempts == 0                                 # cut short by the agent: not counted
+        assert h.sim.switch.ended_at[first["uuid"]] - first["t"] < 2.0
+        rows = h.rows("SELECT result FROM callback_attempts")
+        assert [r["result"] for r in rows] == ["agent_hangup"]
+    finally:
+        h.close()

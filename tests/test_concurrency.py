@@ -43,7 +43,7 @@ def test_two_controllers_200_callbacks_20_agents(pg_url):
         for i in range(20):
             ext = f"20{i:02d}"
             h.store.add_agent(f"agent{i}", f"user/{ext}", ["support"])
-            h.sim_api(f"endpoint {ext} answer 0.05 0.4")   # answers, talks 0.4 s, hangs up
+            h.sim_api(f"endpoint {ext} answer 0.05 1.5")   # answers, talks 1.5 s, hangs up
             h.store.set_agent_state(f"agent{i}", AgentState.AVAILABLE, list(AgentState))
         h.controller.wake_dispatcher()
         second.wake_dispatcher()

@@ -261,15 +261,19 @@ class Controller:
                 continue
             try:
                 self._reset_refused()
-                while self._running:
-                    offer = self.store.claim_offer(str(uuidlib.uuid4()))
-                    if offer is None:
-                        break
-                    if not self._start_offer(offer):
-                        break             # the switch refused: wait for the next wake-up or poll
+                self._offer_waiting()
             except SQLAlchemyError as e:
                 log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
                 gevent.sleep(min(self.settings.poll_interval, 1.0))
+
+    def _offer_waiting(self) -> None:
+        """Match waiting contacts with free agents until one side runs out."""
+        while self._running and self.esl_ready.is_set():
+            offer = self.store.claim_offer(str(uuidlib.uuid4()))
+            if offer is None:
+                return
+            if not self._start_offer(offer):
+                return                # the switch refused: wait for the next wake-up or poll
 
     def _reset_refused(self) -> None:
         if self.settings.refused_reset > 0:
@@ -380,27 +384,30 @@ class Controller:
 
     def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
         cid = watch.contact_id
-        contact = self.store.contact(cid)
-        if contact.agent_leg_uuid != watch.uuid and contact.state != C.CONNECTED.value:
+        # The common case first, in one transaction: a conversation ended and the agent is free.
+        # Offer them the next contact at once, here (no wake-up hop): no wrap-up penalty.
+        if self.store.complete(cid, f"agent hung up ({cause})"):
+            self._offer_waiting()
             return
-        if contact.state == C.ACCEPTED.value and contact.callback_leg_uuid in self.legs:
+        contact = self.store.contact(cid)
+        state = contact.state
+        if contact.agent_leg_uuid != watch.uuid and state != C.CONNECTED.value:
+            return
+        if state == C.ACCEPTED.value and contact.callback_leg_uuid in self.legs:
             # The originate already went out; 'dialling' is being recorded: treat it as dialling.
-            contact = contact._replace(state=C.DIALLING.value)
-        if contact.state == C.ACCEPTED.value:
+            state = C.DIALLING.value
+        if state == C.ACCEPTED.value:
             timer = self.timers.pop(cid, None)
             if timer is not None:
                 timer.kill(block=False)
             self.plans.pop(cid, None)
             if self.store.agent_left_before_dial(cid, f"agent hung up during CallDelaySec ({cause})"):
                 self.wake_dispatcher()
-        elif contact.state == C.DIALLING.value:
+        elif state == C.DIALLING.value:
             self._kill(contact.callback_leg_uuid, "ORIGINATOR_CANCEL")
             self.store.dial_failed(cid, contact.callback_leg_uuid, "agent_hangup", 0, self.settings.max_attempts,
                                    counts=False)
             self.wake_dispatcher()
-        elif contact.state == C.CONNECTED.value:
-            if self.store.complete(cid, f"agent hung up ({cause})"):
-                self.wake_dispatcher()
 
     # -- dialling the customer back -------------------------------------
     def _dial(self, contact_id: int) -> None:
@@ -489,7 +496,7 @@ class Controller:
         if name == "CHANNEL_HANGUP":
             if watch.answered and self.store.complete(plan.contact_id, f"customer hung up "
                                                                         f"({ev.get('Hangup-Cause')})"):
-                self.wake_dispatcher()
+                self._offer_waiting()         # the agent is free again: no wrap-up penalty
             return False
         if name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), watch.answered)
@@ -622,7 +629,7 @@ class Controller:
             contact = self.store.contact(watch.contact_id)
             if contact.state == C.CONNECTED.value and not contact.callback_requested:
                 if self.store.complete(watch.contact_id, f"caller hung up ({ev.get('Hangup-Cause')})"):
-                    self.wake_dispatcher()
+                    self._offer_waiting()
         if ev.name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), True)
             return True

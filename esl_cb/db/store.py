@@ -358,7 +358,8 @@ class Store:
             waiting = conn.execute(select(
                 Contact.id, Contact.skill_id, Contact.state, Contact.queued_at, Contact.priority_initial,
                 Contact.priority_acceleration, Contact.priority_max, Contact.caller_uuid, Contact.callback_number,
-                Contact.original_ani, Contact.retry_at).where(
+                Contact.original_ani, Contact.retry_at, Skill.name.label("skill")).join(
+                Skill, Skill.id == Contact.skill_id).where(
                 Contact.state.in_([C.QUEUED.value, C.CALLBACK_QUEUED.value]), Contact.skill_id.in_(skills),
                 or_(Contact.retry_at.is_(None), Contact.retry_at <= now))).all()
             if not waiting:
@@ -385,7 +386,7 @@ class Store:
                     if not got_contact:
                         conn.rollback()
                         return None
-                    skill = conn.execute(select(Skill.name).where(Skill.id == c.skill_id)).scalar()
+                    skill = c.skill
                     log.info("agent %s Available -[offer contact %s]-> Offered", a.name, c.id)
                     return Offer(c.id, a.id, a.name, a.dial_string, new_leg_uuid,
                                  c.state == C.CALLBACK_QUEUED.value, c.caller_uuid,
