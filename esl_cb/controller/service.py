@@ -558,21 +558,31 @@ class Controller:
                 ended_by = "agent" if isinstance(e, ConnectedToAgent) else "caller"
             else:
                 ended_by = result.ended_by
-            if ended_by == "agent" or live.connected:
-                live.greenlet = None
-                channel.gone.wait()
-                return
+            # The script is over: from here on a hangup must not interrupt our book-keeping.
+            live.greenlet = None
             in_callback = bool(result and result.in_callback)
             if result is not None:
                 log.debug("contact %s script %s ended by %s; variables: %s", contact_id, self.script.name,
                           ended_by, result.variables)
-            self._script_ended(contact_id, ended_by, in_callback)
-            if not channel.gone.is_set():
-                live.expect_hangup = True
-                channel.hangup()
-                channel.gone.wait(timeout=5)
+            for _ in range(3):
+                try:
+                    self._after_script(live, contact_id, ended_by, in_callback)
+                    break
+                except (CallerGone, ConnectedToAgent):
+                    continue          # a kill sent just before we cleared the greenlet: redo (guarded)
         finally:
             self.calls.pop(contact_id, None)
+
+    def _after_script(self, live: LiveCall, contact_id: int, ended_by: str, in_callback: bool) -> None:
+        channel = live.channel
+        if ended_by == "agent" or live.connected:
+            channel.gone.wait()
+            return
+        self._script_ended(contact_id, ended_by, in_callback)
+        if not channel.gone.is_set():
+            live.expect_hangup = True
+            channel.hangup()
+            channel.gone.wait(timeout=5)
 
     def _create_contact(self, channel: CallChannel, ani: str, dnis: str) -> int | None:
         """Store the new contact; while the database is away the caller hears music, for a while."""
