@@ -144,7 +144,7 @@ def test_agent_declines_or_does_not_answer(pg_url, mode):
         h.call("3125550100", "3125557000", "dtmf 1 1.2")
         before = h.wait_state("callback_queued")
         h.available("ann")
-        gevent_sleep(0.05)
+        gevent_sleep(0.05)                                  # so that ann's available_since is the earlier
         h.available("bob")                                  # ann has waited longer: she is offered first
         h.sim_api("endpoint +13125550100 answer 0.1")
         connected = h.wait_state("connected", timeout=15)

@@ -56,7 +56,7 @@ def test_lost_connection_fails_waiting_commands_and_reports(sim):
     conn.connect([])
     api.execute(sim.switch, "sim", "endpoint 5551000 noanswer")
     waiter = gevent.spawn(conn.api, "originate {originate_timeout=30}user/5551000 &park()", 10)
-    gevent.sleep(0.1)
+    wait_until(lambda: sim.switch.channels, what="the originate to reach the switch")
     sim.drop_connections()
     with pytest.raises(ConnectionLost):
         waiter.get(timeout=5)
