@@ -47,7 +47,7 @@ def test_two_controllers_200_callbacks_20_agents(pg_url):
             h.store.set_agent_state(f"agent{i}", AgentState.AVAILABLE, list(AgentState))
         h.controller.wake_dispatcher()
         second.wake_dispatcher()
-        wait_until(lambda: h.store.count("SELECT count(*) FROM contacts WHERE state = 'ended'") == 200,
+        wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state = 'ended'") == 200,
                    timeout=120, interval=0.5, what="all 200 callbacks to end")
         outcomes = h.rows("SELECT outcome, count(*) AS n FROM contacts GROUP BY outcome")
         assert {r["outcome"]: r["n"] for r in outcomes} == {"callback_completed": 200}

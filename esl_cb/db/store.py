@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from esl_cb.domain.queue import Priority, order_key
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
-from esl_cb.domain.states import Outcome
+from esl_cb.domain.states import Outcome, contact_can
 
 from .models import Agent, AgentSkill, CallbackAttempt, Contact, Controller, Leg, Skill
 
@@ -200,6 +200,9 @@ class Store:
 
     def _move(self, conn, contact_id: int, expected: Iterable[C], to: C, reason: str, **values) -> bool:
         expected = list(expected)
+        illegal = [s.value for s in expected if not contact_can(s, to)]
+        if illegal:
+            raise ValueError(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal transition")
         res = conn.execute(update(Contact).where(
             Contact.id == contact_id, Contact.state.in_([s.value for s in expected])).values(state=to.value, **values))
         if res.rowcount == 1:
@@ -637,8 +640,3 @@ class Store:
         from sqlalchemy import text
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_notify(:c, :w)"), {"c": self.NOTIFY_CHANNEL, "w": what[:100]})
-
-    def count(self, sql_text: str, **params) -> int:
-        from sqlalchemy import text
-        with self.engine.connect() as conn:
-            return conn.execute(text(sql_text), params).scalar()

@@ -48,7 +48,9 @@ CONTACT_TRANSITIONS: dict[ContactState, set[ContactState]] = {
     C.QUEUED: {C.OFFERED, C.CALLBACK_QUEUED, C.ENDED},
     C.OFFERED: {C.QUEUED, C.CALLBACK_QUEUED, C.CONNECTED, C.ACCEPTED, C.ENDED},
     C.CALLBACK_QUEUED: {C.OFFERED, C.ENDED},
-    C.ACCEPTED: {C.DIALLING, C.CALLBACK_QUEUED, C.ENDED},
+    # ACCEPTED -> CONNECTED: the customer answered before 'dialling' was recorded (it is recorded
+    # right after the originate goes out).
+    C.ACCEPTED: {C.DIALLING, C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
     C.DIALLING: {C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
     C.CONNECTED: {C.ENDED, C.CALLBACK_QUEUED},     # back to the queue: the agent left before the bridge
     C.ENDED: set(),
