@@ -361,7 +361,6 @@ def agent_list(as_json: bool, db: str | None) -> None:
     if as_json:
         click.echo(json.dumps(agents, default=str, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("name", "state", "since", "dial string", "skills", "contact")
@@ -430,7 +429,6 @@ def status(once: bool, as_json: bool, ports: int | None, db: str | None) -> None
     if as_json:
         click.echo(json.dumps(store_call(queries.status, store, limit), default=str, indent=2))
         return
-    from rich.console import Console
     from rich.live import Live
 
     if once or not sys.stdout.isatty():
@@ -467,7 +465,6 @@ def callback_list(include_ended: bool, as_json: bool, db: str | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, default=str, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("contact", "skill", "number", "state", "outcome", "attempts", "agent", "requested")

@@ -51,8 +51,6 @@ def run(copies: int = 40) -> dict:
     t_ours, seen = ours(stream)
     t_gs, n_gs = greenswitch_path(stream)
     expected = []
-    for i in range(0, len(stream), 65536):
-        pass
     reader = FrameReader()
     for frame in reader.feed(stream):
         ev = parse_event(frame)

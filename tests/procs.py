@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from benchmarks.common import free_port, wait_port  # noqa: F401  (shared with the benchmarks)

@@ -5,12 +5,10 @@ import logging
 import subprocess
 
 import gevent
-import pytest
 from sqlalchemy import text
 
 from esl_cb.config import Settings
 from esl_cb.controller.service import Controller
-from esl_cb.domain import script as scripts
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import AgentState
 

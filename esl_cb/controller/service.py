@@ -24,7 +24,7 @@ from gevent.queue import Queue
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.config import Settings
-from esl_cb.db.store import DialPlan, Offer, Store, utcnow
+from esl_cb.db.store import DialPlan, Offer, Store
 from esl_cb.domain import script as scripts
 from esl_cb.domain.numbers import InvalidNumber, normalize, storable
 from esl_cb.domain.runtime import CallerGone, ConnectedToAgent, ScriptRunner
@@ -62,6 +62,7 @@ class LegWatch:
     # FreeSWITCH sends them in either order (capture 04).
     job_done: bool = False
     hangup_done: bool = False
+    holds_port: bool = False                   # a callback leg counted in ports_in_use
     queue: Queue = field(default_factory=Queue)
     worker: gevent.Greenlet | None = None
 
@@ -280,7 +281,7 @@ class Controller:
             self.store.reset_refused(self.settings.refused_reset)
 
     def _start_offer(self, offer: Offer) -> bool:
-        watch = self._watch(LegWatch(offer.agent_leg_uuid, "agent", offer.contact_id, offer=offer))
+        self._watch(LegWatch(offer.agent_leg_uuid, "agent", offer.contact_id, offer=offer))
         number = offer.contact_number or "0"
         label = f"Callback {number}" if offer.callback else f"{offer.skill} {number}"
         cmd = commands.originate(offer.agent_leg_uuid, offer.dial_string, {
@@ -431,7 +432,7 @@ class Controller:
             self._port_freed.wait(timeout=1.0)
         leg = plan.leg_uuid
         self.ports_in_use += 1
-        watch = self._watch(LegWatch(leg, "callback", contact_id, plan=plan))
+        watch = self._watch(LegWatch(leg, "callback", contact_id, plan=plan, holds_port=True))
         try:
             dial = commands.dial_for(self.settings.dial_template, plan.number)
             cmd = commands.originate(leg, dial, {
@@ -459,9 +460,9 @@ class Controller:
             self.metrics.dials.labels(result).inc()
 
     def _release_port(self, watch: LegWatch) -> None:
-        if getattr(watch, "_port_released", False):
+        if not watch.holds_port:
             return
-        watch._port_released = True
+        watch.holds_port = False
         self.ports_in_use -= 1
         self._port_freed.set()
 
@@ -743,7 +744,8 @@ class Controller:
         plan = DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, c.attempts,
                         c.callback_leg_uuid)
         self.ports_in_use += 1
-        self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, answered=answered, job_done=True))
+        self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, answered=answered, job_done=True,
+                             holds_port=True))
         self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
                              job_done=True))
         if not answered:

@@ -85,7 +85,8 @@ def finish_playback(ch: Channel, seconds: float, respond: bool = True) -> None:
 
 
 def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
-    """Execute one application; returns its Application-Response."""
+    """Execute one application. Its Application-Response reaches the events through the channel's
+    current_application_response variable (set by playback), as in FreeSWITCH."""
     if app == "answer" or app == "pre_answer" or app == "ring_ready":
         return "_none_"
     if app == "playback":
@@ -154,9 +155,9 @@ def start(switch: "Switch", ch: Channel, app: str, arg: str, event_uuid: str) ->
             execute, complete = steps["in.exec_answer"][0][1], steps["in.exec_answer"][1][1]
         switch.emit_channel_event(execute, ch)
         try:
-            response = run(switch, ch, app, arg)
+            run(switch, ch, app, arg)
         except Break:
-            response = "FILE PLAYED" if app == "playback" else "_none_"
+            pass                       # broken media completes normally (FILE PLAYED, capture 07)
         except (Hangup, gevent.GreenletExit):
             return
         if not ch.alive:

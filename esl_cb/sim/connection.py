@@ -75,16 +75,19 @@ class EventSocket:
             self.close()
 
     def deliver(self, event: Event) -> None:
-        if self.closed or self.format is None or not self.wants(event):
+        if self.closed or not self.wants(event):
             return
+        fmt = self.format or "plain"          # myevents on an outbound socket is plain
         cache = event.__dict__.setdefault("_wire", {})
-        data = cache.get(self.format)
+        data = cache.get(fmt)
         if data is None:
-            data = cache[self.format] = getattr(event, self.format)()
+            data = cache[fmt] = getattr(event, fmt)()
         self._out.append(data)
         self._wake.set()
 
     def wants(self, event: Event) -> bool:
+        if self.format is None:
+            return False
         name = event.headers[0][1] if event.headers[0][0] == "Event-Name" else event.get("Event-Name")
         if not self.all_events and name not in self.event_names:
             if not (name == "CUSTOM" and event.get("Event-Subclass") in self.subclasses):
@@ -320,19 +323,7 @@ class OutboundSession(EventSocket):
             name = event.headers[0][1]
             if name in MYEVENTS:
                 return True
-        return self.format is not None and (self.all_events or self.event_names or self.subclasses) \
-            and super().wants(event)
-
-    def deliver(self, event: Event) -> None:
-        if self.closed or not self.wants(event):
-            return
-        cache = event.__dict__.setdefault("_wire", {})
-        fmt = self.format or "plain"
-        data = cache.get(fmt)
-        if data is None:
-            data = cache[fmt] = getattr(event, fmt)()
-        self._out.append(data)
-        self._wake.set()
+        return bool(self.all_events or self.event_names or self.subclasses) and super().wants(event)
 
     def serve(self) -> None:
         try:
