@@ -21,15 +21,21 @@ def test_upgrade_matches_models_and_round_trips():
             assert diff == []
             views = set(inspect(conn).get_view_names())
             assert {"reporting_contacts", "billing_legs"} <= views
+            assert _functions(conn) == {"esl_cb_claim", "esl_cb_complete", "esl_cb_effective_priority"}
         downgrade(url, "base")
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
+            assert _functions(conn) == set()
         upgrade(url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM reporting_contacts")).scalar() == 0
         engine.dispose()
     finally:
         drop_database(url)
+
+
+def _functions(conn) -> set[str]:
+    return set(conn.execute(text("SELECT proname FROM pg_proc WHERE proname LIKE 'esl_cb%'")).scalars())
 
 
 def test_sqlite_default_database_migrates(tmp_path):

@@ -267,6 +267,15 @@ class Controller:
                 log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
                 gevent.sleep(min(self.settings.poll_interval, 1.0))
 
+    def _complete(self, contact_id: int, reason: str) -> bool:
+        """A conversation ended. The freed agent's next offer is claimed in the same transaction and
+        rung at once, here: no wake-up hop, no wrap-up penalty. True if this call completed it."""
+        claim = str(uuidlib.uuid4()) if self.esl_ready.is_set() else None
+        completed, offer = self.store.complete(contact_id, reason, claim_leg_uuid=claim)
+        if offer is not None:
+            self._start_offer(offer)
+        return completed
+
     def _offer_waiting(self) -> None:
         """Match waiting contacts with free agents until one side runs out."""
         while self._running and self.esl_ready.is_set():
@@ -385,10 +394,8 @@ class Controller:
 
     def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
         cid = watch.contact_id
-        # The common case first, in one transaction: a conversation ended and the agent is free.
-        # Offer them the next contact at once, here (no wake-up hop): no wrap-up penalty.
-        if self.store.complete(cid, f"agent hung up ({cause})"):
-            self._offer_waiting()
+        # The common case first: a conversation ended and the agent is free (with the next offer).
+        if self._complete(cid, f"agent hung up ({cause})"):
             return
         contact = self.store.contact(cid)
         state = contact.state
@@ -495,9 +502,8 @@ class Controller:
                 self._count_dial("answered")
             return False
         if name == "CHANNEL_HANGUP":
-            if watch.answered and self.store.complete(plan.contact_id, f"customer hung up "
-                                                                        f"({ev.get('Hangup-Cause')})"):
-                self._offer_waiting()         # the agent is free again: no wrap-up penalty
+            if watch.answered:
+                self._complete(plan.contact_id, f"customer hung up ({ev.get('Hangup-Cause')})")
             return False
         if name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), watch.answered)
@@ -639,8 +645,7 @@ class Controller:
         if ev.name == "CHANNEL_HANGUP":
             contact = self.store.contact(watch.contact_id)
             if contact.state == C.CONNECTED.value and not contact.callback_requested:
-                if self.store.complete(watch.contact_id, f"caller hung up ({ev.get('Hangup-Cause')})"):
-                    self._offer_waiting()
+                self._complete(watch.contact_id, f"caller hung up ({ev.get('Hangup-Cause')})")
         if ev.name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), _int(ev.variable("billsec")), True)
             return True
@@ -727,7 +732,7 @@ class Controller:
             if len(alive) < 2:
                 for u in alive:
                     self._kill(u)
-                self.store.complete(c.id, "ended while the controller was away")
+                self.store.complete(c.id, "ended while the controller was away")   # the dispatcher offers next
             elif c.callback_requested:
                 self._reattach_callback(c, answered=True)
             else:

@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
-from sqlalchemy import Engine, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import (DateTime, Engine, create_engine, event, func, insert, literal, or_, select, text,
+                        update)
 from sqlalchemy.exc import IntegrityError
 
-from esl_cb.domain.queue import Priority, order_key
+from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome, contact_can
 
 from .models import Agent, AgentSkill, CallbackAttempt, Contact, Controller, Leg, Skill
+from .sqlexpr import effective_priority
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,18 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+_PG_CLAIM = text("SELECT * FROM esl_cb_claim(:now, :leg, :ctl)")
+_PG_COMPLETE = text("SELECT * FROM esl_cb_complete(:id, :now, :leg, :ctl)")
+
+
 class Store:
     def __init__(self, url_or_engine: str | Engine, controller_id: str = "") -> None:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.controller_id = controller_id
+        # PostgreSQL dispatches through the functions of migration 0003: one statement, its own
+        # transaction (autocommit), so no BEGIN/COMMIT round trips on the hot path.
+        self._pg = self.engine.dialect.name == "postgresql"
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -225,6 +235,12 @@ class Store:
             if not ok:
                 raise StaleState(f"contact {contact_id} cannot be queued now: {self._state(conn, contact_id)}")
 
+    @staticmethod
+    def _lock_contact(conn, contact_id: int):
+        """Read a contact to change it: the row stays locked until commit, so two hangups of one
+        conversation (agent and customer legs) cannot both act on the state they read."""
+        return conn.execute(select(Contact.__table__).where(Contact.id == contact_id).with_for_update()).first()
+
     def _state(self, conn, contact_id: int) -> str:
         return conn.execute(select(Contact.state).where(Contact.id == contact_id)).scalar() or "missing"
 
@@ -239,7 +255,7 @@ class Store:
         values = dict(callback_requested=True, callback_number=number, callback_caller_id=caller_id,
                       call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None)
         with self.engine.begin() as conn:
-            me = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            me = self._lock_contact(conn, contact_id)
             if me is None:
                 raise NotFound(f"no contact {contact_id}")
             if me.skill_id is not None:
@@ -258,7 +274,7 @@ class Store:
                         priority_acceleration=max(other.priority_acceleration, me.priority_acceleration),
                         priority_max=max(other.priority_max, me.priority_max)))
                     if me.state == C.OFFERED.value:
-                        self._release_agent(conn, me.agent_id, now)
+                        self._release_agent(conn, me.agent_id, me.id, now)
                     self._move(conn, contact_id, [C(me.state)], C.ENDED, f"duplicate of contact {other.id}",
                                outcome=Outcome.MERGED.value, ended_at=now, callback_requested=True,
                                callback_number=number, callback_requested_at=now,
@@ -320,7 +336,7 @@ class Store:
         """Cancel a waiting callback (or live contact). A callback being dialled or in
         conversation is refused with the reason, unless force (used when shutting a demo)."""
         with self.engine.begin() as conn:
-            row = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            row = self._lock_contact(conn, contact_id)
             if row is None:
                 raise NotFound(f"no contact {contact_id}")
             if row.state == C.ENDED.value:
@@ -332,7 +348,7 @@ class Store:
                         "the dial is due", "dialling": "it is being dialled", "connected": "it is in conversation"}
                 raise StoreError(f"contact {contact_id} cannot be cancelled now: {what.get(row.state, row.state)}; "
                                  "try again when it is back in the queue")
-            self._release_agent(conn, row.agent_id, utcnow())
+            self._release_agent(conn, row.agent_id, row.id, utcnow())
             if not self._move(conn, contact_id, [C(row.state)], C.ENDED, reason, outcome=Outcome.CANCELLED.value,
                               ended_at=utcnow(), last_error=reason):
                 raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
@@ -346,63 +362,68 @@ class Store:
             return list(conn.execute(q.order_by(Contact.id)).all())
 
     # -- dispatch -------------------------------------------------------
-    def claim_offer(self, new_leg_uuid: str, busy_agents: set[int] = frozenset()) -> Offer | None:
+    def claim_offer(self, new_leg_uuid: str) -> Offer | None:
         """Pick the best waiting contact and the longest-idle available agent with its skill,
         and mark both Offered in one transaction. None when nothing can be matched."""
         now = utcnow()
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                row = conn.execute(_PG_CLAIM, {"now": now, "leg": new_leg_uuid, "ctl": self.controller_id}).first()
+            return self._claimed(row, new_leg_uuid)
         with self.engine.begin() as conn:
-            # Free agents first: cheap, and most wake-ups find none.
-            agents = conn.execute(select(Agent.id, Agent.name, Agent.dial_string, Agent.available_since,
-                                         AgentSkill.skill_id).join(AgentSkill, AgentSkill.agent_id == Agent.id).where(
-                Agent.state == A.AVAILABLE.value)).all()
-            if not agents:
-                return None
-            skills = {a.skill_id for a in agents}
-            waiting = conn.execute(select(
-                Contact.id, Contact.skill_id, Contact.state, Contact.queued_at, Contact.priority_initial,
-                Contact.priority_acceleration, Contact.priority_max, Contact.caller_uuid, Contact.callback_number,
-                Contact.original_ani, Contact.retry_at, Skill.name.label("skill")).join(
-                Skill, Skill.id == Contact.skill_id).where(
-                Contact.state.in_([C.QUEUED.value, C.CALLBACK_QUEUED.value]), Contact.skill_id.in_(skills),
-                or_(Contact.retry_at.is_(None), Contact.retry_at <= now))).all()
-            if not waiting:
-                return None
-            by_skill: dict[int, list] = {}
-            for a in agents:
-                if a.id not in busy_agents:
-                    by_skill.setdefault(a.skill_id, []).append(a)
-            for lst in by_skill.values():
-                lst.sort(key=lambda a: (_as_utc(a.available_since) or now, a.id))
-            ordered = sorted(waiting, key=lambda c: order_key(
-                Priority(c.priority_initial, c.priority_acceleration, c.priority_max), _as_utc(c.queued_at), now, c.id))
-            for c in ordered:
-                for a in by_skill.get(c.skill_id, []):
-                    got_agent = conn.execute(update(Agent).where(
-                        Agent.id == a.id, Agent.state == A.AVAILABLE.value).values(
-                        state=A.OFFERED.value, state_changed_at=now, contact_id=c.id, leg_uuid=new_leg_uuid,
-                        controller_id=self.controller_id)).rowcount == 1
-                    if not got_agent:
-                        continue
-                    got_contact = self._move(conn, c.id, [C(c.state)], C.OFFERED, f"offer to {a.name}",
-                                             offered_at=now, agent_id=a.id, agent_leg_uuid=new_leg_uuid,
-                                             controller_id=self.controller_id)
-                    if not got_contact:
-                        conn.rollback()
-                        return None
-                    skill = c.skill
-                    log.info("agent %s Available -[offer contact %s]-> Offered", a.name, c.id)
-                    return Offer(c.id, a.id, a.name, a.dial_string, new_leg_uuid,
-                                 c.state == C.CALLBACK_QUEUED.value, c.caller_uuid,
-                                 c.callback_number or c.original_ani, skill)
-                    # (the first agent that could be claimed wins)
-        return None
+            return self._claim(conn, new_leg_uuid, now)
+
+    @staticmethod
+    def _claimed(row, leg_uuid: str) -> Offer | None:
+        if row is None or row.contact_id is None:
+            return None
+        log.info("contact %s %s -[offer to %s]-> offered", row.contact_id, row.contact_state, row.agent_name)
+        log.info("agent %s Available -[offer contact %s]-> Offered", row.agent_name, row.contact_id)
+        return Offer(row.contact_id, row.agent_id, row.agent_name, row.dial_string, leg_uuid,
+                     row.contact_state == C.CALLBACK_QUEUED.value, row.caller_uuid,
+                     row.callback_number or row.original_ani, row.skill)
+
+    def _claim(self, conn, new_leg_uuid: str, now: datetime) -> Offer | None:
+        # The database orders the queue (SPEC 3: effective priority, then first queued; the agent
+        # idle longest) and hands back one pair, locked: no queue travels to Python, so a claim
+        # costs the same with 20 or 2,000 contacts waiting. SKIP LOCKED lets another controller
+        # claim the next pair meanwhile instead of queueing behind this one.
+        waiting = [C.QUEUED.value, C.CALLBACK_QUEUED.value]
+        pair = conn.execute(
+            select(Contact.id, Contact.state, Contact.caller_uuid, Contact.callback_number, Contact.original_ani,
+                   Skill.name.label("skill"), Agent.id.label("agent_id"), Agent.name.label("agent_name"),
+                   Agent.dial_string)
+            .join(Skill, Skill.id == Contact.skill_id)
+            .join(AgentSkill, AgentSkill.skill_id == Contact.skill_id)
+            .join(Agent, Agent.id == AgentSkill.agent_id)
+            .where(Agent.state == A.AVAILABLE.value, Contact.state.in_(waiting),
+                   or_(Contact.retry_at.is_(None), Contact.retry_at <= now))
+            .order_by(effective_priority(Contact.priority_initial, Contact.priority_acceleration,
+                                         Contact.priority_max, Contact.queued_at, now).desc(),
+                      Contact.queued_at, Contact.id,
+                      func.coalesce(Agent.available_since, literal(now, DateTime(timezone=True))), Agent.id)
+            .limit(1)
+            .with_for_update(of=[Contact.__table__, Agent.__table__], skip_locked=True)).first()
+        if pair is None:
+            return None
+        got_agent = conn.execute(update(Agent).where(Agent.id == pair.agent_id, Agent.state == A.AVAILABLE.value).values(
+            state=A.OFFERED.value, state_changed_at=now, contact_id=pair.id, leg_uuid=new_leg_uuid,
+            controller_id=self.controller_id)).rowcount == 1
+        if not got_agent or not self._move(conn, pair.id, [C(pair.state)], C.OFFERED, f"offer to {pair.agent_name}",
+                                           offered_at=now, agent_id=pair.agent_id, agent_leg_uuid=new_leg_uuid,
+                                           controller_id=self.controller_id):
+            conn.rollback()       # only without row locks (SQLite): someone else took one of the two
+            return None
+        log.info("agent %s Available -[offer contact %s]-> Offered", pair.agent_name, pair.id)
+        return Offer(pair.id, pair.agent_id, pair.agent_name, pair.dial_string, new_leg_uuid,
+                     pair.state == C.CALLBACK_QUEUED.value, pair.caller_uuid,
+                     pair.callback_number or pair.original_ani, pair.skill)
 
     def offer_failed(self, offer: Offer, refused: bool, reason: str) -> None:
         """The agent declined, did not answer, or could not be rung: the contact keeps its place."""
         now = utcnow()
         with self.engine.begin() as conn:
-            row = conn.execute(select(Contact.callback_requested, Contact.state).where(
-                Contact.id == offer.contact_id)).first()
+            row = self._lock_contact(conn, offer.contact_id)
             back = C.CALLBACK_QUEUED if row and row.callback_requested else C.QUEUED
             self._move(conn, offer.contact_id, [C.OFFERED], back, reason, agent_id=None, agent_leg_uuid=None)
             to = A.REFUSED if refused else A.AVAILABLE
@@ -441,7 +462,8 @@ class Store:
             return due
 
     def _agent_on_call(self, conn, offer: Offer, now: datetime) -> None:
-        res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value).values(
+        res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
+                                               Agent.contact_id == offer.contact_id).values(
             state=A.ON_CALL.value, state_changed_at=now))
         if res.rowcount != 1:
             raise StaleState(f"agent {offer.agent_name} was not Offered when answering contact {offer.contact_id}")
@@ -469,7 +491,7 @@ class Store:
         time the originate goes out with no database work in the way, and after a crash the stored
         uuid decides whether it was sent (it is never sent twice)."""
         with self.engine.begin() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.ACCEPTED.value:
                 return None
             # Rows are numbered by every dial; `attempts` counts only those that count against the
@@ -490,7 +512,7 @@ class Store:
 
     def prepared_plan(self, contact_id: int) -> DialPlan | None:
         with self.engine.connect() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.ACCEPTED.value or not c.callback_leg_uuid:
                 return None
             no = conn.execute(select(CallbackAttempt.attempt_no).where(
@@ -524,7 +546,7 @@ class Store:
                 return False
             log.info("contact %s dialling -[customer answered]-> connected", contact_id)
             if conn.execute(select(Leg.uuid).where(Leg.uuid == leg_uuid)).scalar() is None:
-                c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+                c = self._lock_contact(conn, contact_id)
                 conn.execute(insert(Leg).values(uuid=leg_uuid, contact_id=contact_id, kind="callback",
                                                 direction="outbound", agent_id=c.agent_id,
                                                 from_number=c.callback_caller_id, to_number=c.callback_number,
@@ -539,13 +561,13 @@ class Store:
         retry later or give up. Returns CALLBACK_FAILED when it gave up."""
         now = utcnow()
         with self.engine.begin() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state not in (C.DIALLING.value, C.ACCEPTED.value) or c.callback_leg_uuid != leg_uuid:
                 return None     # an older attempt reporting late: the contact has moved on
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
                 result=result, ended_at=now))
             attempts = c.attempts if counts else max(c.attempts - 1, 0)
-            self._release_agent(conn, c.agent_id, now)
+            self._release_agent(conn, c.agent_id, c.id, now)
             if attempts >= max_attempts:
                 self._move(conn, contact_id, [C(c.state)], C.ENDED, f"{result}, attempt {attempts} of {max_attempts}",
                            outcome=Outcome.CALLBACK_FAILED.value, ended_at=now, attempts=attempts,
@@ -561,12 +583,12 @@ class Store:
         """The customer answered but the agent was gone by then: back to the queue, not counted."""
         now = utcnow()
         with self.engine.begin() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.CONNECTED.value or c.callback_leg_uuid != leg_uuid:
                 return False
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
                 result="agent_gone", ended_at=now))
-            self._release_agent(conn, c.agent_id, now)
+            self._release_agent(conn, c.agent_id, c.id, now)
             return self._move(conn, contact_id, [C.CONNECTED], C.CALLBACK_QUEUED, reason,
                               attempts=max(c.attempts - 1, 0), agent_id=None, agent_leg_uuid=None,
                               callback_leg_uuid=None, dial_due_at=None, connected_at=None, last_error=reason)
@@ -575,10 +597,10 @@ class Store:
         """Agent hung up during CallDelaySec: nothing was dialled, the contact keeps its place."""
         now = utcnow()
         with self.engine.begin() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.ACCEPTED.value:
                 return False
-            self._release_agent(conn, c.agent_id, now)
+            self._release_agent(conn, c.agent_id, c.id, now)
             attempts = c.attempts
             if c.callback_leg_uuid:        # the prepared attempt was never dialled: it does not count
                 conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == c.callback_leg_uuid).values(
@@ -587,32 +609,47 @@ class Store:
             return self._move(conn, contact_id, [C.ACCEPTED], C.CALLBACK_QUEUED, reason, agent_id=None,
                               agent_leg_uuid=None, dial_due_at=None, callback_leg_uuid=None, attempts=attempts)
 
-    def _release_agent(self, conn, agent_id: int | None, now: datetime) -> None:
+    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime) -> None:
+        # Only from this contact: the agent may already be on the next one.
         if agent_id is None:
             return
-        conn.execute(update(Agent).where(Agent.id == agent_id, Agent.state.in_(
+        conn.execute(update(Agent).where(Agent.id == agent_id, Agent.contact_id == contact_id, Agent.state.in_(
             [A.ON_CALL.value, A.OFFERED.value])).values(state=A.AVAILABLE.value, state_changed_at=now,
                                                         available_since=now, contact_id=None, leg_uuid=None))
 
-    def complete(self, contact_id: int, reason: str) -> bool:
-        """A connected contact ended: handled (live) or callback completed; the agent is free again."""
+    def complete(self, contact_id: int, reason: str, claim_leg_uuid: str | None = None) -> tuple[bool, Offer | None]:
+        """A connected contact ended: handled (live) or callback completed; the agent is free again.
+
+        With `claim_leg_uuid`, the next offer is claimed in the same transaction (one commit on
+        the path from a hangup to the next offer: no wrap-up delay). Returns (completed, offer).
+        """
         now = utcnow()
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                row = conn.execute(_PG_COMPLETE, {"id": contact_id, "now": now, "leg": claim_leg_uuid,
+                                                  "ctl": self.controller_id}).one()
+            if not row.completed:
+                return False, None
+            log.info("contact %s connected -[%s]-> ended", contact_id, reason)
+            return True, self._claimed(row, claim_leg_uuid) if claim_leg_uuid else None
         with self.engine.begin() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.CONNECTED.value:
-                return False
+                return False, None
             outcome = Outcome.CALLBACK_COMPLETED if c.callback_requested else Outcome.HANDLED
-            self._release_agent(conn, c.agent_id, now)
-            return self._move(conn, contact_id, [C.CONNECTED], C.ENDED, reason, outcome=outcome.value, ended_at=now)
+            self._release_agent(conn, c.agent_id, c.id, now)
+            if not self._move(conn, contact_id, [C.CONNECTED], C.ENDED, reason, outcome=outcome.value, ended_at=now):
+                return False, None
+            return True, (self._claim(conn, claim_leg_uuid, now) if claim_leg_uuid else None)
 
     def abandon_offer(self, contact_id: int, reason: str) -> int | None:
         """A live caller hung up while an agent was being offered: returns the agent to release."""
         now = utcnow()
         with self.engine.begin() as conn:
-            c = conn.execute(select(Contact.__table__).where(Contact.id == contact_id)).first()
+            c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.OFFERED.value or c.callback_requested:
                 return None
-            self._release_agent(conn, c.agent_id, now)
+            self._release_agent(conn, c.agent_id, c.id, now)
             self._move(conn, contact_id, [C.OFFERED], C.ENDED, reason, outcome=Outcome.ABANDONED.value, ended_at=now)
             return c.agent_id
 
@@ -637,6 +674,5 @@ class Store:
         """Wake every controller on this database (PostgreSQL); they also poll, as the backstop."""
         if self.engine.dialect.name != "postgresql":
             return
-        from sqlalchemy import text
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_notify(:c, :w)"), {"c": self.NOTIFY_CHANNEL, "w": what[:100]})

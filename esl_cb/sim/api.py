@@ -254,7 +254,8 @@ def sim(switch: "Switch", arg: str) -> str:
             return "\n".join(rows) + f"\n{len(rows)} total.\n"
         if sub == "originates":
             start = int(words[1]) if len(words) > 1 else 0
-            legs = [dict(o, answered=switch.answered_at.get(o["uuid"]), ended=switch.ended_at.get(o["uuid"]))
+            legs = [dict(o, answered=switch.answered_at.get(o["uuid"]), ended=switch.ended_at.get(o["uuid"]),
+                         hangup_sent=switch.hangup_sent.get(o["uuid"]))
                     for o in switch.originates[start:]]
             return json.dumps(legs) + "\n"
         if sub == "dtmf" and len(words) >= 3:

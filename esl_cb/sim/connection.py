@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid as uuidlib
 from collections import deque
 from typing import TYPE_CHECKING
@@ -57,7 +58,7 @@ class EventSocket:
         self.subclasses: set[str] = set()
         self.filters: list[tuple[str, str]] = []
         self.closed = False
-        self._out: deque[bytes] = deque()
+        self._out: deque[tuple[float, bytes, str | None]] = deque()   # (when it may leave, frame, hangup of)
         self._wake = GEvent()
         self._idle = GEvent()
         self._idle.set()
@@ -82,13 +83,15 @@ class EventSocket:
         data = cache.get(fmt)
         if data is None:
             data = cache[fmt] = getattr(event, fmt)()
-        self._out.append(data)
+        # A hangup's delivery time is kept for benchmarks: when a controller could first know.
+        hangup = event.channel_uuid if name_of(event) == "CHANNEL_HANGUP" else None
+        self._out.append((time.monotonic() + self.event_lag, data, hangup))
         self._wake.set()
 
     def wants(self, event: Event) -> bool:
         if self.format is None:
             return False
-        name = event.headers[0][1] if event.headers[0][0] == "Event-Name" else event.get("Event-Name")
+        name = name_of(event)
         if not self.all_events and name not in self.event_names:
             if not (name == "CUSTOM" and event.get("Event-Subclass") in self.subclasses):
                 return False
@@ -100,19 +103,28 @@ class EventSocket:
         while not self.closed:
             self._wake.wait()
             self._wake.clear()
-            self._idle.wait()           # events wait while a command runs
-            if self.event_lag:
-                gevent.sleep(self.event_lag)
-            if not self._out:
-                continue
-            chunks = []
-            while self._out:
-                chunks.append(self._out.popleft())
-            try:
-                self.sock.sendall(b"".join(chunks))
-            except OSError:
-                self.close()
-                return
+            while self._out and not self.closed:
+                self._idle.wait()       # events wait while a command runs
+                # Each event leaves `event_lag` after it happened (FreeSWITCH's listener delivers
+                # late), not `event_lag` after this greenlet got to run.
+                hold = self._out[0][0] - time.monotonic()
+                if hold > 0:
+                    gevent.sleep(hold)
+                    continue
+                now = time.monotonic()
+                chunks, hangups = [], []
+                while self._out and self._out[0][0] <= now:
+                    _, data, hangup = self._out.popleft()
+                    chunks.append(data)
+                    if hangup:
+                        hangups.append(hangup)
+                try:
+                    self.sock.sendall(b"".join(chunks))
+                except OSError:
+                    self.close()
+                    return
+                for uuid in hangups:
+                    self.switch.hangup_sent.setdefault(uuid, self.switch.clock())
 
     def flush(self, timeout: float = 1.0) -> None:
         """Let queued events reach the socket (before a notice or a close)."""
@@ -408,3 +420,7 @@ class OutboundSession(EventSocket):
         if not self.closed:
             self.send_now(self.disconnect_notice())
             self.close()
+
+
+def name_of(event: Event) -> str:
+    return event.headers[0][1] if event.headers[0][0] == "Event-Name" else event.get("Event-Name")

@@ -228,6 +228,7 @@ class Switch:
         self.originates: list[dict] = []
         self.answered_at: dict[str, float] = {}     # leg uuid -> when the far end answered
         self.ended_at: dict[str, float] = {}        # leg uuid -> when it hung up
+        self.hangup_sent: dict[str, float] = {}     # leg uuid -> when its CHANNEL_HANGUP first left for a listener
         self._steps = profile()["steps"]
         self._events = profile()["events"]
         self.profile_connect = profile()["connect"]
