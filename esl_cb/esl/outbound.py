@@ -34,6 +34,10 @@ class LeanSession(greenswitch.esl.OutboundSession):
     replies and the handler registry stay greenswitch's.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._esl_event_queue = None      # events never queue here: handle_event dispatches them
+
     def start_event_handlers(self) -> None:
         self._receive_events_greenlet = gevent.spawn(self.receive_events)
         self._process_events_greenlet = None
@@ -58,6 +62,9 @@ class LeanSession(greenswitch.esl.OutboundSession):
         name = event.headers.get("Event-Name")
         handlers = list(self.event_handlers.get(name, ())) + list(self.event_handlers.get("*", ()))
         self._run_handlers(handlers, event)
+        # greenswitch's reader keeps its last event in a local while it waits for the next, for
+        # minutes on a caller in queue: ~150 headers (20 KB) per waiting call. Let them go.
+        event.headers = {}
 
     def _run_handlers(self, handlers, event) -> None:
         for handler in handlers or ():
