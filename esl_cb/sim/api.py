@@ -30,11 +30,11 @@ def execute(switch: "Switch", cmd: str, arg: str, conn=None) -> str:
     return body
 
 
-def background(switch: "Switch", cmd: str, arg: str, job_uuid: str) -> None:
+def background(switch: "Switch", cmd: str, arg: str, job_uuid: str, received_at: float | None = None) -> None:
     """bgapi: run the command, then announce its result as BACKGROUND_JOB."""
     if cmd == "originate":
         try:
-            ch = switch.originate(arg)
+            ch = switch.originate(arg, received_at)
         except OriginateError as e:
             switch.emit_api(cmd, arg)
             result = ORIGINATE_USAGE if e.cause == "USAGE" else f"-ERR {e.cause}\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 import uuid as uuidlib
 from collections import deque
@@ -58,6 +59,7 @@ class EventSocket:
         self.subclasses: set[str] = set()
         self.filters: list[tuple[str, str]] = []
         self.closed = False
+        self.received_at: float | None = None   # when the command being handled reached us
         self._out: deque[tuple[float, bytes, str | None]] = deque()   # (when it may leave, frame, hangup of)
         self._wake = GEvent()
         self._idle = GEvent()
@@ -150,9 +152,22 @@ class EventSocket:
 
     # -- input -----------------------------------------------------------
     def frames(self):
+        # When a command reached the switch is the kernel's receive time (SO_TIMESTAMPNS), not
+        # when this single-threaded simulator got round to reading it: FreeSWITCH reads each
+        # connection on its own real-time thread, so its receipt does not wait for other work.
+        stamped = self.switch.clock is time.time
+        if stamped:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                stamped = False
         while not self.closed:
             try:
-                data = self.sock.recv(65536)
+                if stamped:
+                    data, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(16))
+                    self.received_at = _kernel_time(anc)
+                else:
+                    data = self.sock.recv(65536)
             except OSError:
                 data = b""
             if not data:
@@ -201,7 +216,7 @@ class EventSocket:
         if verb == "bgapi":
             cmd, _, arg = line[6:].partition(" ")
             job = frame.get("Job-UUID") or str(uuidlib.uuid4())
-            gevent.spawn(api.background, self.switch, cmd, arg.strip(), job)
+            gevent.spawn(api.background, self.switch, cmd, arg.strip(), job, self.received_at)
             return reply(f"+OK Job-UUID: {job}", f"Job-UUID: {job}\n")
         if verb == "event":
             return self.cmd_event(words)
@@ -424,3 +439,14 @@ class OutboundSession(EventSocket):
 
 def name_of(event: Event) -> str:
     return event.headers[0][1] if event.headers[0][0] == "Event-Name" else event.get("Event-Name")
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux; Python does not name it
+
+
+def _kernel_time(ancillary) -> float:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9
+    return time.time()

@@ -14,7 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-from esl_cb.esl.wire import url_encode
+from esl_cb.esl.wire import url_encode as _url_encode
+
+# Most header values repeat from event to event (states, names, SDP, variables): encode each once.
+url_encode = lru_cache(maxsize=1 << 16)(_url_encode)
 
 PROFILE_PATH = Path(__file__).with_name("profile.json")
 _TOKEN = re.compile(r"\$\{([a-z_0-9]+)\}")
@@ -136,6 +139,25 @@ def fill(value: str, tokens: dict[str, str]) -> str:
     return _TOKEN.sub(lambda m: tokens.get(m.group(1), "0"), value)
 
 
+_CONST, _TOKENS, _VAR, _ORIGINATE_VARS, _RUNTIME_VARS, _LAST_ARG = range(6)
+_compiled: dict[int, tuple[list, list[tuple[str, str, int, bool]]]] = {}
+
+
+def _compile(template: list[list[str]]) -> list[tuple[str, str, int, bool]]:
+    """Classify a template's entries once: most are constants that need no filling at all."""
+    hit = _compiled.get(id(template))
+    if hit is not None and hit[0] is template:
+        return hit[1]
+    ops = []
+    for name, value in template:
+        kind = {"@originate_vars": _ORIGINATE_VARS, "@runtime_vars": _RUNTIME_VARS, "@last_arg": _LAST_ARG}.get(name)
+        if kind is None:
+            kind = _VAR if value.startswith("${var_") else _TOKENS if "${" in value else _CONST
+        ops.append((name, value[6:-1] if kind == _VAR else value, kind, name.startswith("variable_")))
+    _compiled[id(template)] = (template, ops)
+    return ops
+
+
 def render(template: list[list[str]], common: dict[str, str], tokens: dict[str, str],
            originate_vars: Iterable[tuple[str, str]] = (), channel_vars: dict[str, str] | None = None,
            overrides: dict[str, str] | None = None) -> list[tuple[str, str]]:
@@ -151,33 +173,32 @@ def render(template: list[list[str]], common: dict[str, str], tokens: dict[str, 
     used: set[str] = set()
     marker = -1
     last_var = -1
-    for name, value in template:
+    for name, value, kind, is_var in _compile(template):
         if name in common:
             out.append((name, common[name]))
             continue
-        if name == "@originate_vars":
+        if kind == _ORIGINATE_VARS:
             out.extend(("variable_" + k, v) for k, v in originate_vars)
             last_var = len(out) - 1
             continue
-        if name == "@runtime_vars":
+        if kind == _RUNTIME_VARS:
             marker = len(out)
             continue
-        if name == "@last_arg":
+        if kind == _LAST_ARG:
             if tokens.get("last_arg"):
                 out.append(("variable_last_arg", tokens["last_arg"]))
             continue
         if overrides and name in overrides:
             out.append((name, overrides[name]))
             continue
-        if value.startswith("${var_"):
-            var = value[6:-1]
-            used.add(var)
-            if var in chan:
-                out.append((name, chan[var]))
+        if kind == _VAR:
+            used.add(value)
+            if value in chan:
+                out.append((name, chan[value]))
                 last_var = len(out) - 1
             continue
-        out.append((name, fill(value, tokens)))
-        if name.startswith("variable_"):
+        out.append((name, fill(value, tokens) if kind == _TOKENS else value))
+        if is_var:
             last_var = len(out) - 1
     rest = [("variable_" + k, v) for k, v in chan.items() if k not in used]
     if rest:
