@@ -108,6 +108,15 @@ class Rig:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def dial_late_buckets(self) -> dict[str, float]:
+        """The controller's own histogram of due time -> originate sent: cumulative count per bucket."""
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
+        out = {}
+        for line in body.splitlines():
+            if line.startswith("esl_cb_callback_dial_late_seconds_bucket"):
+                out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        return out
+
     def seed(self, skill: str, n: int, delay: int, tag: str) -> list[str]:
         numbers = []
         for i in range(n):
@@ -198,6 +207,7 @@ def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, t
         rig.agent(f"{skill}{i}", f"7{tag[4:6]}{i:02d}", skill, "answer 0.02 1.2")
     rig.seed(skill, n, 1, tag)
     baseline = None
+    late = rig.dial_late_buckets()
     started = time.time()
     for i in range(agents):
         rig.available(f"{skill}{i}")
@@ -218,7 +228,7 @@ def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, t
             a = agent_legs.get(o["vars"].get("esl_cb_contact_id"))
             if a:
                 errors.append((o["t"] - (a["answered"] + 1.0)) * 1000)
-    result = {"errors": errors}
+    result = {"errors": errors, "sent_late": {le: n - late[le] for le, n in rig.dial_late_buckets().items()}}
     if baseline is not None:
         out = json.loads(baseline.communicate(timeout=60)[0])
         result["greenswitch_timer_late_ms"] = out["timer_late_ms"]
@@ -309,6 +319,12 @@ def main() -> None:
         print(f"database: {stmts_per_cb:.1f} SQL statements per callback (offer, accept, dial, answer, complete)")
     if "burst" in run:
         print(f"burst: greenswitch baseline received {burst.get('greenswitch_events', 0)} events")
+    for name, res in (("quiet", quiet), ("burst", burst)):
+        if res.get("sent_late", {}).get("+Inf"):
+            n = res["sent_late"]
+            print(f"CallDelaySec, {name}: the controller sent {n['0.005'] / n['+Inf']:.1%} of originates within 5 ms of "
+                  f"the due time, {n['0.025'] / n['+Inf']:.1%} within 25 ms (its own histogram, "
+                  f"esl_cb_callback_dial_late_seconds)")
 
 
 def print_ingest(ingest: dict) -> None:

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 import gevent
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +35,10 @@ class Metrics:
                               registry=r)
         self.loop_lag_max = Gauge("esl_cb_event_loop_lag_max_seconds", "Worst timer lateness in the last "
                                   "10 s", registry=r)
+        # CallDelaySec precision as the controller sees it: due time -> originate sent.
+        self.dial_late = Histogram("esl_cb_callback_dial_late_seconds", "How long after its CallDelaySec due "
+                                   "time a callback's originate was sent", registry=r,
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
         self.db_statements = Counter("esl_cb_db_statements", "SQL statements sent to the database", registry=r)
         self.port_limit.set(controller.settings.ports)
         from sqlalchemy import event as sa_event

@@ -78,6 +78,7 @@ class Controller:
         self.jobs: dict[str, str] = {}            # Job-UUID -> leg uuid
         self.calls: dict[int, LiveCall] = {}      # contact id -> live caller
         self.timers: dict[int, gevent.Greenlet] = {}
+        self.dial_due: dict[int, datetime] = {}         # CallDelaySec due times of the timers above
         self.plans: dict[int, DialPlan] = {}      # contact id -> the prepared dial, sent when due
         self.ports_in_use = 0
         self._port_freed = GEvent()
@@ -391,6 +392,7 @@ class Controller:
         if old is not None:
             old.kill(block=False)
         self.timers[contact_id] = gevent.spawn_later(delay, self._dial, contact_id)
+        self.dial_due[contact_id] = due
 
     def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
         cid = watch.contact_id
@@ -408,6 +410,7 @@ class Controller:
             timer = self.timers.pop(cid, None)
             if timer is not None:
                 timer.kill(block=False)
+            self.dial_due.pop(cid, None)
             self.plans.pop(cid, None)
             if self.store.agent_left_before_dial(cid, f"agent hung up during CallDelaySec ({cause})"):
                 self.wake_dispatcher()
@@ -448,6 +451,7 @@ class Controller:
                 "originate_timeout": self.settings.callback_ring_timeout, "ignore_early_media": "true"})
             job = str(uuidlib.uuid4())
             self.jobs[job] = leg
+            self._observe_lateness(contact_id)
             self.esl.bgapi(cmd, job_uuid=job)
         except (ESLError, commands.UnsafeDialString, AttributeError) as e:
             log.error("contact %s: dial failed before reaching the switch: %s", contact_id, e)
@@ -461,6 +465,11 @@ class Controller:
         log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
                  plan.caller_id, leg)
         self.store.mark_dialling(plan)
+
+    def _observe_lateness(self, contact_id: int) -> None:
+        due = self.dial_due.pop(contact_id, None)
+        if due is not None and self.metrics is not None:
+            self.metrics.dial_late.observe(max((datetime.now(timezone.utc) - due).total_seconds(), 0.0))
 
     def _count_dial(self, result: str) -> None:
         if self.metrics is not None:
