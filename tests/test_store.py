@@ -48,6 +48,17 @@ def _available(store: Store, name: str) -> None:
     store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))
 
 
+def _in_conversation_with_one_waiting(store: Store) -> tuple[int, int]:
+    """alice talks to the first contact (live) while a second one waits."""
+    store.add_agent("alice", "user/1001", ["support"])
+    first = _queue(store, 1, Priority(10, 0, 10), 2)
+    second = _queue(store, 2, Priority(10, 0, 10), 1)
+    _available(store, "alice")
+    offer = store.claim_offer("leg-1")
+    assert offer.contact_id == first and store.accept_live(offer)
+    return first, second
+
+
 def test_claims_follow_the_domain_queue_order(store):
     rnd = random.Random(7)
     queued = {}
@@ -85,12 +96,7 @@ def test_longest_idle_agent_with_the_skill_gets_the_contact(store):
 
 
 def test_complete_frees_the_agent_and_claims_the_next_contact_at_once(store):
-    store.add_agent("alice", "user/1001", ["support"])
-    first = _queue(store, 1, Priority(10, 0, 10), 2)
-    second = _queue(store, 2, Priority(10, 0, 10), 1)
-    _available(store, "alice")
-    offer = store.claim_offer("leg-1")
-    assert offer.contact_id == first and store.accept_live(offer)
+    first, second = _in_conversation_with_one_waiting(store)
     done, nxt = store.complete(first, "caller hung up", claim_leg_uuid="leg-2")
     assert done and (nxt.contact_id, nxt.agent_name, nxt.agent_leg_uuid) == (second, "alice", "leg-2")
     c = store.contact(first)
@@ -105,12 +111,7 @@ def test_two_hangups_of_one_conversation_race_and_only_one_acts(pg_url):
     """The agent's and the customer's hangup reach two greenlets at once. The loser must neither
     free the agent the winner just offered the next contact, nor claim anything."""
     store = Store(pg_url, "race")
-    store.add_agent("alice", "user/1001", ["support"])
-    first = _queue(store, 1, Priority(10, 0, 10), 2)
-    second = _queue(store, 2, Priority(10, 0, 10), 1)
-    _available(store, "alice")
-    offer = store.claim_offer("leg-1")
-    assert offer.contact_id == first and store.accept_live(offer)
+    first, second = _in_conversation_with_one_waiting(store)
 
     db = pg_url.rsplit("/", 1)[1]
     holder = psycopg2.connect(PG_ADMIN.rsplit("/", 1)[0] + "/" + db)
