@@ -18,6 +18,7 @@ class HostileSwitch:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.logins = 0
+        self.originates: list[str] = []
         self.server = StreamServer(("127.0.0.1", 0), self.handle)
         self.server.start()
 
@@ -41,6 +42,8 @@ class HostileSwitch:
                     body = b"-ERR everything\n"
                     sock.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body)
                 else:
+                    if line.startswith("bgapi originate"):
+                        self.originates.append(line)
                     sock.sendall(b"Content-Type: command/reply\nReply-Text: -ERR everything\n\n")
 
 
@@ -54,10 +57,14 @@ def test_switch_answering_err_to_everything(pg_url):
         h.store.request_callback(cid, "+13125550100", "+13125557000", 0, "+13125557000", "+13125550100")
         h.store.set_agent_state("ann", AgentState.AVAILABLE, list(AgentState))
         h.controller.wake_dispatcher()
-        gevent.sleep(1.5)
-        c = h.contact(cid)
-        assert c.state == "callback_queued" and c.attempts == 0      # kept, not lost, not dialled
-        assert h.store.agents()[0]["state"] == "Available"           # not the agent's fault
+        wait_until(lambda: len(bad.originates) >= 3, what="the controller to keep offering")   # it did not give up
+
+        def kept() -> bool:     # between two refused offers: checked when no offer is in flight
+            c = h.contact(cid)
+            return c.state == "callback_queued" and h.store.agents()[0]["state"] == "Available"
+        wait_until(kept, what="the contact back in the queue and the agent free")
+        assert h.contact(cid).attempts == 0                          # kept, not lost, never counted
+        assert all("user/1001" in o for o in bad.originates)         # only the agent was rung, never the customer
         assert not h.controller._greenlets[2].dead                    # the dispatcher is still running
     finally:
         h.close()
