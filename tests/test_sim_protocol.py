@@ -168,3 +168,22 @@ def test_sim_usage_errors_are_clear(sim):
     assert api.execute(sim.switch, "sim", "endpoint 555 explode").startswith("-ERR unknown endpoint mode")
     assert api.execute(sim.switch, "sim", "call 1 2 dance").startswith("-ERR unexpected 'dance'")
     assert api.execute(sim.switch, "sim", "").startswith("-USAGE: sim endpoint")
+
+
+def test_a_commands_receipt_is_when_it_reached_the_switch_not_when_the_simulator_got_to_it(sim):
+    """Benchmarks time the controller by the simulator's receipt of its originate. A busy simulator
+    (one thread, unlike FreeSWITCH's thread per connection) must not make the controller look late."""
+    import time
+
+    api.execute(sim.switch, "sim", "endpoint 5552000 answer 0.05")
+    s = raw_client(sim)
+    s.sendall(b"auth ClueCon\n\n")
+    read_frames(s, 2)                       # auth/request, then the reply
+    sent = time.time()
+    s.sendall(b"bgapi originate sofia/gateway/pstn/5552000 &park()\nJob-UUID: 7e1d0c55-0000-4000-8000-000000000001\n\n")
+    while time.time() < sent + 0.2:         # the simulator's loop is busy meanwhile (no yield: time.sleep
+        pass                                # is gevent's here)
+    read_frames(s, 1)
+    received = sim.switch.originates[-1]["t"]
+    assert sent <= received < sent + 0.1, received - sent
+    s.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import sys
 import time
 import uuid as uuidlib
 from collections import deque
@@ -155,7 +156,7 @@ class EventSocket:
         # When a command reached the switch is the kernel's receive time (SO_TIMESTAMPNS), not
         # when this single-threaded simulator got round to reading it: FreeSWITCH reads each
         # connection on its own real-time thread, so its receipt does not wait for other work.
-        stamped = self.switch.clock is time.time
+        stamped = self.switch.clock is time.time and sys.platform == "linux"
         if stamped:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -441,7 +442,7 @@ def name_of(event: Event) -> str:
     return event.headers[0][1] if event.headers[0][0] == "Event-Name" else event.get("Event-Name")
 
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux; Python does not name it
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux's number; Python does not name it
 
 
 def _kernel_time(ancillary) -> float:
