@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 
 import gevent
 import greenswitch
