@@ -154,6 +154,8 @@ def db_upgrade(db: str | None, revision: str) -> None:
 @click.option("--script", type=click.Path(exists=True, dir_okay=False), help="Call script (YAML). [default: the example]")
 @click.option("--dial-template", help="How to dial a customer, e.g. sofia/gateway/pstn/{number}.")
 @click.option("--ports", type=int, help="Voice ports the callback dialler may use at once. [default: 30]")
+@click.option("--originate-rate", type=float,
+              help="Originates per second at most, below the switch's sessions-per-second. [default: 20]")
 @click.option("--retry-interval", type=float, help="Seconds between callback attempts. [default: 300]")
 @click.option("--max-attempts", type=int, help="Callback attempts before giving up. [default: 3]")
 @click.option("--agent-ring-timeout", type=int, help="Seconds an agent's phone rings. [default: 20]")
@@ -585,7 +587,9 @@ def demo(speed, callers, agents, duration, seed, db) -> None:
 @click.option("--event-lag-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Hold events back like a real switch does (it polls every 20 ms).")
 @click.option("--max-sessions", type=click.IntRange(min=1), default=5000, show_default=True)
-def sim(listen, password, socket_target, time_scale, seed, event_lag_ms, max_sessions) -> None:
+@click.option("--sessions-per-second", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Refuse originates over this many new sessions a second, as FreeSWITCH does (0: no limit).")
+def sim(listen, password, socket_target, time_scale, seed, event_lag_ms, max_sessions, sessions_per_second) -> None:
     """Run the FreeSWITCH simulator (speaks the real ESL wire protocol).
 
     \b
@@ -598,7 +602,8 @@ def sim(listen, password, socket_target, time_scale, seed, event_lag_ms, max_ses
     from esl_cb.sim.server import Simulator
 
     server = Simulator(parse_hostport(listen), password=password, socket_target=parse_hostport(socket_target),
-                       time_scale=time_scale, seed=seed, event_lag=event_lag_ms / 1000, max_sessions=max_sessions)
+                       time_scale=time_scale, seed=seed, event_lag=event_lag_ms / 1000, max_sessions=max_sessions,
+                       sessions_per_second=sessions_per_second)
     click.echo(f"FreeSWITCH simulator on {listen}; calls go to {socket_target}")
     try:
         server.serve_forever()

@@ -82,7 +82,9 @@ class Rig:
         self.ctl = esl_cb("run", "--db", self.url, "--esl", f"127.0.0.1:{self.sim_port}", "--listen",
                           f"127.0.0.1:{self.ctl_port}", "--script", str(script), "--metrics-port",
                           str(self.metrics_port), "--retry-interval", "1", "--agent-ring-timeout", "5",
-                          "--callback-ring-timeout", "5", "--ports", "1000", "--log-level", "WARNING",
+                          "--callback-ring-timeout", "5", "--ports", "1000",
+                          # The simulated switch has no sessions-per-second limit; pace like one set to 60.
+                          "--originate-rate", "50", "--log-level", "WARNING",
                           log=(tmp / "controller.log").open("wb"))
         wait_port(self.ctl_port)
         wait_port(self.metrics_port)

@@ -25,6 +25,8 @@ class Settings:
     script: str = ""
     dial_template: str = "sofia/gateway/pstn/{number}"
     ports: int = 30                   # voice ports the callback dialler may use at once
+    originate_rate: float = 20.0      # originates per second at most (the switch's sessions-per-second, 30 by
+                                      # default, counts inbound calls too)
     retry_interval: float = 300.0     # seconds between callback attempts
     max_attempts: int = 3
     agent_ring_timeout: int = 20      # seconds an agent's phone rings before it counts as refused
@@ -56,6 +58,8 @@ class Settings:
         for name in ("ports", "max_attempts", "agent_ring_timeout", "callback_ring_timeout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.originate_rate > 0:
+            raise ConfigError(f"originate_rate must be above 0 (originates per second), not {self.originate_rate}")
         if self.retry_interval < 0:
             raise ConfigError("retry_interval cannot be negative")
         if not self.controller_id:

@@ -107,3 +107,8 @@ def test_config_validation():
         load_settings(None, {"db": "sqlite://", "dial_template": "sofia/gateway/pstn/"}, environ={}).validate()
     with pytest.raises(ConfigError, match="esl"):
         load_settings(None, {"db": "sqlite://", "esl": "nohostport:abc"}, environ={}).validate()
+
+
+def test_originate_rate_must_be_positive():
+    with pytest.raises(ConfigError, match="originate_rate"):
+        load_settings(None, {"db": "sqlite://", "originate_rate": 0}, environ={}).validate()

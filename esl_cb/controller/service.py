@@ -36,6 +36,7 @@ from esl_cb.esl.outbound import CallChannel, CallServer
 from esl_cb.netaddr import parse_hostport
 
 from .call import ChannelCall, LiveCall, StoreQueue
+from .pacing import OriginatePacer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Controller:
         self.dial_due: dict[int, datetime] = {}         # CallDelaySec due times of the timers above
         self.plans: dict[int, DialPlan] = {}      # contact id -> the prepared dial, sent when due
         self.ports_in_use = 0
+        self.pacer = OriginatePacer(settings.originate_rate)   # under the switch's sessions-per-second
         self._port_freed = GEvent()
         self._wake = GEvent()
         self._running = False
@@ -303,6 +305,7 @@ class Controller:
         log.info("contact %s offered to agent %s on leg %s", offer.contact_id, offer.agent_name,
                  offer.agent_leg_uuid)
         try:
+            self.pacer.wait()
             self.esl.bgapi(cmd, job_uuid=job)
         except (ESLError, AttributeError) as e:
             self.jobs.pop(job, None)
@@ -451,6 +454,7 @@ class Controller:
                 "originate_timeout": self.settings.callback_ring_timeout, "ignore_early_media": "true"})
             job = str(uuidlib.uuid4())
             self.jobs[job] = leg
+            self.pacer.wait()
             self._observe_lateness(contact_id)
             self.esl.bgapi(cmd, job_uuid=job)
         except (ESLError, commands.UnsafeDialString, AttributeError) as e:

@@ -23,9 +23,10 @@ class Simulator:
     def __init__(self, listen: tuple[str, int] = ("127.0.0.1", 8021), password: str = "ClueCon",
                  socket_target: tuple[str, int] = ("127.0.0.1", 8084), time_scale: float = 1.0,
                  seed: int | None = None, identity: Identity | None = None, heartbeat: float = 20.0,
-                 event_lag: float = 0.0, max_sessions: int = 5000) -> None:
+                 event_lag: float = 0.0, max_sessions: int = 5000, sessions_per_second: int = 0) -> None:
         self.switch = Switch(identity or Identity(core_uuid=str(uuidlib.uuid4())), time_scale=time_scale,
-                             seed=seed, socket_target=socket_target, max_sessions=max_sessions)
+                             seed=seed, socket_target=socket_target, max_sessions=max_sessions,
+                             sessions_per_second=sessions_per_second)
         self.password = password
         self.heartbeat = heartbeat
         self.event_lag = event_lag

@@ -209,12 +209,17 @@ class Switch:
 
     def __init__(self, identity: Identity | None = None, time_scale: float = 1.0, seed: int | None = None,
                  socket_target: tuple[str, int] = ("127.0.0.1", 8084), max_sessions: int = 5000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sessions_per_second: int = 0) -> None:
         self.identity = identity or Identity(core_uuid=str(uuidlib.uuid4()))
         self.time_scale = time_scale
         self.rng = random.Random(seed)
         self.socket_target = socket_target
         self.max_sessions = max_sessions
+        # FreeSWITCH's sessions-per-second: new sessions (inbound ones too) counted per second; an
+        # originate over it fails at once. 0: no limit. (Here inbound calls count but are not refused.)
+        self.sessions_per_second = sessions_per_second
+        self._second = (0, 0)                        # (which second, sessions begun in it)
+        self.refused_over_sps = 0
         self.clock = clock
         self.seq = Sequencer(self.identity, clock)
         self.channels: dict[str, Channel] = {}
@@ -377,6 +382,9 @@ class Switch:
         if new_uuid in self.channels:
             raise OriginateError("DESTINATION_OUT_OF_ORDER")
         if len(self.channels) >= self.max_sessions:
+            raise OriginateError("DESTINATION_OUT_OF_ORDER")
+        if not self._count_session():
+            self.refused_over_sps += 1
             raise OriginateError("DESTINATION_OUT_OF_ORDER")
         number = endpoint_user(dial)
         ch = self._new_channel(
@@ -562,7 +570,17 @@ class Switch:
         self.emit_step("bridge.bridge", a, b)
 
     # -- inbound calls ---------------------------------------------------
+    def _count_session(self) -> bool:
+        """Count a new session in this second; False when it is over sessions-per-second."""
+        second = int(self.clock())
+        n = self._second[1] + 1 if self._second[0] == second else 1
+        if self.sessions_per_second and n > self.sessions_per_second:
+            return False
+        self._second = (second, n)
+        return True
+
     def inbound_call(self, from_number: str, to_did: str) -> Channel:
+        self._count_session()
         ch = self._new_channel(
             uuid=str(uuidlib.uuid4()), direction="inbound",
             channel_name=f"sofia/lab/{from_number}@127.0.0.1:5070",
