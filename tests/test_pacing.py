@@ -9,32 +9,45 @@ from .test_callback_flow import quick_script
 from .test_concurrency import seed_callbacks
 
 
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def test_originate_pacer_spaces_originates_under_the_rate():
-    now = [100.0]
-    slept = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    pacer = OriginatePacer(10, burst=2, clock=lambda: now[0], sleep=sleep)
+    t = FakeTime()
+    pacer = OriginatePacer(10, burst=3, clock=lambda: t.now, sleep=t.sleep)
     sent = []
     for _ in range(12):
-        pacer.wait()
-        sent.append(now[0])
-    assert sent[:2] == [100.0, 100.0]                  # the burst goes at once
-    gaps = [b - a for a, b in zip(sent[1:], sent[2:])]
+        pacer.wait(urgent=True)
+        sent.append(t.now)
+    assert sent[:3] == [100.0] * 3                    # the burst goes at once
+    gaps = [b - a for a, b in zip(sent[2:], sent[3:])]
     assert all(abs(g - 0.1) < 1e-9 for g in gaps)      # then one every 1/rate seconds
-    for i, t in enumerate(sent):                       # never more than burst + rate in any second
-        assert sum(1 for u in sent if t <= u < t + 1.0) <= 2 + 10
-    now[0] += 5.0                                      # idle: the bucket refills to the burst, no more
-    before = len(slept)
-    pacer.wait()
-    pacer.wait()
-    assert len(slept) == before
-    pacer.wait()
-    assert len(slept) == before + 1
+    for u in sent:                                     # never more than burst + rate in any second
+        assert sum(1 for v in sent if u <= v < u + 1.0) <= 3 + 10
+    t.now += 5.0                                       # idle: the bucket refills to the burst, no more
+    before = len(t.slept)
+    for _ in range(3):
+        pacer.wait(urgent=True)
+    assert len(t.slept) == before
+    pacer.wait(urgent=True)
+    assert len(t.slept) == before + 1
 
+
+def test_offers_leave_the_last_token_for_a_due_callback():
+    t = FakeTime()
+    pacer = OriginatePacer(10, burst=3, clock=lambda: t.now, sleep=t.sleep)
+    pacer.wait()
+    pacer.wait()                                       # two offers: one token left
+    assert t.slept == []
+    assert pacer.wait(urgent=True) == 0.0              # the due dial goes at once
+    assert pacer.wait() > 0                            # the next offer waits for the bucket
 
 
 def _six_offers_at_once(h: Harness) -> None:

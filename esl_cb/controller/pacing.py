@@ -3,6 +3,8 @@
 
 A token bucket: `rate` originates a second on average, at most `burst` back to back. FreeSWITCH
 counts sessions per calendar second, so any one second sees at most burst + rate of ours.
+The last token is kept for urgent originates (a callback due now): offers to agents never make a
+CallDelaySec dial wait.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class OriginatePacer:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
-        self.burst = burst if burst is not None else max(1, int(rate // 5))
+        self.burst = burst if burst is not None else max(2, int(rate // 5))
         self._clock = clock
         self._sleep = sleep
         self._tokens = float(self.burst)
@@ -29,12 +31,14 @@ class OriginatePacer:
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
-    def wait(self) -> float:
-        """Block (this greenlet only) until an originate may go; returns the seconds waited."""
+    def wait(self, urgent: bool = False) -> float:
+        """Block (this greenlet only) until an originate may go; returns the seconds waited.
+        Non-urgent originates leave the last token for urgent ones."""
+        need = 1.0 if urgent or self.burst < 2 else 2.0
         waited = 0.0
         self._refill()
-        while self._tokens < 1.0 - 1e-9:       # (float sums: 0.99999999 is a whole token)
-            pause = (1.0 - self._tokens) / self.rate
+        while self._tokens < need - 1e-9:       # (float sums: 0.99999999 is a whole token)
+            pause = (need - self._tokens) / self.rate
             self._sleep(pause)
             waited += pause
             self._refill()

@@ -454,7 +454,7 @@ class Controller:
                 "originate_timeout": self.settings.callback_ring_timeout, "ignore_early_media": "true"})
             job = str(uuidlib.uuid4())
             self.jobs[job] = leg
-            self.pacer.wait()
+            self.pacer.wait(urgent=True)          # due now: never behind offers to agents
             self._observe_lateness(contact_id)
             self.esl.bgapi(cmd, job_uuid=job)
         except (ESLError, commands.UnsafeDialString, AttributeError) as e:
