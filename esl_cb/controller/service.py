@@ -546,15 +546,12 @@ class Controller:
         data = channel.data
         ani = data.get("Caller-Caller-ID-Number", "")
         dnis = data.get("Caller-Destination-Number", "")
-        contact_id = self._create_contact(channel, ani, dnis)
-        if contact_id is None:
+        arrival = self._create_contact(channel, ani, dnis)
+        if arrival is None:
             return
+        contact_id, pending = arrival
         variables = {"ANI": ani, "DNIS": dnis, "ContactID": str(contact_id), "CallbackPending": "0",
                      "PendingContactID": ""}
-        try:
-            pending = self.store.pending_callback(normalize(ani, self.settings.region))
-        except (InvalidNumber, SQLAlchemyError):
-            pending = None
         if pending is not None:
             # Documented: a caller whose callback is still queued is recognised; scripts may branch on it.
             variables.update(CallbackPending="1", PendingContactID=str(pending))
@@ -604,14 +601,19 @@ class Controller:
             channel.hangup()
             channel.gone.wait(timeout=5)
 
-    def _create_contact(self, channel: CallChannel, ani: str, dnis: str) -> int | None:
-        """Store the new contact; while the database is away the caller hears music, for a while."""
+    def _create_contact(self, channel: CallChannel, ani: str, dnis: str) -> tuple[int, int | None] | None:
+        """Store the new contact, and find a callback of this caller still waiting (the script may
+        branch on it). While the database is away the caller hears music, for a while."""
+        try:
+            number = normalize(ani, self.settings.region)
+        except InvalidNumber:
+            number = None
         deadline = time.time() + self.settings.db_wait
         music = False
         while True:
             try:
-                contact_id = self.store.create_contact(channel.uuid, storable(ani), storable(dnis), self.script.name,
-                                                       storable(ani), storable(dnis))
+                arrival = self.store.arrive(channel.uuid, storable(ani), storable(dnis), self.script.name,
+                                            storable(ani), storable(dnis), callback_number=number)
                 break
             except SQLAlchemyError as e:
                 if time.time() > deadline or channel.gone.is_set():
@@ -628,7 +630,7 @@ class Controller:
                 channel.break_media()
             except Exception:
                 pass
-        return contact_id
+        return arrival
 
     @staticmethod
     def _hold_music(channel: CallChannel) -> None:

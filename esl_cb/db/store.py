@@ -188,8 +188,15 @@ class Store:
     # -- contacts -------------------------------------------------------
     def create_contact(self, caller_uuid: str, ani: str, dnis: str, script: str, from_number: str,
                        to_number: str) -> int:
+        return self.arrive(caller_uuid, ani, dnis, script, from_number, to_number)[0]
+
+    def arrive(self, caller_uuid: str, ani: str, dnis: str, script: str, from_number: str, to_number: str,
+               callback_number: str | None = None) -> tuple[int, int | None]:
+        """A caller arrived: store the contact and its leg, and (with `callback_number`) find a
+        callback of theirs still waiting, in one transaction. Returns (contact id, pending id)."""
         now = utcnow()
         with self.engine.begin() as conn:
+            pending = conn.execute(self._pending_query(callback_number)).scalar() if callback_number else None
             cid = conn.execute(insert(Contact).values(
                 direction="inbound", state=C.ARRIVED.value, script=script, caller_uuid=caller_uuid,
                 original_ani=ani, original_dnis=dnis, ani=ani, dnis=dnis, priority_initial=0,
@@ -199,7 +206,7 @@ class Store:
                                             from_number=from_number, to_number=to_number, started_at=now,
                                             answered_at=now))
         log.info("contact %s created for call %s from %s to %s", cid, caller_uuid, ani, dnis)
-        return cid
+        return cid, pending
 
     def contact(self, contact_id: int):
         with self.engine.connect() as conn:
@@ -293,12 +300,10 @@ class Store:
             raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
                              "contact (run Reqagent first)")
 
-    def pending_callback(self, number: str) -> int | None:
-        """A caller calling in again while their callback waits: the contact that holds it."""
-        with self.engine.connect() as conn:
-            return conn.execute(select(Contact.id).where(
-                Contact.callback_number == number, Contact.callback_requested.is_(True),
-                Contact.state != C.ENDED.value).order_by(Contact.queued_at).limit(1)).scalar()
+    @staticmethod
+    def _pending_query(number: str):
+        return select(Contact.id).where(Contact.callback_number == number, Contact.callback_requested.is_(True),
+                                        Contact.state != C.ENDED.value).order_by(Contact.queued_at).limit(1)
 
     # -- controllers ----------------------------------------------------
     def heartbeat(self, esl: str) -> None:
