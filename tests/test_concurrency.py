@@ -246,3 +246,26 @@ def sim_api(sim, line: str) -> str:
     from esl_cb.sim import api
 
     return api.execute(sim.switch, "sim", line)
+
+
+def test_an_offer_nobody_watches_goes_back_to_the_queue(pg_url):
+    """The database committed a claim but its answer never reached us (or the originate never left):
+    no watch, no ring. After the ring time the contact gets its place back and the agent is free."""
+    h = Harness(pg_url, quick_script(), agent_ring_timeout=1)
+    try:
+        number = seed_callbacks(h.store, 1, first=900)[0]
+        h.store.add_agent("lost", "user/1900", ["support"])
+        with h.store.engine.begin() as conn:      # what such a claim leaves behind, offered 30 s ago
+            cid = conn.execute(text("SELECT id FROM contacts WHERE callback_number = :n"), {"n": number}).scalar()
+            conn.execute(text("UPDATE agents SET state = 'Offered', contact_id = :c, leg_uuid = 'lost-leg', "
+                              "state_changed_at = now() WHERE name = 'lost'"), {"c": cid})
+            conn.execute(text("UPDATE contacts SET state = 'offered', agent_id = (SELECT id FROM agents WHERE "
+                              "name = 'lost'), agent_leg_uuid = 'lost-leg', offered_at = now() - interval '30 s', "
+                              "controller_id = :ctl WHERE id = :c"), {"c": cid, "ctl": h.settings.controller_id})
+        # Given back, then offered again on a leg that is really rung.
+        wait_until(lambda: h.contact(cid).agent_leg_uuid not in (None, "lost-leg"), timeout=10,
+                   what="the contact offered anew")
+        assert any(o["vars"].get("esl_cb_contact_id") == str(cid) for o in h.sim.switch.originates)
+        assert h.contact(cid).outcome in (None, "callback_completed")     # not lost, not failed
+    finally:
+        h.close()

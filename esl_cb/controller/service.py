@@ -16,7 +16,7 @@ import logging
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import gevent
 from gevent.event import Event as GEvent
@@ -45,6 +45,7 @@ EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNE
 SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION"}
 # Originate failures where FreeSWITCH never created a channel, so no hangup events follow.
 NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
+LOST_OFFER_GRACE = 5.0     # seconds past the agent ring timeout before an unwatched offer counts as lost
 RESULT_OF_CAUSE = {"USER_BUSY": "busy", "NO_ANSWER": "no_answer", "NO_USER_RESPONSE": "no_answer",
                    "CALL_REJECTED": "rejected", "ORIGINATOR_CANCEL": "cancelled"}
 
@@ -258,12 +259,16 @@ class Controller:
 
     # -- dispatching offers ---------------------------------------------
     def _dispatch_loop(self) -> None:
+        next_sweep = time.monotonic()
         while self._running:
             self._wake.wait(timeout=self.settings.poll_interval)
             self._wake.clear()
             if not self.esl_ready.is_set():
                 continue
             try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + max(5 * self.settings.poll_interval, 1.0)
+                    self._sweep_lost_offers()
                 self._reset_refused()
                 self._offer_waiting()
             except SQLAlchemyError as e:
@@ -278,6 +283,34 @@ class Controller:
         if offer is not None:
             self._start_offer(offer)
         return completed
+
+    def _sweep_lost_offers(self) -> None:
+        """An offer nobody watches will never be rung or released: its originate failed to leave, or
+        the database committed the claim but its answer was lost. After the ring time, give it back."""
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.agent_ring_timeout + LOST_OFFER_GRACE)
+        for c in self.store.contacts_in([C.OFFERED], mine=True):
+            offered = c.offered_at if c.offered_at is None or c.offered_at.tzinfo else \
+                c.offered_at.replace(tzinfo=timezone.utc)
+            if c.agent_leg_uuid in self.legs or offered is None or offered > cutoff:
+                continue
+            log.warning("contact %s: its offer on leg %s was never rung or is no longer watched; it goes back "
+                        "to the queue", c.id, c.agent_leg_uuid)
+            self._give_back_offer(c, self._leg_exists, "offer lost")
+
+    def _leg_exists(self, uuid: str | None) -> bool:
+        return bool(uuid) and self._api(f"uuid_exists {uuid}").strip() == "true"
+
+    def _give_back_offer(self, c, exists, reason: str) -> None:
+        """An unwatched offer: hang up its agent leg if the switch has one; the contact keeps its place
+        (a live caller who left ends as abandoned)."""
+        offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, c.callback_requested, c.caller_uuid,
+                      c.callback_number or c.original_ani, "")
+        if exists(c.agent_leg_uuid):
+            self._kill(c.agent_leg_uuid)
+        if c.callback_requested or c.id in self.calls:
+            self.store.offer_failed(offer, refused=False, reason=reason)
+        else:
+            self.store.abandon_offer(c.id, "caller gone while the controller was away")
 
     def _offer_waiting(self) -> None:
         """Match waiting contacts with free agents until one side runs out."""
@@ -691,16 +724,8 @@ class Controller:
                 self.store.end_contact(c.id, [C(c.state)], Outcome.ABANDONED if c.state == C.QUEUED.value
                                        else Outcome.NOT_QUEUED, "caller gone while the controller was away")
         for c in self.store.contacts_in([C.OFFERED], mine=True):
-            if c.agent_leg_uuid in self.legs:
-                continue
-            offer = Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, c.callback_requested, c.caller_uuid,
-                          c.callback_number or c.original_ani, "")
-            if exists(c.agent_leg_uuid):
-                self._kill(c.agent_leg_uuid)
-            if c.callback_requested or c.id in self.calls:
-                self.store.offer_failed(offer, refused=False, reason="offer interrupted by a restart")
-            else:
-                self.store.abandon_offer(c.id, "caller gone while the controller was away")
+            if c.agent_leg_uuid not in self.legs:
+                self._give_back_offer(c, exists, "offer interrupted by a restart")
         for c in self.store.contacts_in([C.ACCEPTED], mine=True):
             if c.id in self.timers or c.agent_leg_uuid in self.legs:
                 continue
