@@ -156,12 +156,7 @@ class EventSocket:
         # When a command reached the switch is the kernel's receive time (SO_TIMESTAMPNS), not
         # when this single-threaded simulator got round to reading it: FreeSWITCH reads each
         # connection on its own real-time thread, so its receipt does not wait for other work.
-        stamped = self.switch.clock is time.time and sys.platform == "linux"
-        if stamped:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            except OSError:
-                stamped = False
+        stamped = self.switch.clock is time.time and enable_receive_timestamps(self.sock)
         while not self.closed:
             try:
                 if stamped:
@@ -445,9 +440,23 @@ def name_of(event: Event) -> str:
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux's number; Python does not name it
 
 
+def enable_receive_timestamps(sock) -> bool:
+    """Ask the kernel to stamp what arrives. Linux switches stamping on lazily (a deferred work item)
+    the first time a socket asks, so the listening socket asks at start: connections accepted from it
+    inherit the flag and are stamped from their first byte."""
+    if sys.platform != "linux":
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
 def _kernel_time(ancillary) -> float:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             sec, nsec = struct.unpack("qq", data[:16])
-            return sec + nsec / 1e9
+            if sec:                 # 0: the packet came before stamping was switched on
+                return sec + nsec / 1e9
     return time.time()

@@ -7,7 +7,7 @@ import uuid as uuidlib
 import gevent
 from gevent.server import StreamServer
 
-from .connection import InboundConnection
+from .connection import InboundConnection, enable_receive_timestamps
 from .events import Identity
 from .switch import Switch
 
@@ -44,6 +44,7 @@ class Simulator:
 
     def start(self) -> "Simulator":
         self.server.start()
+        enable_receive_timestamps(self.server.socket)
         if self.heartbeat > 0:
             self._heartbeat_greenlet = gevent.spawn(self._beat)
         log.info("FreeSWITCH simulator listening on %s:%d, calls go to %s:%d",
