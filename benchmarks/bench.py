@@ -103,18 +103,20 @@ class Rig:
     def all_originates(self) -> list[dict]:
         return json.loads(self.sim_api("originates 0"))
 
+    def scrape(self) -> list[str]:
+        """The controller's /metrics, a line each."""
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode().splitlines()
+
     def metric(self, name: str) -> float:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
-        for line in body.splitlines():
+        for line in self.scrape():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
     def dial_late_buckets(self) -> dict[str, float]:
         """The controller's own histogram of due time -> originate sent: cumulative count per bucket."""
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
         out = {}
-        for line in body.splitlines():
+        for line in self.scrape():
             if line.startswith("esl_cb_callback_dial_late_seconds_bucket"):
                 out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
         return out

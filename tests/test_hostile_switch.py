@@ -1,7 +1,6 @@
 """A switch that sends garbage, or answers -ERR to everything: clear errors, no crash, nothing lost."""
 from __future__ import annotations
 
-import gevent
 from gevent.server import StreamServer
 
 from esl_cb.domain.queue import Priority

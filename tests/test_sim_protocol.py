@@ -174,8 +174,6 @@ def test_sim_usage_errors_are_clear(sim):
 def test_a_commands_receipt_is_when_it_reached_the_switch_not_when_the_simulator_got_to_it(sim):
     """Benchmarks time the controller by the simulator's receipt of its originate. A busy simulator
     (one thread, unlike FreeSWITCH's thread per connection) must not make the controller look late."""
-    import time
-
     api.execute(sim.switch, "sim", "endpoint 5552000 answer 0.05")
     s = raw_client(sim)
     s.sendall(b"auth ClueCon\n\n")

@@ -24,7 +24,7 @@ from gevent.queue import Queue
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.config import Settings
-from esl_cb.db.store import DialPlan, Offer, Store
+from esl_cb.db.store import DialPlan, Offer, Store, as_utc
 from esl_cb.domain import script as scripts
 from esl_cb.domain.numbers import InvalidNumber, normalize, storable
 from esl_cb.domain.runtime import CallerGone, ConnectedToAgent, ScriptRunner
@@ -289,8 +289,7 @@ class Controller:
         the database committed the claim but its answer was lost. After the ring time, give it back."""
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.agent_ring_timeout + LOST_OFFER_GRACE)
         for c in self.store.contacts_in([C.OFFERED], mine=True):
-            offered = c.offered_at if c.offered_at is None or c.offered_at.tzinfo else \
-                c.offered_at.replace(tzinfo=timezone.utc)
+            offered = as_utc(c.offered_at)
             if c.agent_leg_uuid in self.legs or offered is None or offered > cutoff:
                 continue
             log.warning("contact %s: its offer on leg %s was never rung or is no longer watched; it goes back "
@@ -729,7 +728,7 @@ class Controller:
         for c in self.store.contacts_in([C.ACCEPTED], mine=True):
             if c.id in self.timers or c.agent_leg_uuid in self.legs:
                 continue
-            due = c.dial_due_at if c.dial_due_at.tzinfo else c.dial_due_at.replace(tzinfo=timezone.utc)
+            due = as_utc(c.dial_due_at)
             if c.callback_leg_uuid and due <= datetime.now(timezone.utc):
                 # Due before the crash: the originate may have gone out. Its uuid decides.
                 if exists(c.callback_leg_uuid) and exists(c.agent_leg_uuid):

@@ -8,7 +8,7 @@ from sqlalchemy import select, text
 from esl_cb.domain.queue import Priority
 
 from .models import Agent, CallbackAttempt, Contact, Skill
-from .store import Store, _as_utc
+from .store import Store, as_utc
 
 OPEN_CALLBACK_STATES = ("callback_queued", "offered", "accepted", "dialling", "connected")
 
@@ -16,7 +16,7 @@ OPEN_CALLBACK_STATES = ("callback_queued", "offered", "accepted", "dialling", "c
 def _dt(value) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return _as_utc(value)
+    return as_utc(value)
 
 
 def status(store: Store, port_limit: int) -> dict:

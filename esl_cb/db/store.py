@@ -82,7 +82,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
@@ -162,7 +162,7 @@ class Store:
         for aid, sname in skills:
             by_agent.setdefault(aid, []).append(sname)
         return [{"id": a.id, "name": a.name, "dial_string": a.dial_string, "state": a.state,
-                 "state_changed_at": _as_utc(a.state_changed_at), "available_since": _as_utc(a.available_since),
+                 "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
                  "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A]) -> A:
@@ -274,7 +274,7 @@ class Store:
                     Contact.callback_requested.is_(True), Contact.state != C.ENDED.value).order_by(
                     Contact.queued_at).limit(1)).first()
                 if other is not None and me.state in (C.QUEUED.value, C.OFFERED.value):
-                    earliest = min(_as_utc(other.queued_at), _as_utc(me.queued_at) or now)
+                    earliest = min(as_utc(other.queued_at), as_utc(me.queued_at) or now)
                     conn.execute(update(Contact).where(Contact.id == other.id).values(
                         queued_at=earliest, callback_caller_id=caller_id, call_delay_sec=delay, ani=ani, dnis=dnis,
                         priority_initial=max(other.priority_initial, me.priority_initial),
@@ -379,25 +379,29 @@ class Store:
             return self._claim(conn, new_leg_uuid, now)
 
     @staticmethod
-    def _claimed(row, leg_uuid: str) -> Offer | None:
+    def _offer(pair, leg_uuid: str) -> Offer:
+        """The Offer of a claimed pair (a row shaped like esl_cb_claim's result)."""
+        return Offer(pair.contact_id, pair.agent_id, pair.agent_name, pair.dial_string, leg_uuid,
+                     pair.contact_state == C.CALLBACK_QUEUED.value, pair.caller_uuid,
+                     pair.callback_number or pair.original_ani, pair.skill)
+
+    @classmethod
+    def _claimed(cls, row, leg_uuid: str) -> Offer | None:
         if row is None or row.contact_id is None:
             return None
         log.info("contact %s %s -[offer to %s]-> offered", row.contact_id, row.contact_state, row.agent_name)
         log.info("agent %s Available -[offer contact %s]-> Offered", row.agent_name, row.contact_id)
-        return Offer(row.contact_id, row.agent_id, row.agent_name, row.dial_string, leg_uuid,
-                     row.contact_state == C.CALLBACK_QUEUED.value, row.caller_uuid,
-                     row.callback_number or row.original_ani, row.skill)
+        return cls._offer(row, leg_uuid)
 
     def _claim(self, conn, new_leg_uuid: str, now: datetime) -> Offer | None:
-        # The database orders the queue (SPEC 3: effective priority, then first queued; the agent
-        # idle longest) and hands back one pair, locked: no queue travels to Python, so a claim
-        # costs the same with 20 or 2,000 contacts waiting. SKIP LOCKED lets another controller
-        # claim the next pair meanwhile instead of queueing behind this one.
+        # The generic (SQLite) twin of esl_cb_claim: the database orders the queue (SPEC 3:
+        # effective priority, then first queued; the agent idle longest) and hands back one pair,
+        # so no queue travels to Python. (SQLite ignores FOR UPDATE; it has one writer at a time.)
         waiting = [C.QUEUED.value, C.CALLBACK_QUEUED.value]
         pair = conn.execute(
-            select(Contact.id, Contact.state, Contact.caller_uuid, Contact.callback_number, Contact.original_ani,
-                   Skill.name.label("skill"), Agent.id.label("agent_id"), Agent.name.label("agent_name"),
-                   Agent.dial_string)
+            select(Contact.id.label("contact_id"), Contact.state.label("contact_state"), Contact.caller_uuid,
+                   Contact.callback_number, Contact.original_ani, Skill.name.label("skill"),
+                   Agent.id.label("agent_id"), Agent.name.label("agent_name"), Agent.dial_string)
             .join(Skill, Skill.id == Contact.skill_id)
             .join(AgentSkill, AgentSkill.skill_id == Contact.skill_id)
             .join(Agent, Agent.id == AgentSkill.agent_id)
@@ -412,17 +416,15 @@ class Store:
         if pair is None:
             return None
         got_agent = conn.execute(update(Agent).where(Agent.id == pair.agent_id, Agent.state == A.AVAILABLE.value).values(
-            state=A.OFFERED.value, state_changed_at=now, contact_id=pair.id, leg_uuid=new_leg_uuid,
+            state=A.OFFERED.value, state_changed_at=now, contact_id=pair.contact_id, leg_uuid=new_leg_uuid,
             controller_id=self.controller_id)).rowcount == 1
-        if not got_agent or not self._move(conn, pair.id, [C(pair.state)], C.OFFERED, f"offer to {pair.agent_name}",
-                                           offered_at=now, agent_id=pair.agent_id, agent_leg_uuid=new_leg_uuid,
-                                           controller_id=self.controller_id):
-            conn.rollback()       # only without row locks (SQLite): someone else took one of the two
+        if not got_agent or not self._move(conn, pair.contact_id, [C(pair.contact_state)], C.OFFERED,
+                                           f"offer to {pair.agent_name}", offered_at=now, agent_id=pair.agent_id,
+                                           agent_leg_uuid=new_leg_uuid, controller_id=self.controller_id):
+            conn.rollback()       # without row locks someone else took one of the two
             return None
-        log.info("agent %s Available -[offer contact %s]-> Offered", pair.agent_name, pair.id)
-        return Offer(pair.id, pair.agent_id, pair.agent_name, pair.dial_string, new_leg_uuid,
-                     pair.state == C.CALLBACK_QUEUED.value, pair.caller_uuid,
-                     pair.callback_number or pair.original_ani, pair.skill)
+        log.info("agent %s Available -[offer contact %s]-> Offered", pair.agent_name, pair.contact_id)
+        return self._offer(pair, new_leg_uuid)
 
     def offer_failed(self, offer: Offer, refused: bool, reason: str) -> None:
         """The agent declined, did not answer, or could not be rung: the contact keeps its place."""
@@ -503,7 +505,7 @@ class Store:
             # limit (an attempt the agent cut short does not).
             row_no = (conn.execute(select(func.max(CallbackAttempt.attempt_no)).where(
                 CallbackAttempt.contact_id == contact_id)).scalar() or 0) + 1
-            due = _as_utc(c.dial_due_at) or utcnow()
+            due = as_utc(c.dial_due_at) or utcnow()
             res = conn.execute(update(Contact).where(Contact.id == contact_id, Contact.state == C.ACCEPTED.value,
                                                      Contact.callback_leg_uuid.is_(None)).values(
                 attempts=c.attempts + 1, callback_leg_uuid=leg_uuid))
