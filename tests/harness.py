@@ -16,7 +16,46 @@ from .fixtures import LAB, wait_until
 TABLES = "callback_attempts, legs, contacts, agent_skills, agents, skills, controllers"
 
 
-class Harness:
+class Looking:
+    """Reading the database of a test (shared by the simulator and real-switch rigs)."""
+
+    store: Store
+
+    def contact(self, contact_id: int = 1):
+        return self.store.contact(contact_id)
+
+    def wait_state(self, state: str, contact_id: int = 1, timeout: float = 15.0):
+        def reached():
+            try:
+                c = self.contact(contact_id)
+            except NotFound:
+                return None
+            return c if c.state == state else None
+        try:
+            return wait_until(reached, timeout, what=f"contact {contact_id} to be {state}")
+        except AssertionError as e:
+            raise AssertionError(f"{e} (it is {self._safe_state(contact_id)})") from None
+
+    def _safe_state(self, cid: int) -> str:
+        try:
+            return self.contact(cid).state
+        except Exception as e:
+            return repr(e)
+
+    def rows(self, sql: str, **params) -> list:
+        with self.store.engine.connect() as conn:
+            return conn.execute(text(sql), params).mappings().all()
+
+    def count(self, sql: str, **params) -> int:
+        with self.store.engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar()
+
+    def count_attempts_per_contact(self) -> set[int]:
+        return {r["n"] for r in self.rows("SELECT contact_id, count(*) AS n FROM callback_attempts "
+                                          "GROUP BY contact_id")}
+
+
+class Harness(Looking):
     def __init__(self, db_url: str, script: scripts.Script | None = None, **settings) -> None:
         self.sim = Simulator(("127.0.0.1", 0), identity=LAB, heartbeat=0, time_scale=settings.pop("time_scale", 1.0))
         self.sim.start()
@@ -54,40 +93,7 @@ class Harness:
         assert reply.startswith("+OK "), reply
         return reply.split()[1]
 
-    # -- looking ---------------------------------------------------------
-    def contact(self, contact_id: int = 1):
-        return self.store.contact(contact_id)
-
-    def wait_state(self, state: str, contact_id: int = 1, timeout: float = 15.0):
-        def reached():
-            try:
-                c = self.contact(contact_id)
-            except NotFound:
-                return None
-            return c if c.state == state else None
-        try:
-            return wait_until(reached, timeout, what=f"contact {contact_id} to be {state}")
-        except AssertionError as e:
-            raise AssertionError(f"{e} (it is {self._safe_state(contact_id)})") from None
-
-    def _safe_state(self, cid: int) -> str:
-        try:
-            return self.contact(cid).state
-        except Exception as e:
-            return repr(e)
-
-    def rows(self, sql: str, **params) -> list:
-        with self.store.engine.connect() as conn:
-            return conn.execute(text(sql), params).mappings().all()
-
-    def count(self, sql: str, **params) -> int:
-        with self.store.engine.connect() as conn:
-            return conn.execute(text(sql), params).scalar()
-
-    def count_attempts_per_contact(self) -> set[int]:
-        return {r["n"] for r in self.rows("SELECT contact_id, count(*) AS n FROM callback_attempts "
-                                          "GROUP BY contact_id")}
-
+    # -- looking (the simulator's records) ------------------------------
     def originates_to(self, number: str) -> list[dict]:
         return [o for o in self.sim.switch.originates if o["number"] == number]
 

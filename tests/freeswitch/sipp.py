@@ -1,0 +1,83 @@
+"""SIPp as the people around the switch: callers (tests/freeswitch/sipp/caller.xml) and the phones of
+agents and customers (phones.xml, one process for all; the last character of the called user
+picks the behaviour)."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from .switch import free_port
+
+HERE = Path(__file__).resolve().parent / "sipp"
+PCAP_DIR = Path("/usr/share/sip-tester")
+
+# phones.xml behaviours, by the last character of the called number or user
+ANSWER, BUSY, NO_ANSWER, REJECT, SLOW_ANSWER, HANGS_UP_SOON, HANGS_UP_LATER = "1234567"
+
+
+class Phones:
+    """One SIPp UAS that answers (or not) every agent's and customer's call."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.media_port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(HERE / "phones.xml"), "-i", "127.0.0.1", "-p", str(self.port), "-mi", "127.0.0.1",
+             "-mp", str(self.media_port), "-nostdin", "-trace_err", "-trace_msg", "-max_recv_loops", "100000"],
+            cwd=root, stdout=(root / "phones.out").open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def dial(self, user: str) -> str:
+        return f"sofia/test/{user}@127.0.0.1:{self.port}"
+
+    def dial_template(self) -> str:
+        return f"sofia/test/{{digits}}@127.0.0.1:{self.port}"
+
+    def invites_to(self, user: str) -> int:
+        """How many INVITEs reached `user` (SIPp's message trace)."""
+        n = 0
+        for log in self.root.glob("phones_*_messages.log"):
+            n += len(re.findall(rf"^INVITE sip:{re.escape(user)}@", log.read_text(errors="replace"), re.M))
+        return n
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Caller:
+    """One caller: calls `did` from `ani`; presses `key` `key_after` seconds after the answer (None:
+    never); hangs up `hangup_after` seconds after that (None: waits for the switch to hang up)."""
+
+    def __init__(self, root: Path, sip_port: int, ani: str, did: str, key: str | None = "1",
+                 key_after: float = 1.0, hangup_after: float | None = None, name: str = "caller") -> None:
+        text = (HERE / "caller.xml").read_text()
+        if key is None:
+            text = re.sub(r"  <nop>\s*<action>\s*<exec play_pcap_audio=.*?</nop>\n", "", text, flags=re.S)
+        pcap = PCAP_DIR / f"dtmf_2833_{ {'*': 'star', '#': 'pound'}.get(key, key) }.pcap" if key else ""
+        text = (text.replace("@FROM@", ani).replace("@KEY_AFTER_MS@", str(int(key_after * 1000)))
+                .replace("@KEY_PCAP@", str(pcap)).replace("@HANGS_UP@", "0" if hangup_after is None else "1")
+                .replace("@HANGUP_AFTER_MS@", str(int((hangup_after or 0) * 1000))))
+        root.mkdir(parents=True, exist_ok=True)
+        scenario = root / f"{name}.xml"
+        scenario.write_text(text)
+        self.root = root
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(free_port()), "-mi", "127.0.0.1",
+             "-mp", str(free_port()), "-s", did, f"127.0.0.1:{sip_port}", "-m", "1", "-nostdin", "-trace_err",
+             "-trace_msg"],
+            cwd=root, stdout=(root / f"{name}.out").open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
