@@ -16,6 +16,7 @@ import logging
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime, timedelta, timezone
 
 import gevent
@@ -91,6 +92,9 @@ class Controller:
         self.esl_ready = GEvent()
         self.reconnects = 0
         self.metrics = None                       # Metrics, when --metrics-port is set
+        # Tests compare what the controller saw on the simulator and on the real switch:
+        # when set, called with (leg kind, event name, application) for every event it routes.
+        self.observer: Callable[[str, str, str], None] | None = None
 
     # -- life cycle -----------------------------------------------------
     def start(self) -> "Controller":
@@ -208,6 +212,8 @@ class Controller:
         else:
             watch = self.legs.get(ev.uuid)
         if watch is not None:
+            if self.observer is not None:
+                self.observer(watch.kind, name, "")
             self._deliver(watch, ev)
 
     def _watch(self, watch: LegWatch) -> LegWatch:
@@ -597,6 +603,9 @@ class Controller:
             if not live.expect_hangup and not live.connected and live.greenlet is not None:
                 live.greenlet.kill(CallerGone(), block=False)
         channel.on_gone = gone
+        if self.observer is not None:
+            observer = self.observer
+            channel.observer = lambda name, app: observer("caller-socket", name, app)
         runner = ScriptRunner(self.script, ChannelCall(live), StoreQueue(self, contact_id), variables,
                               default_region=self.settings.region, contact_label=f"contact {contact_id}")
         try:

@@ -156,6 +156,7 @@ class CallChannel:
         self.on_gone: Callable[[], None] | None = None
         self.on_bridge: Callable[[str], None] | None = None
         self.dtmf: list[str] = []
+        self.observer: Callable[[str, str], None] | None = None     # (event name, application): tests
 
     @property
     def uuid(self) -> str:
@@ -177,6 +178,8 @@ class CallChannel:
     def _on_event(self, event) -> None:
         h = event.headers
         name = h.get("Event-Name")
+        if self.observer is not None:
+            self.observer(name or "", h.get("Application", ""))
         if name == "CHANNEL_EXECUTE_COMPLETE":
             waiter = self._waiting.pop(h.get("Application-UUID", ""), None)
             if waiter is not None:
