@@ -210,3 +210,9 @@ def substitute(value: Any, variables: dict[str, str]) -> str:
 
 
 DEFAULT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "callback-example.yaml"
+
+
+def script_prompts(script: Script) -> list[tuple[str, str]]:
+    """(caption, prompt) of every voice action, in the file's order; prompts may hold {variables}."""
+    return [(a.caption, str(a.props["Prompt"])) for a in script.actions.values()
+            if a.kind in VOICE_ACTIONS and a.props.get("Prompt") is not None]
