@@ -1,7 +1,9 @@
 """Originates are paced under the switch's sessions-per-second (it refuses, it does not queue)."""
 from __future__ import annotations
 
-from esl_cb.controller.pacing import OriginatePacer
+import gevent
+
+from esl_cb.controller.pacing import OriginatePacer, SwitchBackoff
 
 from .fixtures import wait_until
 from .harness import Harness
@@ -81,5 +83,54 @@ def test_unpaced_originates_are_refused_by_the_switch_and_nothing_is_lost(pg_url
         wait_until(lambda: len({o["vars"]["esl_cb_contact_id"] for o in h.sim.switch.originates}) == 6,
                    timeout=15, what="every contact offered in the end")
         assert not [a for a in h.store.agents() if a["state"] == "Refused"]
+    finally:
+        h.close()
+
+
+def test_switch_backoff_grows_is_capped_and_ends_when_the_switch_takes_a_call():
+    t = FakeTime()
+    b = SwitchBackoff(base=0.5, cap=4.0, agent_base=2.0, agent_cap=8.0, clock=lambda: t.now)
+    pauses = [b.refused(agent_id=7) for _ in range(6)]
+    assert [p for p, _ in pauses] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert [a for _, a in pauses] == [2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+    assert b.remaining() == 4.0
+    t.now += 4.0
+    assert b.remaining() == 0.0
+    token = b.sent()                                   # a probe: nothing else in its window
+    assert b.remaining() == b.probe_window
+    t.now += b.probe_window
+    assert b.probe_passed(token)                       # not refused in time: the switch has room
+    assert b.accepted(agent_id=7) == 6 and b.remaining() == 0.0
+    assert b.sent() is None                            # no episode: not a probe
+    assert b.refused(agent_id=7) == (0.5, 2.0)         # a new episode starts small again
+    token = b.sent()
+    assert b.refused(agent_id=8)[1] == 2.0             # per agent
+    assert not b.probe_passed(token)                   # refused meanwhile
+
+
+def test_a_full_switch_is_not_hammered_and_dispatch_recovers_by_itself(pg_url, caplog):
+    """Defect 2 of the real switch: a switch refusing every new session (DESTINATION_OUT_OF_ORDER)
+    got the same contact re-offered to the same agent 170 times in 10 s."""
+    h = Harness(pg_url, quick_script())
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.agent("bob", "1002", answer=0.1)
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        h.sim.switch.max_sessions = 0                       # full: every originate is refused at once
+        caplog.set_level("WARNING", logger="esl_cb.controller.service")
+        h.available("ann")
+        h.available("bob")
+        gevent.sleep(5.0)
+        refusals = [r for r in caplog.records if "refuses new calls" in r.getMessage()]
+        assert len(refusals) == 1                            # said once, not per try
+        attempts = len(h.commands("bgapi originate"))
+        assert 2 <= attempts <= 8, attempts                  # 0.5 + 1 + 2 s pauses, not a tight loop (~100)
+        assert not [a for a in h.store.agents() if a["state"] == "Refused"]
+        assert h.contact().state == "callback_queued"
+        h.sim.switch.max_sessions = 100                      # room again: it recovers by itself
+        h.sim_api("endpoint +13125550100 answer 0.1")
+        h.wait_state("connected", timeout=20)
+        assert [r for r in caplog.records if "takes new calls again" in r.getMessage()]
     finally:
         h.close()

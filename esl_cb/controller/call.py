@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +19,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DIGIT_VAR = "esl_cb_digit"
 CAPTURE_VAR = "esl_cb_capture"
+# What a caller hears instead of a Play whose prompt the switch lacks (hold music with no music
+# source, a file no sound package installed): a soft beep every 5 s, so the line is not dead air.
+HOLD_TONE = "tone_stream://%(250,4750,440);loops=-1"
+# The prompt of a Menu or Capture whose own prompt is missing: keys are still collected.
+SILENT_PROMPT = "silence_stream://100"
+
+
+class MissingPrompts:
+    """Prompts the switch could not play, learned at start-up and from failures: each is named in
+    the log once, and later calls skip straight to the fallback (a missing prompt costs 0.3 s)."""
+
+    def __init__(self) -> None:
+        self.missing: set[str] = set()
+
+    def __contains__(self, prompt: str) -> bool:
+        return prompt in self.missing
+
+    def add(self, prompt: str, how: str, contact_id: int | None = None) -> None:
+        if prompt in self.missing:
+            return
+        self.missing.add(prompt)
+        log.error("contact %s: the switch cannot play %r (%s); until it is installed or the script is changed, "
+                  "callers hear %s", contact_id, prompt, how,
+                  "a hold tone instead" if how.startswith("Play") else "silence while their key is awaited")
 
 
 class LiveCall:
@@ -32,11 +57,17 @@ class LiveCall:
 
 
 class ChannelCall:
-    """CallPort: what the script's voice actions do on FreeSWITCH."""
+    """CallPort: what the script's voice actions do on FreeSWITCH.
 
-    def __init__(self, live: LiveCall) -> None:
+    A prompt the switch lacks must never make the script spin: FreeSWITCH ends a playback of a
+    missing file at once (FILE NOT FOUND) and a play_and_get_digits after 0.28 s with no digit
+    (esl-captures 12). A Play with a duration fills it with a hold tone; a Menu or Capture still
+    waits its TimeoutSec for keys."""
+
+    def __init__(self, live: LiveCall, prompts: MissingPrompts | None = None) -> None:
         self.live = live
         self.channel = live.channel
+        self.prompts = prompts if prompts is not None else MissingPrompts()
 
     def _run(self, app: str, arg: str, timeout: float | None = None, on_timeout=None) -> dict:
         try:
@@ -46,7 +77,17 @@ class ChannelCall:
 
     def play(self, prompt: str, max_seconds: float | None) -> None:
         self._check_prompt(prompt)
-        self._run("playback", prompt, timeout=max_seconds, on_timeout=self._break)
+        started = time.monotonic()
+        if prompt not in self.prompts:
+            done = self._run("playback", prompt, timeout=max_seconds, on_timeout=self._break)
+            if done.get("Application-Response") != "FILE NOT FOUND":
+                return
+            self.prompts.add(prompt, "Play: FILE NOT FOUND", self.live.contact_id)
+        if not max_seconds:
+            raise ActionFailed(f"prompt {prompt!r} is not on the switch")
+        left = max_seconds - (time.monotonic() - started)
+        if left > 0.05:
+            self._run("playback", HOLD_TONE, timeout=left, on_timeout=self._break)
 
     def _break(self) -> None:
         try:
@@ -59,17 +100,30 @@ class ChannelCall:
         allowed = "".join(k for k in keys if k in "0123456789*#") or "0123456789"
         terminator = "none" if "#" in allowed else "#"
         regex = "[" + re.escape(allowed).replace("\\#", "#") + "]"
-        done = self._run("play_and_get_digits",
-                         f"1 1 1 {int(timeout * 1000)} {terminator} {prompt} silence_stream://250 {DIGIT_VAR} {regex}")
-        return done.get("variable_" + DIGIT_VAR) or None
+        return self._collect(prompt, timeout, DIGIT_VAR, lambda p, ms: f"1 1 1 {ms} {terminator} {p} "
+                             f"silence_stream://250 {DIGIT_VAR} {regex}") or None
 
     def capture(self, prompt: str, min_digits: int, max_digits: int, timeout: float, terminator: str) -> str:
         self._check_prompt(prompt)
         term = terminator if terminator and re.fullmatch(r"[0-9*#]+", terminator) else "none"
-        done = self._run("play_and_get_digits",
-                         f"{min_digits} {max_digits} 1 {int(timeout * 1000)} {term} {prompt} silence_stream://250 "
-                         f"{CAPTURE_VAR} \\d+")
-        return done.get("variable_" + CAPTURE_VAR, "")
+        return self._collect(prompt, timeout, CAPTURE_VAR, lambda p, ms: f"{min_digits} {max_digits} 1 {ms} {term} "
+                             f"{p} silence_stream://250 {CAPTURE_VAR} \\d+")
+
+    def _collect(self, prompt: str, timeout: float, var: str, args) -> str:
+        """play_and_get_digits, waiting the whole timeout even when the prompt cannot be played. An
+        answer before the timeout with no key pressed means the prompt failed (read_result cannot
+        tell: it keeps the value of an earlier read)."""
+        started = time.monotonic()
+        if prompt not in self.prompts:
+            keys_before = len(self.channel.dtmf)
+            digits = self._run("play_and_get_digits", args(prompt, int(timeout * 1000))).get("variable_" + var, "")
+            if digits or len(self.channel.dtmf) > keys_before or time.monotonic() - started >= timeout - 0.05:
+                return digits
+            self.prompts.add(prompt, "Menu/Capture: no prompt played", self.live.contact_id)
+        left = timeout - (time.monotonic() - started)
+        if left <= 0.05:
+            return ""
+        return self._run("play_and_get_digits", args(SILENT_PROMPT, int(left * 1000))).get("variable_" + var, "")
 
     def hangup(self) -> None:
         self.live.expect_hangup = True

@@ -34,16 +34,22 @@ from esl_cb.domain.states import Outcome
 from esl_cb.esl import commands
 from esl_cb.esl.inbound import ESLError, Event, InboundConnection
 from esl_cb.esl.outbound import CallChannel, CallServer
+from esl_cb.esl.prompts import check_prompts
 from esl_cb.netaddr import parse_hostport
 
-from .call import ChannelCall, LiveCall, StoreQueue
-from .pacing import OriginatePacer
+from .call import ChannelCall, LiveCall, MissingPrompts, StoreQueue
+from .pacing import OriginatePacer, SwitchBackoff
 
 log = logging.getLogger(__name__)
 
-EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "BACKGROUND_JOB"]
-# Causes that say the switch (not the person) could not place the call: try again shortly.
-SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION"}
+EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "BACKGROUND_JOB",
+          "SHUTDOWN"]
+# Causes that say the switch (not the person) could not place the call: back off, try again, count
+# nothing against the agent or the customer. A switch shutting down hangs up with SYSTEM_SHUTDOWN.
+SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION",
+                       "SYSTEM_SHUTDOWN"}
+# ...and, while it shuts down, originates fail with these as its modules unload (measured).
+SHUTDOWN_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE"}
 # Originate failures where FreeSWITCH never created a channel, so no hangup events follow.
 NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
 LOST_OFFER_GRACE = 5.0     # seconds past the agent ring timeout before an unwatched offer counts as lost
@@ -85,11 +91,15 @@ class Controller:
         self.plans: dict[int, DialPlan] = {}      # contact id -> the prepared dial, sent when due
         self.ports_in_use = 0
         self.pacer = OriginatePacer(settings.originate_rate)   # under the switch's sessions-per-second
+        self.missing_prompts = MissingPrompts()
+        self.backoff = SwitchBackoff()            # the switch refusing new sessions: pause, do not loop
         self._port_freed = GEvent()
         self._wake = GEvent()
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
         self.esl_ready = GEvent()
+        self.switch_stopping = False              # FreeSWITCH announced its shutdown
+        self._prompts_checked = False
         self.reconnects = 0
         self.metrics = None                       # Metrics, when --metrics-port is set
         # Tests compare what the controller saw on the simulator and on the real switch:
@@ -129,6 +139,24 @@ class Controller:
         for call in list(self.calls.values()):
             if call.greenlet is not None:
                 call.greenlet.kill(block=False)
+
+    def check_prompts(self) -> list:
+        """Name, at start, every prompt and stream of the script that the switch cannot play (a caller
+        would otherwise find out: a menu whose prompt is missing never hears its key)."""
+        prompts = scripts.script_prompts(self.script)
+        try:
+            problems = check_prompts(self._api, prompts)
+        except ESLError as e:
+            log.warning("could not check the script's prompts on FreeSWITCH: %s", e)
+            return []
+        for p in problems:
+            if p.missing:
+                log.error("script %s: %s; install it on the switch or change the script", self.script.file, p)
+            else:
+                log.warning("script %s: %s", self.script.file, p)
+        if not problems:
+            log.info("script %s: all %d prompts are on the switch", self.script.file, len(prompts))
+        return problems
 
     def wake_dispatcher(self) -> None:
         self._wake.set()
@@ -181,18 +209,22 @@ class Controller:
             conn = InboundConnection(ehost, eport, self.settings.esl_password, self._on_event, lost.set)
             try:
                 conn.connect(EVENTS)
-            except ESLError as e:
+            except Exception as e:      # ESLError mostly; this greenlet must never die
                 log.warning("FreeSWITCH not reachable (%s); retrying in %.1fs", e, backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
             self.esl = conn
+            self.switch_stopping = False
             log.info("connected to FreeSWITCH at %s:%d", ehost, eport)
             try:
                 self.reconcile()
             except Exception:
                 log.exception("reconciling with FreeSWITCH failed; will retry on the next poll")
+            if not self._prompts_checked:
+                self._prompts_checked = True
+                gevent.spawn(self.check_prompts)
             self.esl_ready.set()
             self.wake_dispatcher()
             lost.wait()
@@ -206,6 +238,12 @@ class Controller:
     # -- events from the inbound connection (never block here) ---------
     def _on_event(self, ev: Event) -> None:
         name = ev.name
+        if name == "SHUTDOWN":
+            # Calls are about to be cut and modules unloaded: offer nothing until we reconnect.
+            log.warning("FreeSWITCH is shutting down; no offers or dials until it is back")
+            self.switch_stopping = True
+            self.esl_ready.clear()
+            return
         if name == "BACKGROUND_JOB":
             leg = self.jobs.pop(ev.get("Job-UUID"), None)
             watch = self.legs.get(leg) if leg else None
@@ -267,7 +305,11 @@ class Controller:
     def _dispatch_loop(self) -> None:
         next_sweep = time.monotonic()
         while self._running:
-            self._wake.wait(timeout=self.settings.poll_interval)
+            pause = self.backoff.remaining()
+            if pause > 0:          # the switch is refusing sessions: wake-ups wait too
+                gevent.sleep(min(pause, self.settings.poll_interval))
+            else:
+                self._wake.wait(timeout=self.settings.poll_interval)
             self._wake.clear()
             if not self.esl_ready.is_set():
                 continue
@@ -276,7 +318,8 @@ class Controller:
                     next_sweep = time.monotonic() + max(5 * self.settings.poll_interval, 1.0)
                     self._sweep_lost_offers()
                 self._reset_refused()
-                self._offer_waiting()
+                if self.backoff.remaining() <= 0:
+                    self._offer_waiting()
             except SQLAlchemyError as e:
                 log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
                 gevent.sleep(min(self.settings.poll_interval, 1.0))
@@ -284,7 +327,7 @@ class Controller:
     def _complete(self, contact_id: int, reason: str) -> bool:
         """A conversation ended. The freed agent's next offer is claimed in the same transaction and
         rung at once, here: no wake-up hop, no wrap-up penalty. True if this call completed it."""
-        claim = str(uuidlib.uuid4()) if self.esl_ready.is_set() else None
+        claim = str(uuidlib.uuid4()) if self.esl_ready.is_set() and self.backoff.remaining() <= 0 else None
         completed, offer = self.store.complete(contact_id, reason, claim_leg_uuid=claim)
         if offer is not None:
             self._start_offer(offer)
@@ -319,7 +362,7 @@ class Controller:
 
     def _offer_waiting(self) -> None:
         """Match waiting contacts with free agents until one side runs out."""
-        while self._running and self.esl_ready.is_set():
+        while self._running and self.esl_ready.is_set() and self.backoff.remaining() <= 0:
             offer = self.store.claim_offer(str(uuidlib.uuid4()))
             if offer is None:
                 return
@@ -345,6 +388,7 @@ class Controller:
         try:
             self.pacer.wait()
             self.esl.bgapi(cmd, job_uuid=job)
+            self._probe(self.backoff.sent())
         except (ESLError, AttributeError) as e:
             self.jobs.pop(job, None)
             self.legs.pop(offer.agent_leg_uuid, None)
@@ -358,16 +402,22 @@ class Controller:
         name = ev.name
         if name == "BACKGROUND_JOB":
             cause = _job_failed(watch, ev)
+            if _switch_side(cause, self.switch_stopping):
+                _, agent_pause = self._switch_refused(cause, offer.agent_id)
+                self.store.offer_failed(offer, refused=False, reason=f"switch refused the call ({cause})",
+                                        not_before=agent_pause)
+            else:
+                self._switch_accepted(offer.agent_id)
+                if cause is not None:
+                    self.store.offer_failed(offer, refused=True, reason=f"agent did not take the call ({cause})")
             if cause is not None:
-                refused = cause not in SWITCH_LIMIT_CAUSES
-                self.store.offer_failed(offer, refused=refused,
-                                        reason=f"agent {'did not take the call' if refused else 'not reachable'} "
-                                               f"({cause})")
                 self.wake_dispatcher()
                 if cause in NO_CHANNEL_CAUSES:
                     return True       # no channel was ever created: no hangup events will follow
             return watch.hangup_done
         if name == "CHANNEL_ANSWER":
+            if watch.answered:          # a resync after a reconnect may repeat the answer
+                return False
             watch.answered = True
             self._agent_answered(watch, _answered_at(ev))
             return False
@@ -380,6 +430,36 @@ class Controller:
             watch.hangup_done = True
             return watch.job_done
         return False
+
+    def _switch_refused(self, cause: str, agent_id: int | None = None) -> tuple[float, float]:
+        """FreeSWITCH refused a new session (it is full): back off, say so once per episode."""
+        pause, agent_pause = self.backoff.refused(agent_id)
+        if self.backoff.refusals == 1:
+            log.warning("FreeSWITCH refuses new calls (%s: max-sessions, sessions-per-second or RTP ports used "
+                        "up); offers and dials back off, growing to at most %gs, until it takes one again",
+                        cause, self.backoff.cap)
+        if self.metrics is not None:
+            self.metrics.switch_refusals.inc()
+            self.metrics.backoff.set(pause)
+        return pause, agent_pause
+
+    def _probe(self, token: int | None) -> None:
+        if token is not None:
+            gevent.spawn_later(self.backoff.probe_window, self._probe_done, token)
+
+    def _probe_done(self, token: int) -> None:
+        if self.backoff.probe_passed(token):
+            self._switch_accepted()
+            self.wake_dispatcher()
+
+    def _switch_accepted(self, agent_id: int | None = None) -> None:
+        started = self.backoff.started_at
+        ended = self.backoff.accepted(agent_id)
+        if ended:
+            log.warning("FreeSWITCH takes new calls again, after %d refusals over %.1fs", ended,
+                        time.monotonic() - started if started is not None else 0.0)
+            if self.metrics is not None:
+                self.metrics.backoff.set(0)
 
     def _agent_answered(self, watch: LegWatch, answered_at: datetime | None = None) -> None:
         offer = watch.offer
@@ -495,6 +575,7 @@ class Controller:
             self.pacer.wait(urgent=True)          # due now: never behind offers to agents
             self._observe_lateness(contact_id)
             self.esl.bgapi(cmd, job_uuid=job)
+            self._probe(self.backoff.sent())
         except (ESLError, commands.UnsafeDialString, AttributeError) as e:
             log.error("contact %s: dial failed before reaching the switch: %s", contact_id, e)
             self._release_port(watch)
@@ -529,6 +610,8 @@ class Controller:
         name = ev.name
         if name == "BACKGROUND_JOB":
             cause = _job_failed(watch, ev)
+            if not _switch_side(cause, self.switch_stopping):
+                self._switch_accepted()
             if cause is not None:
                 self._dial_failed(watch, cause)
                 if cause in NO_CHANNEL_CAUSES:
@@ -536,6 +619,8 @@ class Controller:
                     return True
             return watch.hangup_done
         if name == "CHANNEL_ANSWER":
+            if watch.answered:          # a resync after a reconnect may repeat the answer
+                return False
             watch.answered = True
             if not self.store.dial_answered(plan.contact_id, watch.uuid):
                 self._kill(watch.uuid)
@@ -565,13 +650,20 @@ class Controller:
 
     def _dial_failed(self, watch: LegWatch, cause: str) -> None:
         plan = watch.plan
-        self._count_dial(RESULT_OF_CAUSE.get(cause, "switch_busy" if cause in SWITCH_LIMIT_CAUSES else "failed"))
-        if cause in SWITCH_LIMIT_CAUSES:
-            # The switch is at a limit: not the customer's doing, try again shortly.
-            outcome = self.store.dial_failed(plan.contact_id, watch.uuid, "switch_busy", 1.0,
-                                             self.settings.max_attempts, counts=False)
+        switch_side = _switch_side(cause, self.switch_stopping)
+        if switch_side:
+            # Not the customer's doing (the switch is full or shutting down): not counted, tried again
+            # when it has room.
+            result = "interrupted" if cause == "SYSTEM_SHUTDOWN" or self.switch_stopping else "switch_busy"
+            self._count_dial(result)
+            pause, _ = self._switch_refused(cause)
+            self.store.dial_failed(plan.contact_id, watch.uuid, result, max(pause, 1.0), self.settings.max_attempts,
+                                   counts=False)
+            log.info("contact %s attempt %d: %s (%s); not counted, will retry", plan.contact_id, plan.attempt_no,
+                     result, cause)
         else:
             result = RESULT_OF_CAUSE.get(cause, "failed")
+            self._count_dial(result)
             outcome = self.store.dial_failed(plan.contact_id, watch.uuid, result, self.settings.retry_interval,
                                              self.settings.max_attempts)
             log.info("contact %s attempt %d: %s (%s)%s", plan.contact_id, plan.attempt_no, result, cause,
@@ -606,7 +698,7 @@ class Controller:
         if self.observer is not None:
             observer = self.observer
             channel.observer = lambda name, app: observer("caller-socket", name, app)
-        runner = ScriptRunner(self.script, ChannelCall(live), StoreQueue(self, contact_id), variables,
+        runner = ScriptRunner(self.script, ChannelCall(live, self.missing_prompts), StoreQueue(self, contact_id), variables,
                               default_region=self.settings.region, contact_label=f"contact {contact_id}")
         try:
             try:
@@ -713,20 +805,21 @@ class Controller:
 
         Runs at every (re)connection and after taking over a dead controller's contacts. Only
         this controller's contacts are examined; the origination uuids we stored decide
-        whether a leg exists, so a dial is never sent twice."""
-        channels = self._channels()
-        exists = lambda uuid: bool(uuid) and uuid in channels  # noqa: E731
-        self._resync_watched(channels)
+        whether a leg exists, so a dial is never sent twice. `show channels` gives one snapshot
+        of every leg but lags the live calls by ~200 ms (esl-captures 13): it only spares us
+        questions, and every decision about a leg asks that leg (uuid_dump)."""
+        view = SwitchView(self._api)
+        self._resync_watched(view)
         watched_before = set(self.legs)
-        self._reconcile_contacts(channels, exists)
-        # A leg that ended between the snapshot and its watch being attached sent its events to
-        # nobody: a second look catches it (handlers are guarded, a duplicate hangup is harmless).
+        self._reconcile_contacts(view)
+        # A leg that ended between our look and its watch being attached sent its events to
+        # nobody: a second look, leg by leg, catches it (handlers are guarded, a duplicate is harmless).
         fresh = {u: w for u, w in self.legs.items() if u not in watched_before}
         if fresh:
-            again = self._channels()
-            self._resync_watched(again, only=fresh)
+            self._resync_watched(SwitchView(self._api, snapshot=False), only=fresh)
 
-    def _reconcile_contacts(self, channels: dict[str, str], exists) -> None:
+    def _reconcile_contacts(self, view: "SwitchView") -> None:
+        exists = view.exists
         for c in self.store.contacts_in([C.ARRIVED, C.QUEUED], mine=True):
             if c.id not in self.calls and not exists(c.caller_uuid):
                 self.store.end_contact(c.id, [C(c.state)], Outcome.ABANDONED if c.state == C.QUEUED.value
@@ -743,7 +836,7 @@ class Controller:
                 if exists(c.callback_leg_uuid) and exists(c.agent_leg_uuid):
                     plan = self.store.prepared_plan(c.id)
                     if plan and self.store.mark_dialling(plan):
-                        self._reattach_callback(self.store.contact(c.id), answered=False)
+                        self._reattach_callback(self.store.contact(c.id), view)
                         continue
                 self._kill(c.callback_leg_uuid)
                 self._kill(c.agent_leg_uuid)
@@ -764,7 +857,7 @@ class Controller:
             if c.callback_leg_uuid in self.legs:
                 continue
             if exists(c.callback_leg_uuid) and exists(c.agent_leg_uuid):
-                self._reattach_callback(c, answered=channels[c.callback_leg_uuid] == "ACTIVE")
+                self._reattach_callback(c, view)
             else:
                 # Persisted as 'about to originate' but the leg is not there: it never rang, or it
                 # is over. Either way it is not redialled here: the contact goes back to the queue.
@@ -782,7 +875,7 @@ class Controller:
                     self._kill(u)
                 self.store.complete(c.id, "ended while the controller was away")   # the dispatcher offers next
             elif c.callback_requested:
-                self._reattach_callback(c, answered=True)
+                self._reattach_callback(c, view)
             else:
                 self._watch(LegWatch(c.caller_uuid, "caller", c.id))
                 self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
@@ -793,34 +886,43 @@ class Controller:
         return Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, bool(c.callback_requested), c.caller_uuid,
                      c.callback_number or c.original_ani or "", "")
 
-    def _reattach_callback(self, c, answered: bool) -> None:
+    def _reattach_callback(self, c, view: "SwitchView") -> None:
+        """Watch a callback's two legs again. A customer who answered while we were away is bridged at
+        once: the answer goes through the same handler as a live CHANNEL_ANSWER would (stored, then
+        bridged); legs stored as connected but not bridged (a crash between the two) are bridged."""
         plan = DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, c.attempts,
                         c.callback_leg_uuid)
+        leg = view.live(c.callback_leg_uuid)
+        answered = leg is not None and leg.answered
+        connected = c.state == C.CONNECTED.value
         self.ports_in_use += 1
-        self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, answered=answered, job_done=True,
-                             holds_port=True))
+        watch = self._watch(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan, answered=connected,
+                                     job_done=True, holds_port=True))
         self._watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=self._offer_of(c), answered=True,
                              job_done=True))
-        if not answered:
+        if connected:
+            if leg is not None and leg.bridged_to != c.agent_leg_uuid:
+                log.warning("contact %s: connected but its legs are not bridged; bridging them", c.id)
+                self._api(f"uuid_bridge {c.agent_leg_uuid} {c.callback_leg_uuid}")
+        elif answered:
+            log.warning("contact %s: the customer answered leg %s while we were away; connecting them now",
+                        c.id, c.callback_leg_uuid)
+            self._deliver(watch, _event("CHANNEL_ANSWER", c.callback_leg_uuid))
+        else:
             log.info("contact %s: re-attached to the ringing callback leg %s", c.id, c.callback_leg_uuid)
 
-    def _channels(self) -> dict[str, str]:
-        """uuid -> call state of every channel FreeSWITCH has now."""
-        body = self._api("show channels as json")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise ESLError(f"'show channels as json' did not return JSON: {body[:80]!r}") from None
-        return {row["uuid"]: row.get("callstate", "") for row in data.get("rows", [])}
-
-    def _resync_watched(self, channels: dict[str, str], only: dict[str, LegWatch] | None = None) -> None:
+    def _resync_watched(self, view: "SwitchView", only: dict[str, LegWatch] | None = None) -> None:
         """Events lost while the connection was down: tell each watched leg what happened meanwhile."""
         for watch in list((only or self.legs).values()):
-            state = channels.get(watch.uuid)
+            if watch.kind == "caller":
+                # A caller's own socket reports its hangup; only a leg the switch no longer has needs help.
+                leg = None if not view.exists(watch.uuid) else LegState(True, True, "")
+            else:
+                leg = view.live(watch.uuid)
             synthetic = []
-            if state is not None:
-                if watch.kind != "caller" and not watch.answered and state == "ACTIVE":
-                    synthetic.append(_event("CHANNEL_ANSWER", watch.uuid))
+            if leg is not None:
+                if watch.kind != "caller" and not watch.answered and leg.answered:
+                    self._deliver(watch, _event("CHANNEL_ANSWER", watch.uuid))
                 continue
             if watch.kind != "caller" and not watch.answered and not watch.job_done:
                 synthetic.append(_event("BACKGROUND_JOB", watch.uuid, body=b"-ERR DESTINATION_OUT_OF_ORDER\n"))
@@ -828,6 +930,55 @@ class Controller:
             log.warning("contact %s: leg %s ended while we were disconnected", watch.contact_id, watch.uuid)
             for ev in synthetic:
                 self._deliver(watch, ev)
+
+
+@dataclass(frozen=True)
+class LegState:
+    exists: bool
+    answered: bool
+    bridged_to: str
+
+
+class SwitchView:
+    """What FreeSWITCH has now, as reconciliation needs it.
+
+    `show channels` (one call) lags the live calls by ~200 ms (esl-captures 13): a leg that just
+    answered still reads RINGING, one just created is missing. So it only answers "yes, it exists";
+    a leg it does not list, and the state of any leg, are asked of the leg itself (uuid_dump)."""
+
+    def __init__(self, api: Callable[[str], str], snapshot: bool = True) -> None:
+        self._api = api
+        self._listed: set[str] = self._show_channels() if snapshot else set()
+
+    def _show_channels(self) -> set[str]:
+        body = self._api("show channels as json")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ESLError(f"'show channels as json' did not return JSON: {body[:80]!r}") from None
+        return {row["uuid"] for row in data.get("rows", [])}
+
+    def live(self, uuid: str | None) -> LegState | None:
+        """The leg's live state; None when the switch has no such leg."""
+        if not uuid:
+            return None
+        body = self._api(f"uuid_dump {uuid} json")
+        if body.startswith("-ERR No such channel"):
+            return None
+        if body.startswith("-"):
+            raise ESLError(f"'uuid_dump {uuid} json' failed: {body.strip()[:80]}")
+        try:
+            dump = json.loads(body)
+        except ValueError:
+            raise ESLError(f"'uuid_dump {uuid} json' did not return JSON: {body[:80]!r}") from None
+        return LegState(True, dump.get("Answer-State") == "answered", dump.get("Other-Leg-Unique-ID", ""))
+
+    def exists(self, uuid: str | None) -> bool:
+        return bool(uuid) and (uuid in self._listed or self.live(uuid) is not None)
+
+
+def _switch_side(cause: str | None, stopping: bool) -> bool:
+    return cause in SWITCH_LIMIT_CAUSES or (stopping and cause in SHUTDOWN_CAUSES)
 
 
 def _job_failed(watch: LegWatch, ev: Event) -> str | None:

@@ -33,6 +33,8 @@ class Agent(Base):
     contact_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     leg_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
     controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The switch refused to ring this agent (it was full): not offered again before this time.
+    offer_not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AgentSkill(Base):

@@ -406,6 +406,7 @@ class Store:
             .join(AgentSkill, AgentSkill.skill_id == Contact.skill_id)
             .join(Agent, Agent.id == AgentSkill.agent_id)
             .where(Agent.state == A.AVAILABLE.value, Contact.state.in_(waiting),
+                   or_(Agent.offer_not_before.is_(None), Agent.offer_not_before <= now),
                    or_(Contact.retry_at.is_(None), Contact.retry_at <= now))
             .order_by(effective_priority(Contact.priority_initial, Contact.priority_acceleration,
                                          Contact.priority_max, Contact.queued_at, now).desc(),
@@ -426,8 +427,9 @@ class Store:
         log.info("agent %s Available -[offer contact %s]-> Offered", pair.agent_name, pair.contact_id)
         return self._offer(pair, new_leg_uuid)
 
-    def offer_failed(self, offer: Offer, refused: bool, reason: str) -> None:
-        """The agent declined, did not answer, or could not be rung: the contact keeps its place."""
+    def offer_failed(self, offer: Offer, refused: bool, reason: str, not_before: float = 0.0) -> None:
+        """The agent declined, did not answer, or could not be rung: the contact keeps its place.
+        With `not_before` (seconds), the agent is not offered again before then (the switch was full)."""
         now = utcnow()
         with self.engine.begin() as conn:
             row = self._lock_contact(conn, offer.contact_id)
@@ -436,8 +438,10 @@ class Store:
             to = A.REFUSED if refused else A.AVAILABLE
             conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
                                              Agent.contact_id == offer.contact_id).values(
-                state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None))
-            log.info("agent %s Offered -[%s]-> %s", offer.agent_name, reason, to.value)
+                state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None,
+                offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None))
+            log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
+                     f" (not offered for {not_before:g}s)" if not_before > 0 else "")
 
     def accept_live(self, offer: Offer) -> bool:
         now = utcnow()

@@ -118,13 +118,19 @@ class InboundConnection:
             raise ConnectionLost(f"cannot reach FreeSWITCH ESL at {self.host}:{self.port}: {e}") from None
         sock.settimeout(None)
         reader = FrameReader()
-        first = self._read_one(sock, reader)
-        if first.content_type != "auth/request":
+        try:
+            first = self._read_one(sock, reader)
+            if first.content_type != "auth/request":
+                sock.close()
+                raise ESLError(f"{self.host}:{self.port} did not ask for auth (got {first.content_type!r}); "
+                               "is it FreeSWITCH's event socket?")
+            sock.sendall(f"auth {self._password}\n\n".encode())
+            reply = self._read_one(sock, reader)
+        except OSError as e:
+            # A switch that is shutting down (or killed) resets connections in the middle of the login.
             sock.close()
-            raise ESLError(f"{self.host}:{self.port} did not ask for auth (got {first.content_type!r}); "
-                           "is it FreeSWITCH's event socket?")
-        sock.sendall(f"auth {self._password}\n\n".encode())
-        reply = self._read_one(sock, reader)
+            raise ConnectionLost(f"FreeSWITCH at {self.host}:{self.port} dropped the connection during login: "
+                                 f"{e}") from None
         if reply.get("Reply-Text") != "+OK accepted":
             sock.close()
             raise ESLError(f"FreeSWITCH at {self.host}:{self.port} refused the ESL password "

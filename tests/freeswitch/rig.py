@@ -80,6 +80,7 @@ class RealRig(Looking):
         self.script = script or scripts.load(scripts.DEFAULT_SCRIPT)
         self.controller: Controller | None = None
         self.callers: list[Caller] = []
+        self.t0 = time.time()            # the phones' log is the module's: look only at our part
         if start:
             self.start()
 
@@ -110,6 +111,10 @@ class RealRig(Looking):
 
     def api(self, cmd: str) -> str:
         return self.switch.api(cmd)
+
+    def invites_to(self, user: str) -> list:
+        """INVITEs that reached a phone during this test (SIPp's trace: the time on the wire)."""
+        return [m for m in self.phones.invites_to(user) if m.at >= self.t0]
 
     def close(self) -> None:
         if self.controller is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from .switch import free_port
@@ -14,6 +16,33 @@ PCAP_DIR = Path("/usr/share/sip-tester")
 
 # phones.xml behaviours, by the last character of the called number or user
 ANSWER, BUSY, NO_ANSWER, REJECT, SLOW_ANSWER, HANGS_UP_SOON, HANGS_UP_LATER = "1234567"
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    at: float                  # SIPp's wall clock, epoch seconds
+    sent: bool                 # by the phone (True) or by the switch (False)
+    first_line: str
+    call_id: str
+    text: str
+
+
+_ENTRY = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(UDP message (sent|received)[^\n]*)\n\n",
+                    re.M)
+
+
+def read_messages(log: Path) -> list[SipMessage]:
+    """SIPp's -trace_msg log: every SIP message with the time it crossed the wire."""
+    text = log.read_text(errors="replace")
+    out = []
+    marks = list(_ENTRY.finditer(text))
+    for m, nxt in zip(marks, marks[1:] + [None]):
+        body = text[m.end(): nxt.start() if nxt else len(text)].strip("\n")
+        call_id = re.search(r"^Call-ID:\s*(\S+)", body, re.M | re.I)
+        out.append(SipMessage(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp(),
+                              m.group(3) == "sent", body.split("\n", 1)[0].strip(),
+                              call_id.group(1) if call_id else "", body))
+    return out
 
 
 class Phones:
@@ -35,12 +64,23 @@ class Phones:
     def dial_template(self) -> str:
         return f"sofia/test/{{digits}}@127.0.0.1:{self.port}"
 
-    def invites_to(self, user: str) -> int:
-        """How many INVITEs reached `user` (SIPp's message trace)."""
-        n = 0
+    def messages(self) -> list[SipMessage]:
+        out: list[SipMessage] = []
         for log in self.root.glob("phones_*_messages.log"):
-            n += len(re.findall(rf"^INVITE sip:{re.escape(user)}@", log.read_text(errors="replace"), re.M))
-        return n
+            out += read_messages(log)
+        return sorted(out, key=lambda m: m.at)
+
+    def invites_to(self, user: str) -> list[SipMessage]:
+        """The INVITEs that reached `user` (a number's digits or an agent's name), oldest first."""
+        return [m for m in self.messages() if not m.sent and m.first_line.startswith(f"INVITE sip:{user}@")]
+
+    def answered(self, invite: SipMessage) -> float | None:
+        """When the phone answered that INVITE (its 200 OK left), or None."""
+        for m in self.messages():
+            if m.sent and m.call_id == invite.call_id and m.first_line.startswith("SIP/2.0 200") and \
+                    "INVITE" in (re.search(r"^CSeq:.*$", m.text, re.M) or [""])[0]:
+                return m.at
+        return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
