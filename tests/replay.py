@@ -13,8 +13,11 @@ from the simulator. Frames are then compared per connection:
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import time
+import uuid as uuidlib
 from collections import defaultdict
 from pathlib import Path
 from urllib.parse import unquote
@@ -24,6 +27,9 @@ import gevent
 from esl_cb.esl.wire import FrameReader
 
 CAPTURES = Path(__file__).with_name("captures")
+# Captures recorded after tests/captures was filled live in the shared folder beside the repository
+# (CI has a copy of it too); ESL_CB_CAPTURES points elsewhere.
+SHARED_CAPTURES = Path(os.environ.get("ESL_CB_CAPTURES", Path(__file__).resolve().parents[2] / "shared" / "esl-captures"))
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Values that a second real call would not repeat either: compared by shape only.
 RANDOM_HEADERS = re.compile(
@@ -58,8 +64,18 @@ def loose_shape(value: str) -> str:
     return re.sub(r"[A-Za-z]+", "a", shape(value))
 
 
+def capture_path(name: str) -> Path | None:
+    for folder in (CAPTURES, SHARED_CAPTURES):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def load(name: str) -> list[dict]:
-    return [json.loads(line) for line in (CAPTURES / name).open()]
+    path = capture_path(name)
+    if path is None:
+        raise FileNotFoundError(f"capture {name} is in neither {CAPTURES} nor {SHARED_CAPTURES}")
+    return [json.loads(line) for line in path.open()]
 
 
 def headers_of(block: str) -> list[tuple[str, str]]:
@@ -301,3 +317,56 @@ def compare(e: Parsed, a: Parsed) -> list[str]:
     if e.inner_body != a.inner_body and shape(e.inner_body) != shape(a.inner_body):
         out.append(f"body {e.inner_body!r} != {a.inner_body!r}")
     return out
+
+
+class SocketCall:
+    """One call a switch hands to us with 'socket ADDR async full': a tiny outbound-socket server,
+    the same against the simulator and the real FreeSWITCH (tests/test_*_learned.py)."""
+
+    def __init__(self, listener: socket.socket, timeout: float = 15.0) -> None:
+        listener.settimeout(timeout)
+        sock, _ = listener.accept()
+        sock.settimeout(None)
+        self.client = Client(sock)
+        self.timeout = timeout
+        self.send("connect\n\n")
+        self.channel = self._wait(lambda f: f.get("Event-Name") == "CHANNEL_DATA")
+        self.uuid = self.channel.get("Unique-ID")
+        self.send("myevents\n\n")
+        self.send("linger\n\n")
+
+    def send(self, raw: str) -> None:
+        self.client.send(raw)
+
+    def _wait(self, match, start: int = 0) -> Parsed:
+        with gevent.Timeout(self.timeout, AssertionError("the switch did not send the frame waited for")):
+            while True:
+                for f in self.client.frames[start:]:
+                    if match(f):
+                        return f
+                gevent.sleep(0.002)
+
+    def execute(self, app: str, arg: str = "") -> tuple[float, Parsed]:
+        """Run one application; (seconds until its CHANNEL_EXECUTE_COMPLETE, that event)."""
+        event_uuid = str(uuidlib.uuid4())
+        start = len(self.client.frames)
+        sent = time.monotonic()
+        self.send(f"sendmsg\ncall-command: execute\nexecute-app-name: {app}\nexecute-app-arg: {arg}\n"
+                  f"Event-UUID: {event_uuid}\n\n")
+        done = self._wait(lambda f: f.get("Event-Name") == "CHANNEL_EXECUTE_COMPLETE"
+                          and f.get("Application-UUID") == event_uuid, start)
+        return time.monotonic() - sent, done
+
+    def api(self, cmd: str) -> str:
+        start = len(self.client.frames)
+        self.send(f"api {cmd}\n\n")
+        return self._wait(lambda f: f.ctype == "api/response", start).body
+
+    def hangup(self) -> None:
+        self.send("sendmsg\ncall-command: execute\nexecute-app-name: hangup\nexecute-app-arg: NORMAL_CLEARING\n\n")
+        try:
+            self._wait(lambda f: f.get("Content-Disposition") == "linger")
+        finally:
+            self.send("exit\n\n")
+            self.client.eof.wait(5)
+            self.client.sock.close()

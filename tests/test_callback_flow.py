@@ -86,7 +86,7 @@ actions:
     Default: Offer
   - action: Menu
     Caption: Offer
-    Prompt: ivr/ivr-callback_offer.wav
+    Prompt: ivr/ivr-if_you_would_like_us_to_call_back.wav
     TimeoutSec: 2
     "1": Callback
     Default: Music

@@ -21,7 +21,7 @@ actions:
     Skill: support
     Default: Menu
   - action: Menu
-    Prompt: ivr/ivr-callback_offer.wav
+    Prompt: ivr/ivr-if_you_would_like_us_to_call_back.wav
     TimeoutSec: 3
     "1": Callback
     Default: Menu

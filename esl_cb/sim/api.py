@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from .config import Gateway, local_stream as local_stream_show
 from .switch import EndpointBehaviour, OriginateError
 
 if TYPE_CHECKING:
@@ -52,28 +53,126 @@ def background(switch: "Switch", cmd: str, arg: str, job_uuid: str, received_at:
     switch.emit_background_job(job_uuid, cmd, arg, result)
 
 
+# FreeSWITCH's sessions-per-second when switch.conf does not set one; the simulator's 0 (no limit)
+# reads as this default, as a stock switch would answer.
+DEFAULT_SPS = 30
+
+
+def sps(switch: "Switch") -> int:
+    return switch.sessions_per_second or DEFAULT_SPS
+
+
 def status(switch: "Switch", arg: str) -> str:
-    return (f"UP {switch.uptime_text()}\n"
+    """The text of FreeSWITCH 1.11's status (each unit singular when 1, as FreeSWITCH writes it)."""
+    up = max(switch.clock() - switch.started, 0.0)
+    secs = int(up)
+    units = ((secs // 31536000, "year"), (secs // 86400 % 365, "day"), (secs // 3600 % 24, "hour"),
+             (secs // 60 % 60, "minute"), (secs % 60, "second"), (int(up * 1000) % 1000, "millisecond"),
+             (int(up * 1_000_000) % 1000, "microsecond"))
+    uptime = ", ".join(f"{n} {unit}{'' if n == 1 else 's'}" for n, unit in units)
+    second = int(switch.clock())
+    last = switch.sps_last if switch._second[0] == second else (
+        switch._second[1] if switch._second[0] == second - 1 else 0)
+    return (f"UP {uptime}\n"
             f"FreeSWITCH (Version {switch.identity.version.split('~')[0]}  64bit) is ready\n"
             f"{switch.sessions_since_startup} session(s) since startup\n"
             f"{len(switch.channels)} session(s) - peak {switch.peak}, last 5min {switch.peak} \n"
-            f"0 session(s) per Sec out of max 30, peak 0, last 5min 0 \n"
+            f"{last} session(s) per Sec out of max {sps(switch)}, peak {switch.sps_peak}, "
+            f"last 5min {switch.sps_peak} \n"
             f"{switch.max_sessions} session(s) max\n"
-            f"min idle cpu 0.00/99.00\n"
+            f"min idle cpu 0.00/100.00\n"
             f"Current Stack Size/Max 240K/8192K\n")
+
+
+FSCTL_USAGE = ("-USAGE: [api_expansion [on|off]|recover|send_sighup|hupall|pause [inbound|outbound]|resume "
+               "[inbound|outbound]|shutdown [cancel|elegant|asap|now|restart]|uuid_version [4|7]|sps|sps_peak_reset|"
+               "sync_clock|sync_clock_when_idle|reclaim_mem|max_sessions|min_dtmf_duration [num]|max_dtmf_duration "
+               "[num]|default_dtmf_duration [num]|min_idle_cpu|loglevel [level]|debug_level [level]|mdns_resolve "
+               "[enable|disable]]\n")
+
+
+def fsctl(switch: "Switch", arg: str) -> str:
+    """fsctl max_sessions [N] / fsctl sps [N]: a new value only when above 0, as in FreeSWITCH."""
+    words = arg.split()
+    value = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+    if words[:1] == ["max_sessions"]:
+        if value:
+            switch.max_sessions = value
+        return f"+OK max sessions: {switch.max_sessions}\n"
+    if words[:1] == ["sps"]:
+        if value:
+            switch.sessions_per_second = value
+        return f"+OK sessions per second: {sps(switch)}\n"
+    return FSCTL_USAGE
+
+
+def global_getvar(switch: "Switch", arg: str) -> str:
+    values = switch.config.globals(switch.sounds)
+    name = arg.strip()
+    if not name:
+        return "".join(f"{k}={v}\n" for k, v in values.items())
+    return values.get(name) or "-ERR no reply\n"
+
+
+def user_exists(switch: "Switch", arg: str) -> str:
+    return switch.config.user_exists(arg)
+
+
+def sofia(switch: "Switch", arg: str) -> str:
+    return switch.config.sofia(arg)
+
+
+def local_stream(switch: "Switch", arg: str) -> str:
+    return local_stream_show(switch.sounds, arg)
+
+
+def file_exists(switch: "Switch", arg: str) -> str:
+    return "true" if switch.sounds.file_exists(arg) else "false"
+
+
+def strepoch(switch: "Switch", arg: str) -> str:
+    if arg.strip():
+        try:
+            return str(int(time.mktime(time.strptime(arg.strip(), "%Y-%m-%d %H:%M:%S"))))
+        except ValueError:
+            return "0"
+    return str(int(switch.clock()))
+
+
+def strftime(switch: "Switch", arg: str) -> str:
+    """strftime [format]; FreeSWITCH refuses %s (no reply), so the clock comes from events or strepoch."""
+    fmt = arg.strip() or "%Y-%m-%d %H:%M:%S"
+    if "%s" in fmt:
+        return "-ERR no reply\n"
+    return time.strftime(fmt.replace("%T", "%H:%M:%S"), time.localtime(switch.clock()))
 
 
 def version(switch: "Switch", arg: str) -> str:
     return f"FreeSWITCH Version {switch.identity.version} ( 64bit)\n"
 
 
+CALL_COLUMNS = ("uuid", "direction", "created", "created_epoch", "name", "state", "cid_name", "cid_num", "ip_addr",
+                "dest", "presence_id", "presence_data", "accountcode", "callstate", "callee_name", "callee_num",
+                "callee_direction", "call_uuid", "hostname", "sent_callee_name", "sent_callee_num")
+B_COLUMNS = ("uuid", "direction", "created", "created_epoch", "name", "state", "cid_name", "cid_num", "ip_addr",
+             "dest", "presence_id", "presence_data", "accountcode", "callstate", "callee_name", "callee_num",
+             "callee_direction", "sent_callee_name", "sent_callee_num")
+
+
 def show(switch: "Switch", arg: str) -> str:
+    """show channels|calls [count|as json], from the core database: as of its last batch (coredb)."""
     words = arg.split()
     what = words[0] if words else ""
     as_json = words[-2:] == ["as", "json"]
     if what not in ("channels", "calls"):
         return "-USAGE: show channels|calls [as json]\n"
-    rows = [channel_row(switch, ch) for ch in switch.channels.values() if ch.alive]
+    visible = switch.coredb.rows(switch.channels)
+    if what == "channels":
+        rows = [channel_row(switch, ch, snap) for ch, snap in visible]
+    else:
+        rows = call_rows(switch, visible)
+    if words[1:2] == ["count"]:
+        return f"\n{len(rows)} total.\n"
     if as_json:
         if not rows:
             return '{"row_count": 0}\n'
@@ -86,24 +185,60 @@ def show(switch: "Switch", arg: str) -> str:
     return "\n".join(lines) + f"\n\n{len(rows)} total.\n"
 
 
-def channel_row(switch: "Switch", ch) -> dict[str, str]:
+def channel_row(switch: "Switch", ch, snap: tuple | None = None) -> dict[str, str]:
+    """One row of show channels; snap is the channel as the core database last wrote it."""
+    state, app, app_data, peer = snap if snap is not None else (ch.state, ch.app, ch.app_data,
+                                                                 ch.peer.uuid if ch.peer else "")
     created = ch.times.get("created", 0) // 1_000_000
+    ringing = state in ("new", "ringing")
+    codec = ("", "", "") if ringing else ("PCMU", "8000", "64000")
+    if ch.direction == "outbound" and ringing:
+        # Not answered yet: the row still carries the originate's caller id (esl-captures 13).
+        cid = (ch.cid_name, ch.cid_num, "Outbound Call", ch.dest, "")
+    elif ch.direction == "outbound":
+        cid = ("Outbound Call", ch.dest, ch.cid_name, ch.cid_num, "RECV")
+    else:
+        cid = (ch.cid_name, ch.cid_num, ch.cid_name, ch.cid_num, "RECV")
+    if peer:
+        app, app_data = "uuid_bridge", peer
+        cs = "CS_SOFT_EXECUTE" if ch.bridge_a else "CS_EXCHANGE_MEDIA"
+    else:
+        cs = "CS_CONSUME_MEDIA" if ringing else "CS_EXECUTE"
     return {
         "uuid": ch.uuid, "direction": ch.direction,
         "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)), "created_epoch": str(created),
-        "name": ch.channel_name, "state": "CS_EXECUTE" if ch.state != "ringing" else "CS_CONSUME_MEDIA",
-        "cid_name": ch.cid_name if ch.direction == "inbound" else "Outbound Call",
-        "cid_num": ch.cid_num if ch.direction == "inbound" else ch.dest,
-        "ip_addr": "", "dest": ch.dest, "application": ch.app, "application_data": ch.app_data,
-        "dialplan": "", "context": "default", "read_codec": "PCMU", "read_rate": "8000",
-        "read_bit_rate": "64000", "write_codec": "PCMU", "write_rate": "8000", "write_bit_rate": "64000",
+        "name": ch.channel_name, "state": cs, "cid_name": cid[0], "cid_num": cid[1],
+        "ip_addr": "", "dest": ch.dest, "application": "" if ringing else app,
+        "application_data": "" if ringing else app_data,
+        "dialplan": "", "context": "default", "read_codec": codec[0], "read_rate": codec[1],
+        "read_bit_rate": codec[2], "write_codec": codec[0], "write_rate": codec[1], "write_bit_rate": codec[2],
         "secure": "", "hostname": switch.identity.hostname, "presence_id": "", "presence_data": "",
-        "accountcode": "", "callstate": "RINGING" if ch.state == "ringing" else "ACTIVE",
-        "callee_name": ch.cid_name, "callee_num": ch.cid_num, "callee_direction": "RECV",
+        "accountcode": "", "callstate": "RINGING" if ringing else "ACTIVE",
+        "callee_name": cid[2], "callee_num": cid[3], "callee_direction": cid[4],
         "call_uuid": ch.uuid, "sent_callee_name": "", "sent_callee_num": "",
         "initial_cid_name": ch.cid_name, "initial_cid_num": ch.cid_num, "initial_ip_addr": "",
         "initial_dest": ch.dest, "initial_dialplan": "", "initial_context": "default",
     }
+
+
+def call_rows(switch: "Switch", visible: list) -> list[dict[str, str]]:
+    """show calls: one row per call; a bridged pair is one row, its second leg in the b_ columns."""
+    rows = {ch.uuid: (ch, channel_row(switch, ch, snap)) for ch, snap in visible}
+    out, seen = [], set()
+    for uuid, (ch, row) in rows.items():
+        if uuid in seen:
+            continue
+        call = {k: row[k] for k in CALL_COLUMNS}
+        peer = rows.get(row["application_data"]) if row["application"] == "uuid_bridge" else None
+        if peer is not None:
+            seen.add(peer[0].uuid)
+            call.update({"b_" + k: peer[1][k] for k in B_COLUMNS})
+            call["call_created_epoch"] = str(ch.times.get("bridged", 0) // 1_000_000)
+        else:
+            call.update({"b_" + k: "" for k in B_COLUMNS})
+            call["call_created_epoch"] = ""
+        out.append(call)
+    return out
 
 
 def originate(switch: "Switch", arg: str) -> str:
@@ -137,6 +272,22 @@ def uuid_kill(switch: "Switch", arg: str) -> str:
     gevent.spawn(switch.hangup, ch, cause)
     gevent.sleep(0)
     return "+OK\n"
+
+
+def uuid_dump(switch: "Switch", arg: str) -> str:
+    """The live session (not the core database): Answer-State is answered from the answer on."""
+    ch, words = _channel(switch, arg)
+    if not words:
+        return "-USAGE: <uuid> [format]\n"
+    if ch is None:
+        return NO_CHANNEL
+    event = switch.channel_data(ch)
+    fmt = words[1].lower() if len(words) > 1 else ""
+    if fmt == "json":
+        return event.json_body().decode()
+    if fmt == "xml":
+        return event.xml_body().decode()
+    return event.plain_body().decode()
 
 
 def uuid_exists(switch: "Switch", arg: str) -> str:
@@ -228,6 +379,56 @@ def hostname(switch: "Switch", arg: str) -> str:
     return switch.identity.hostname
 
 
+def sim_sounds(switch: "Switch", words: list[str]) -> str:
+    """sim prompt add|remove PATH [RATE...]; sim stream add|remove NAME."""
+    kind, verb, name = words[0], words[1], words[2]
+    if kind == "prompt" and verb == "add":
+        made = switch.sounds.install(name, tuple(words[3:]) or ("8000",))
+        return "+OK " + " ".join(made) + "\n"
+    if kind == "prompt" and verb == "remove":
+        return f"+OK {switch.sounds.remove(name)} file(s) removed\n"
+    if kind == "stream" and verb == "add":
+        switch.sounds.add_stream(name)
+        return "+OK\n"
+    if kind == "stream" and verb == "remove":
+        return "+OK\n" if switch.sounds.remove_stream(name) else f"-ERR no local_stream {name}\n"
+    return SIM_USAGE
+
+
+def sim_config(switch: "Switch", words: list[str]) -> str:
+    """sim user add|remove ID [DOMAIN]; sim gateway add|remove|down|up NAME [PROFILE]."""
+    kind, verb, name = words[0], words[1], words[2]
+    cfg = switch.config
+    if kind == "user":
+        key = (name, words[3] if len(words) > 3 else cfg.domain)
+        if verb == "add":
+            cfg.users.add(key)
+        elif verb == "remove":
+            cfg.users.discard(key)
+        else:
+            return SIM_USAGE
+        return "+OK\n"
+    if kind == "gateway":
+        if verb == "add":
+            cfg.gateways[name] = Gateway(words[3] if len(words) > 3 else "external", "127.0.0.1:5090")
+        elif verb == "remove":
+            cfg.gateways.pop(name, None)
+        elif verb in ("up", "down") and name in cfg.gateways:
+            cfg.gateways[name].up = verb == "up"
+        else:
+            return SIM_USAGE
+        return "+OK\n"
+    return SIM_USAGE
+
+
+def sim_clock(switch: "Switch", offset: float) -> str:
+    """Run the switch's clock `offset` seconds off the host's (for clock-agreement checks)."""
+    def clock() -> float:
+        return time.time() + offset
+    switch.clock = switch.seq.clock = switch.coredb.clock = clock if offset else time.time
+    return "+OK\n"
+
+
 # -- the simulator's own namespace: 'api sim ...' ------------------------
 def sim(switch: "Switch", arg: str) -> str:
     words = arg.split()
@@ -266,6 +467,15 @@ def sim(switch: "Switch", arg: str) -> str:
             for d in words[2]:
                 deliver_dtmf(switch, ch, d)
             return "+OK\n"
+        if sub in ("prompt", "stream") and len(words) >= 3:
+            return sim_sounds(switch, words)
+        if sub in ("user", "gateway") and len(words) >= 3:
+            return sim_config(switch, words)
+        if sub == "coredb" and len(words) == 2:
+            switch.coredb.interval = float(words[1])
+            return "+OK\n"
+        if sub == "clock" and len(words) == 2:
+            return sim_clock(switch, float(words[1]))
         if sub == "hangup" and len(words) >= 2:
             ch = switch.channels.get(words[1])
             if ch is None:
@@ -279,7 +489,10 @@ def sim(switch: "Switch", arg: str) -> str:
 
 SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s]|busy|noanswer|reject|fail; "
              "sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]; sim calls; sim originates [from_index]; "
-             "sim dtmf <uuid> <digits>; sim hangup <uuid> [cause]\n")
+             "sim dtmf <uuid> <digits>; sim hangup <uuid> [cause]; sim prompt add|remove <path> [rate...]; "
+             "sim stream add|remove <name>; sim user add|remove <id> [domain]; "
+             "sim gateway add|remove|up|down <name> [profile]; sim coredb <batch_interval_s>; "
+             "sim clock <offset_s>\n")
 
 
 def sim_call(switch: "Switch", from_number: str, to_did: str, rest: list[str]) -> str:
@@ -294,8 +507,10 @@ def sim_call(switch: "Switch", from_number: str, to_did: str, rest: list[str]) -
             i += 2
         else:
             return f"-ERR unexpected {rest[i]!r}: sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]\n"
+    from .connection import run_inbound
+
     ch = switch.inbound_call(from_number, to_did)
-    gevent.spawn(switch.run_inbound, ch, sorted(plan))
+    gevent.spawn(run_inbound, switch, ch, sorted(plan))
     return f"+OK {ch.uuid}\n"
 
 
@@ -304,5 +519,7 @@ COMMANDS = {
     "uuid_kill": uuid_kill, "uuid_exists": uuid_exists, "uuid_break": uuid_break,
     "uuid_getvar": uuid_getvar, "uuid_setvar": uuid_setvar, "uuid_setvar_multi": uuid_setvar_multi,
     "uuid_broadcast": uuid_broadcast, "uuid_bridge": uuid_bridge, "uuid_transfer": uuid_transfer,
-    "hostname": hostname, "sim": sim,
+    "hostname": hostname, "switchname": hostname, "sim": sim, "uuid_dump": uuid_dump, "fsctl": fsctl,
+    "global_getvar": global_getvar, "user_exists": user_exists, "sofia": sofia, "local_stream": local_stream,
+    "file_exists": file_exists, "strepoch": strepoch, "strftime": strftime,
 }

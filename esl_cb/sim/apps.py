@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from .sounds import FOREVER, media_seconds
 from .switch import Channel, Hangup
 
 if TYPE_CHECKING:
@@ -18,29 +19,6 @@ if TYPE_CHECKING:
 
 class Break(Exception):
     """uuid_break: stop the application that is running now."""
-
-
-# How long media lasts when nothing interrupts it (seconds, before time_scale).
-FILE_SECONDS = 1.5
-FOREVER = 10 ** 7
-
-
-def media_seconds(path: str) -> float:
-    """A realistic duration for what playback would play."""
-    if path.startswith("local_stream://"):
-        return FOREVER                      # music on hold loops until broken
-    if path.startswith("silence_stream://"):
-        ms = path[len("silence_stream://"):].split(",")[0]
-        return int(ms) / 1000 if ms.lstrip("-").isdigit() and int(ms) > 0 else FOREVER
-    if path.startswith("tone_stream://"):
-        total = 0
-        for on, off in re.findall(r"%\((\d+),(\d+)", path):
-            total += int(on) + int(off)
-        loops = re.search(r"loops=(-?\d+)", path)
-        if loops and int(loops.group(1)) < 0:
-            return FOREVER
-        return max(total, 100) / 1000
-    return FILE_SECONDS
 
 
 def _wait_digits(switch: "Switch", ch: Channel, count: int, timeout: float, terminators: str,
@@ -75,13 +53,16 @@ def _wait_digits(switch: "Switch", ch: Channel, count: int, timeout: float, term
 
 def finish_playback(ch: Channel, seconds: float, respond: bool = True) -> None:
     """The variables playback leaves on the channel when it ends."""
-    samples = int(seconds * 8000)
-    ch.set_var("playback_last_offset_pos", str(samples))
-    ch.set_var("playback_seconds", str(int(seconds)))
-    ch.set_var("playback_ms", str(int(seconds * 1000)))
-    ch.set_var("playback_samples", str(samples))
-    if respond:
-        ch.set_var("current_application_response", "FILE PLAYED")
+    ch.finish_playback(seconds, respond)
+
+
+def _play_through(switch: "Switch", ch: Channel, path: str) -> None:
+    """Play a short sound to its end (pagd's invalid-input sound), if the switch has it."""
+    if not path or switch.sounds.playable(path) is None:
+        return
+    seconds = media_seconds(path)
+    gevent.sleep(seconds * switch.time_scale)
+    ch.finish_playback(seconds, respond=False)
 
 
 def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
@@ -91,6 +72,10 @@ def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
         return "_none_"
     if app == "playback":
         ch.media_started()
+        if switch.sounds.playable(arg) is None:
+            # Not on the switch: playback ends at once (esl-captures 12).
+            ch.set_var("current_application_response", "FILE NOT FOUND")
+            return "FILE NOT FOUND"
         started = switch.clock()
         try:
             gevent.sleep(media_seconds(arg) * switch.time_scale)
@@ -111,7 +96,7 @@ def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
         ch.set_var(name, value)
         return "_none_"
     if app == "park":
-        ch.state = "parked"
+        ch.set_state("parked")
         gevent.sleep(FOREVER)
         return "_none_"
     if app == "play_and_get_digits":
@@ -121,17 +106,24 @@ def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
             return "_none_"
         mn, mx, tries, timeout_ms = (int(x) for x in parts[:4])
         terminators, path = parts[4], parts[5]
+        invalid = parts[6] if len(parts) > 6 else ""
         var = parts[7] if len(parts) > 7 else "pagd_input"
         regex = parts[8] if len(parts) > 8 else r"\d+"
         ch.set_var(var, None)
-        digits = ""
+        if switch.sounds.playable(path) is None:
+            # A prompt the switch lacks: the invalid-input sound plays and the application returns,
+            # no digit and no read_result, whatever its timeout (esl-captures 12: after 0.28 s).
+            ch.media_started()
+            _play_through(switch, ch, invalid)
+            return "_none_"
         for _ in range(max(tries, 1)):
             digits = _wait_digits(switch, ch, mx, timeout_ms / 1000, terminators, path)
             if len(digits) >= mn and re.fullmatch(regex, digits):
                 ch.set_var("read_result", "success")
                 ch.set_var(var, digits)
                 return "_none_"
-        ch.set_var("read_result", "timeout" if not digits else "failure")
+            _play_through(switch, ch, invalid)
+        ch.set_var("read_result", "failure")      # no key or a wrong one, every try (measured)
         return "_none_"
     return "_none_"
 
@@ -182,4 +174,5 @@ def deliver_dtmf(switch: "Switch", ch: Channel, digit: str) -> None:
         return
     switch.emit_channel_event(switch._steps["in.dtmf"][0][1], ch, overrides={"DTMF-Digit": digit})
     ch.dtmf.append(digit)
+    ch.digits_dialed += digit
     ch.dtmf_event.set()

@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import gevent
+import gevent.socket
 from gevent.event import Event as GEvent
 
 from esl_cb.esl.wire import FrameReader, ProtocolError, url_encode
@@ -261,6 +262,33 @@ class EventSocket:
         elif command == "unicast" or command == "nomedia":
             pass
         return reply("+OK")
+
+
+def run_inbound(switch: "Switch", ch: "Channel", plan: list[tuple[float, str, str]]) -> None:
+    """The dialplan's 'socket ADDR async full': hand the answered call to the controller, then play
+    the caller's part (keys pressed, hanging up) as planned."""
+    ch.start_app("socket", "%s:%d async full" % switch.socket_target, str(uuidlib.uuid4()))
+    ch.set_var("socket_host", switch.socket_target[0])
+    switch.emit_channel_event(switch._steps["in.exec_answer"][0][1], ch)
+    try:
+        sock = gevent.socket.create_connection(switch.socket_target, timeout=5)
+        sock.settimeout(None)
+    except OSError as e:
+        log.warning("socket app could not reach %s:%d (%s); hanging up %s", *switch.socket_target, e, ch.uuid)
+        switch.hangup(ch, "DESTINATION_OUT_OF_ORDER")
+        return
+    session = OutboundSession(switch, sock, ch)
+    gevent.spawn(session.serve)
+    start = switch.clock()
+    for at, kind, value in plan:
+        delay = start + at * switch.time_scale - switch.clock()
+        if ch.hungup_event.wait(max(delay, 0)):
+            return
+        if kind == "dtmf":
+            for d in value:
+                apps.deliver_dtmf(switch, ch, d)
+        elif kind == "hangup":
+            switch.hangup(ch, "NORMAL_CLEARING")
 
 
 def queue_app(switch: "Switch", ch: "Channel", app: str, arg: str, event_uuid: str) -> None:

@@ -61,28 +61,34 @@ class Event:
         return self.get("Event-Subclass")
 
     # -- serialisation -------------------------------------------------
-    def plain(self) -> bytes:
+    def plain_body(self) -> bytes:
+        """The event as text/event-plain carries it (and uuid_dump prints it)."""
         parts = [f"{k}: {url_encode(v)}\n" for k, v in self.headers]
         if self.body:
             body = self.body.encode()
             parts.append(f"Content-Length: {len(body)}\n\n")
-            text = "".join(parts).encode() + body
-        else:
-            parts.append("\n")
-            text = "".join(parts).encode()
+            return "".join(parts).encode() + body
+        parts.append("\n")
+        return "".join(parts).encode()
+
+    def plain(self) -> bytes:
+        text = self.plain_body()
         return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(text) + text
 
-    def json(self) -> bytes:
+    def json_body(self) -> bytes:
         obj = {}
         for k, v in self.headers:
             obj.setdefault(k, v)
         if self.body:
             obj["Content-Length"] = str(len(self.body.encode()))
             obj["_body"] = self.body
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def json(self) -> bytes:
+        text = self.json_body()
         return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(text) + text
 
-    def xml(self) -> bytes:
+    def xml_body(self) -> bytes:
         lines = ["<event>\n  <headers>\n"]
         for k, v in self.headers:
             lines.append(f"    <{k}>{url_encode(v)}</{k}>\n")
@@ -91,7 +97,10 @@ class Event:
             lines.append(f"  <Content-Length>{len(self.body.encode())}</Content-Length>\n")
             lines.append(f"  <body>{self.body}  </body>\n")
         lines.append("</event>\n")
-        text = "".join(lines).encode()
+        return "".join(lines).encode()
+
+    def xml(self) -> bytes:
+        text = self.xml_body()
         return b"Content-Length: %d\nContent-Type: text/event-xml\n\n" % len(text) + text
 
 

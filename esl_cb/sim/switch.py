@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import gevent
-import gevent.socket
 from gevent.event import Event as GEvent
 
+from .config import SwitchConfig
+from .coredb import CoreDB
 from .events import Event, Identity, Sequencer, profile, render
+from .sounds import Sounds, media_seconds
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,13 @@ Q850 = {
 }
 FAIL_MODES = {"busy": "USER_BUSY", "reject": "CALL_REJECTED", "fail": "NORMAL_TEMPORARY_FAILURE",
               "noanswer": "NO_ANSWER"}
-KNOWN_PROFILES = {"lab", "internal", "external", "gateway"}
+# Headers of a channel event that belong to the event, not the channel: uuid_dump leaves them out.
+EVENT_ONLY = {"Bridge-A-Unique-ID", "Bridge-B-Unique-ID", "Direction", "Sent-Callee-ID-Name", "Sent-Callee-ID-Number",
+              "Bridged-To", "Hangup-Cause", "Application", "Application-Data", "Application-Response",
+              "Application-UUID", "Playback-File-Type", "Playback-File-Path", "Playback-Status", "DTMF-Digit",
+              "DTMF-Duration", "DTMF-Source"}
+DUMP_CALLER = [("Event-Calling-File", "mod_commands.c"), ("Event-Calling-Function", "uuid_dump_function"),
+               ("Event-Calling-Line-Number", "6495")]
 
 
 class Hangup(Exception):
@@ -77,6 +85,16 @@ class Channel:
     last_arg: str = ""
     media_started_at: float = 0.0
     job: object | None = None
+    db: CoreDB | None = None        # the core database this channel's changes are written to
+    db_log: list = field(default_factory=list)
+    dump_template: list | None = None   # the last channel event with variables: what uuid_dump renders
+    digits_dialed: str = ""          # every key the caller pressed (variable_digits_dialed at hangup)
+    bridge_a: bool = False          # the first leg of a uuid_bridge (the core db lists the call under it)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        if self.db is not None:
+            self.db.write(self)
 
     def set_var(self, name: str, value: str | None) -> None:
         """FreeSWITCH deletes then appends: a re-set variable moves to the end."""
@@ -98,6 +116,18 @@ class Channel:
         else:
             self.vars.pop("current_application_data", None)
         self.vars.pop("current_application_response", None)
+        if self.db is not None:
+            self.db.write(self)
+
+    def finish_playback(self, seconds: float, respond: bool = True) -> None:
+        """The variables playback leaves on the channel when it ends."""
+        samples = int(seconds * 8000)
+        self.set_var("playback_last_offset_pos", str(samples))
+        self.set_var("playback_seconds", str(int(seconds)))
+        self.set_var("playback_ms", str(int(seconds * 1000)))
+        self.set_var("playback_samples", str(samples))
+        if respond:
+            self.set_var("current_application_response", "FILE PLAYED")
 
     def media_started(self) -> None:
         """Media applications re-set current_application when they start (it moves to the end)."""
@@ -219,9 +249,14 @@ class Switch:
         # originate over it fails at once. 0: no limit. (Here inbound calls count but are not refused.)
         self.sessions_per_second = sessions_per_second
         self._second = (0, 0)                        # (which second, sessions begun in it)
+        self.sps_last = 0                            # sessions begun in the last whole second
+        self.sps_peak = 0
         self.refused_over_sps = 0
         self.clock = clock
         self.seq = Sequencer(self.identity, clock)
+        self.sounds = Sounds()
+        self.config = SwitchConfig(hostname=self.identity.hostname, domain=self.identity.ipv4)
+        self.coredb = CoreDB(clock)
         self.channels: dict[str, Channel] = {}
         self.endpoints: dict[str, EndpointBehaviour] = {}
         self.listeners: set = set()       # inbound connections with subscriptions
@@ -279,6 +314,8 @@ class Switch:
     def emit_channel_event(self, template: list[list[str]], ch: Channel, other: Channel | None = None,
                            overrides: dict[str, str] | None = None) -> Event | None:
         common = self.seq.common(template[0][1])      # numbered even when nobody listens, as in FreeSWITCH
+        if has_variables(template):
+            ch.dump_template = template
         if not self._wanted(template[0][1], ch):
             return None                                 # rendering ~200 headers nobody reads costs the sim ~1 ms
         tokens = ch.tokens()
@@ -288,6 +325,21 @@ class Switch:
         event = Event(headers, channel_uuid=ch.uuid)
         self.publish(event)
         return event
+
+    def channel_data(self, ch: Channel) -> Event:
+        """The live session as uuid_dump reads it: the channel's headers and variables now."""
+        template = ch.dump_template or self.profile_connect
+        tokens = ch.tokens()
+        if ch.peer is not None:
+            tokens.update(ch.peer.tokens("o_"))
+        headers = render(template, self.seq.common("CHANNEL_DATA"), tokens, ch.originate_vars, ch.vars)
+        out = [("Event-Name", "CHANNEL_DATA")]
+        for k, v in headers[1:]:
+            if k == "Event-Calling-File":
+                out.extend(DUMP_CALLER)
+            elif k not in EVENT_ONLY and not k.startswith("Event-Calling-"):
+                out.append((k, v))
+        return Event(out, channel_uuid=ch.uuid)
 
     def emit_simple(self, template_name: str, extra: list[tuple[str, str]], body: str = "") -> Event:
         template = self._events[template_name]
@@ -347,6 +399,7 @@ class Switch:
     def _new_channel(self, **kw) -> Channel:
         ch = Channel(**kw)
         ch.times["created"] = self.now_us()
+        ch.db = self.coredb
         self.channels[ch.uuid] = ch
         self.sessions_since_startup += 1
         self.peak = max(self.peak, len(self.channels))
@@ -369,7 +422,12 @@ class Switch:
             raise OriginateError("CHAN_NOT_IMPLEMENTED")
         if tech == "sofia":
             profile_name, _, who = rest.partition("/")
-            if profile_name not in KNOWN_PROFILES:
+            if profile_name == "gateway":
+                gateway, _, who = who.partition("/")
+                if self.config.gateway(gateway) is None:
+                    self._stillborn()
+                    raise OriginateError("INVALID_GATEWAY")
+            elif profile_name not in self.config.profiles:
                 self._stillborn()
                 raise OriginateError("INVALID_PROFILE")
             if not who:
@@ -392,7 +450,7 @@ class Switch:
             cid_num=var_map.get("origination_caller_id_number", "0000000000"),
             cid_name=var_map.get("origination_caller_id_name", "FreeSWITCH"),
             dest=number, originate_vars=variables)
-        ch.state = "ringing"
+        ch.set_state("ringing")
         self.originates.append({"t": received_at or self.clock(), "uuid": new_uuid, "dial": dial, "vars": var_map,
                                 "number": number, "target": target})
         self.emit_step("out.create", ch)
@@ -427,7 +485,7 @@ class Switch:
                 return
             ch.times["answered"] = self.now_us()
             self.answered_at[ch.uuid] = self.clock()
-            ch.state = "answered"
+            ch.set_state("answered")
             self.emit_step("out.answer", ch)
             ch.answered_event.set()
             if ch.job is not None:
@@ -443,14 +501,14 @@ class Switch:
         m = re.match(r"&([\w:]+)\((.*)\)$", target.strip())
         app, data = (m.group(1), m.group(2)) if m else ("park", "")
         ch.state = "parked" if app == "park" else "executing"
-        ch.start_app(app, data, str(uuidlib.uuid4()))
+        ch.start_app(app, data, str(uuidlib.uuid4()))      # written to the core db with its application
         self.emit_step("out.park", ch, skip=lambda name, c: name == "CHANNEL_PARK" and app != "park")
 
     def _fail(self, ch: Channel, cause: str) -> None:
         self.ended_at[ch.uuid] = self.clock()
         ch.hangup_cause = cause
         ch.times["hangup"] = self.now_us()
-        ch.state = "hungup"
+        ch.set_state("hungup")
         ch.hungup_event.set()
         step = "out.fail." + cause
         if step not in self._steps:
@@ -464,6 +522,7 @@ class Switch:
             ch.job(f"-ERR {cause}\n")
             ch.job = None
         self.channels.pop(ch.uuid, None)
+        self.coredb.delete(ch)
 
     # -- hangup ----------------------------------------------------------
     def hangup(self, ch: Channel, cause: str = "NORMAL_CLEARING", via_app: bool = False) -> None:
@@ -482,7 +541,7 @@ class Switch:
                 self.ended_at[c.uuid] = self.clock()
                 c.hangup_cause = cause if c is ch else "NORMAL_CLEARING"
                 c.times["hangup"] = now
-                c.state = "hungup"
+                c.set_state("hungup")
                 c.hungup_event.set()
         for c in (ch, peer):
             # Stop media first so nothing it does races the hangup events.
@@ -501,6 +560,7 @@ class Switch:
             if c is None:
                 continue
             self.channels.pop(c.uuid, None)
+            self.coredb.delete(c)
             session, c.session = c.session, None
             if c.direction == "inbound" and peer is None:
                 # Listeners see the destroy; the outbound socket never does.
@@ -510,15 +570,14 @@ class Switch:
                 session.channel_hungup()
 
     def _hangup_socket_leg(self, ch: Channel, via_app: bool, app_running: bool) -> None:
-        from .apps import finish_playback
-
         step = "in.exec_hangup" if via_app else "in.caller_hangup"
         completes = 0
+        digits = {"variable_digits_dialed": ch.digits_dialed or "none"}
         for _, template in self._steps[step]:
             name = template[0][1]
             if name == "CHANNEL_EXECUTE_COMPLETE" and completes == 0 and app_running and ch.app == "playback":
                 # A playback cut short by the hangup reports how far it got, as an error.
-                finish_playback(ch, time.time() - ch.media_started_at, respond=False)
+                ch.finish_playback(time.time() - ch.media_started_at, respond=False)
                 ch.set_var("current_application_response", "PLAYBACK ERROR")
             if name == "CHANNEL_EXECUTE_COMPLETE":
                 completes += 1
@@ -526,14 +585,10 @@ class Switch:
                     ch.app, ch.app_data = "socket", "%s:%d async full" % self.socket_target
                 elif not via_app and not app_running:
                     continue
-            self.emit_channel_event(template, ch)
+            self.emit_channel_event(template, ch, overrides=digits)
 
     def broadcast(self, ch: Channel, app: str, arg: str) -> None:
         """uuid_broadcast onto a parked leg: the application runs, then park resumes."""
-        from .apps import media_seconds
-
-        from .apps import finish_playback
-
         parked = (ch.app, ch.app_data, ch.app_uuid)
         ch.start_app(app, arg, str(uuidlib.uuid4()))
         started = self.clock()
@@ -544,7 +599,7 @@ class Switch:
             if name.startswith("PLAYBACK_") and app != "playback":
                 continue
             if name == "PLAYBACK_STOP":
-                finish_playback(ch, self.clock() - started, respond=False)
+                ch.finish_playback(self.clock() - started, respond=False)
             if name == "CHANNEL_EXECUTE_COMPLETE" and app == "playback":
                 ch.set_var("current_application_response", "FILE PLAYED")
             if name == "PLAYBACK_START":
@@ -563,20 +618,25 @@ class Switch:
             if c.app_greenlet is not None and not c.app_greenlet.dead:
                 c.app_greenlet.kill(block=False)
         a.peer, b.peer = b, a
+        a.bridge_a, b.bridge_a = True, False
         a.times["bridged"] = b.times["bridged"] = now
         # uuid_bridge runs outside the application stack: current_application keeps
         # its value (park) on both legs, as the recording shows.
-        a.state = b.state = "bridged"
+        a.set_state("bridged")
+        b.set_state("bridged")
         self.emit_step("bridge.bridge", a, b)
 
     # -- inbound calls ---------------------------------------------------
     def _count_session(self) -> bool:
         """Count a new session in this second; False when it is over sessions-per-second."""
         second = int(self.clock())
+        if self._second[0] != second:
+            self.sps_last = self._second[1] if self._second[0] == second - 1 else 0
         n = self._second[1] + 1 if self._second[0] == second else 1
         if self.sessions_per_second and n > self.sessions_per_second:
             return False
         self._second = (second, n)
+        self.sps_peak = max(self.sps_peak, n)
         return True
 
     def inbound_call(self, from_number: str, to_did: str) -> Channel:
@@ -585,7 +645,7 @@ class Switch:
             uuid=str(uuidlib.uuid4()), direction="inbound",
             channel_name=f"sofia/lab/{from_number}@127.0.0.1:5070",
             cid_num=from_number, cid_name=self.caller_name or from_number, dest=to_did)
-        ch.state = "answered"
+        ch.set_state("answered")
         ch.times["answered"] = self.now_us()
         answer_uuid = str(uuidlib.uuid4())
 
@@ -597,30 +657,11 @@ class Switch:
         ch.answered_event.set()
         return ch
 
-    def run_inbound(self, ch: Channel, plan: list[tuple[float, str, str]]) -> None:
-        """The dialplan's 'socket ADDR async full': hand the answered call to the controller."""
-        from .apps import deliver_dtmf
-        from .connection import OutboundSession
 
-        ch.start_app("socket", "%s:%d async full" % self.socket_target, str(uuidlib.uuid4()))
-        ch.set_var("socket_host", self.socket_target[0])
-        self.emit_channel_event(self._steps["in.exec_answer"][0][1], ch)
-        try:
-            sock = gevent.socket.create_connection(self.socket_target, timeout=5)
-            sock.settimeout(None)
-        except OSError as e:
-            log.warning("socket app could not reach %s:%d (%s); hanging up %s", *self.socket_target, e, ch.uuid)
-            self.hangup(ch, "DESTINATION_OUT_OF_ORDER")
-            return
-        session = OutboundSession(self, sock, ch)
-        gevent.spawn(session.serve)
-        start = self.clock()
-        for at, kind, value in plan:
-            delay = start + at * self.time_scale - self.clock()
-            if ch.hungup_event.wait(max(delay, 0)):
-                return
-            if kind == "dtmf":
-                for d in value:
-                    deliver_dtmf(self, ch, d)
-            elif kind == "hangup":
-                self.hangup(ch, "NORMAL_CLEARING")
+def has_variables(template: list, _cache: dict[int, tuple[list, bool]] = {}) -> bool:
+    """Does this event template carry the channel's variables (what uuid_dump shows)?"""
+    hit = _cache.get(id(template))
+    if hit is None or hit[0] is not template:
+        hit = _cache[id(template)] = (template, any(k.startswith("variable_") or k == "@runtime_vars"
+                                                    for k, _ in template))
+    return hit[1]
