@@ -38,15 +38,16 @@ STATUS = re.compile(
 # -- facts, for both switches ------------------------------------------------------------------
 def check_answered_leg_lags_in_show_channels(connect, originate, tries: int = 5) -> None:
     """After CHANNEL_ANSWER, `show channels` reads RINGING for up to ~200 ms (the core db is written in
-    batches); uuid_dump reads the live session: answered at once. connect(on_event) -> api callable;
-    originate(uuid, api) places a call to a phone that answers after ringing a while (so that the
+    batches); uuid_dump reads the live session: answered at once. connect(on_event) -> an
+    InboundConnection; originate(uuid, conn) places a call to a phone that answers after ringing a while (so that the
     leg is listed before it answers)."""
     lags, seen_ringing = [], 0
     for _ in range(tries):
         answered = AsyncResult()
-        call = connect(lambda ev: ev.name == "CHANNEL_ANSWER" and answered.set(time.monotonic()))
+        conn = connect(lambda ev: ev.name == "CHANNEL_ANSWER" and answered.set(time.monotonic()))
+        call = conn.api
         leg = str(uuidlib.uuid4())
-        originate(leg, call)
+        originate(leg, conn)
         at = answered.get(timeout=10)
         dump = json.loads(call(f"uuid_dump {leg} json"))
         assert dump["Answer-State"] == "answered" and dump["Channel-Call-State"] == "ACTIVE"
@@ -164,15 +165,15 @@ def sim_connect(sim):
     def connect(on_event):
         conn = InboundConnection("127.0.0.1", sim.port, "ClueCon", on_event, timeout=5)
         conn.connect(["CHANNEL_ANSWER"])
-        return conn.api
+        return conn
     return connect
 
 
 def test_an_answered_leg_reads_ringing_in_show_channels_for_a_batch(sim):
     api.execute(sim.switch, "sim", "endpoint 5551000 answer 0.3")     # rings long enough to be listed
     check_answered_leg_lags_in_show_channels(
-        sim_connect(sim), lambda leg, call: call(f"originate {{origination_uuid={leg}}}sofia/gateway/pstn/5551000 "
-                                                 "&park()"))
+        sim_connect(sim), lambda leg, conn: conn.bgapi(f"originate {{origination_uuid={leg}}}sofia/gateway/pstn/5551000 "
+                                                       "&park()"))
 
 
 def test_show_channels_lists_new_and_gone_legs_a_batch_late_and_coredb_0_is_live(sim):
