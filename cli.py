@@ -212,6 +212,49 @@ def run(config_file, log_level, log_format, **options) -> None:
         controller.stop()
 
 
+@main.command()
+@click.option("--log-level", default="WARNING", show_default=True)
+def doctor(config_file, log_level, **options) -> None:
+    """Check an installation as `run` would use it, without placing a call.
+
+    \b
+    One line per check, OK / WARN / FAIL, with what to do for each problem: FreeSWITCH's event socket
+    and password, its version, max-sessions and sessions-per-second against --originate-rate, every
+    prompt of the script, the database and its migrations, every agent's dial string and the dial
+    template, and the clocks of this host, the switch and the database. Exit code 0 when nothing
+    FAILs (warnings allowed), 1 otherwise. Takes the same options (and ESL_CB_* variables, --config)
+    as `run`.
+
+    \b
+    Example:
+      esl-cb doctor --db postgresql+psycopg2://postgres@127.0.0.1/eslcb --esl 127.0.0.1:8021
+    """
+    patch_gevent()
+    setup_logging(log_level, "text")
+    from esl_cb.config import ConfigError, load_settings
+    from esl_cb.doctor import diagnose, exit_code, render
+    from esl_cb.domain import script as scripts
+
+    try:
+        settings = load_settings(config_file, options)
+        if settings.db:
+            settings.validate()
+    except ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+    script, problem = None, ""
+    try:
+        script = scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
+    except scripts.ScriptInvalid as e:
+        problem = "; ".join(str(p) for p in e.problems if p.severity == "error")
+    results = diagnose(settings, script, problem)
+    click.echo(render(results))
+    sys.exit(exit_code(results))
+
+
+# The same settings options as `run` (not its logging ones), so the doctor checks what run would use.
+doctor.params[:0] = [p for p in run.params if p.name not in ("log_level", "log_format")]
+
+
 # -- scripts -----------------------------------------------------------------
 @main.group()
 def script() -> None:
