@@ -1,6 +1,7 @@
 """The drop-in FreeSWITCH configuration parses and matches what the controller expects by default."""
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -38,6 +39,34 @@ def test_gateway_matches_the_default_dial_template():
     assert Settings().dial_template.startswith(f"sofia/gateway/{gw.get('name')}/")
 
 
-def test_example_agent_is_dialable_as_documented():
-    user = ET.parse(CONF / "directory/default/1001-esl-cb-agent.xml").getroot().find("user")
-    assert user.get("id") == "1001"
+VANILLA_USERS = {str(n) for n in range(1000, 1020)} | {"brian", "default", "example.com"}
+
+
+def test_example_agent_is_dialable_as_documented_and_not_a_vanilla_user():
+    user = ET.parse(CONF / "directory/default/esl_cb_agent_7001.xml").getroot().find("user")
+    assert user.get("id") == "7001" not in VANILLA_USERS
+    readme = (CONF / "README.md").read_text()
+    assert "--dial-string user/7001" in readme and "esl-cb agent available" in readme
+    assert "1001-esl-cb-agent.xml" in readme          # upgrading operators are told to delete it
+
+
+def test_every_placeholder_is_a_change_me_the_readme_greps_for():
+    """README step 4: `grep -rn CHANGE_ME` prints nothing once everything is filled in, so the
+    placeholders are values, never comments (a comment would keep matching)."""
+    hits = [(f.name, line.strip()) for f in sorted(CONF.rglob("*.xml"))
+            for line in f.read_text().splitlines() if "CHANGE_ME" in line]
+    assert [name for name, _ in hits] == ["50_esl_cb.xml", "esl_cb_agent_7001.xml", "esl_cb_pstn.xml"]
+    assert all('value="' in line or 'expression="' in line for _, line in hits)
+
+
+def test_did_pattern_is_a_placeholder_that_matches_no_number():
+    cond = ET.parse(CONF / "dialplan/public/50_esl_cb.xml").getroot().find(".//condition")
+    assert cond.get("field") == "destination_number"
+    assert re.fullmatch(r"\^\(CHANGE_ME\w*\)\$", cond.get("expression"))
+
+
+def test_gateway_ships_as_an_ip_authenticated_trunk():
+    params = {p.get("name"): p.get("value") for p in ET.parse(CONF / "sip_profiles/external/esl_cb_pstn.xml")
+              .getroot().iter("param")}
+    assert params["register"] == "false"
+    assert "username" not in params and "password" not in params
