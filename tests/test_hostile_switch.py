@@ -64,7 +64,7 @@ def test_switch_answering_err_to_everything(pg_url):
         wait_until(kept, what="the contact back in the queue and the agent free")
         assert h.contact(cid).attempts == 0                          # kept, not lost, never counted
         assert all("user/1001" in o for o in bad.originates)         # only the agent was rung, never the customer
-        assert not h.controller._greenlets[2].dead                    # the dispatcher is still running
+        assert not h.controller.greenlet("dispatcher").dead                   # the dispatcher is still running
     finally:
         h.close()
         bad.server.stop()

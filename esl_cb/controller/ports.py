@@ -1,20 +1,18 @@
-"""The script's view of one live call: CallPort over the outbound socket, QueuePort over the store."""
+"""What a caller's script acts on: CallPort (the voice actions, over the call's outbound socket) and
+QueuePort (Reqagent and Callback, over the store). The domain's ScriptRunner sees only these."""
 from __future__ import annotations
 
 import logging
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from esl_cb.db.store import StoreError
+from esl_cb.db.store import Store, StoreError
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.runtime import ActionFailed, CallerGone
 from esl_cb.esl.outbound import CallChannel, CallGone
-
-if TYPE_CHECKING:
-    from .service import Controller
 
 log = logging.getLogger(__name__)
 DIGIT_VAR = "esl_cb_digit"
@@ -110,20 +108,29 @@ class ChannelCall:
                              f"{p} silence_stream://250 {CAPTURE_VAR} \\d+")
 
     def _collect(self, prompt: str, timeout: float, var: str, args) -> str:
-        """play_and_get_digits, waiting the whole timeout even when the prompt cannot be played. An
-        answer before the timeout with no key pressed means the prompt failed (read_result cannot
-        tell: it keeps the value of an earlier read)."""
+        """play_and_get_digits, waiting the whole timeout even when the prompt cannot be played.
+
+        A read that ran sets read_result (success or failure); a prompt that failed returns before
+        reading and leaves it unset. Both variables outlive the application, so they are cleared
+        first."""
         started = time.monotonic()
         if prompt not in self.prompts:
-            keys_before = len(self.channel.dtmf)
-            digits = self._run("play_and_get_digits", args(prompt, int(timeout * 1000))).get("variable_" + var, "")
-            if digits or len(self.channel.dtmf) > keys_before or time.monotonic() - started >= timeout - 0.05:
-                return digits
+            self._clear("read_result", var)
+            done = self._run("play_and_get_digits", args(prompt, int(timeout * 1000)))
+            if done.get("variable_read_result"):
+                return done.get("variable_" + var, "")
             self.prompts.add(prompt, "Menu/Capture: no prompt played", self.live.contact_id)
         left = timeout - (time.monotonic() - started)
         if left <= 0.05:
             return ""
+        self._clear(var)
         return self._run("play_and_get_digits", args(SILENT_PROMPT, int(left * 1000))).get("variable_" + var, "")
+
+    def _clear(self, *names: str) -> None:
+        try:
+            self.channel.api(f"uuid_setvar_multi {self.channel.uuid} " + ";".join(f"{n}=" for n in names))
+        except CallGone:
+            raise CallerGone() from None
 
     def hangup(self) -> None:
         self.live.expect_hangup = True
@@ -139,25 +146,26 @@ class ChannelCall:
 class StoreQueue:
     """QueuePort: Reqagent and Callback, durable before they take effect."""
 
-    def __init__(self, controller: "Controller", contact_id: int) -> None:
-        self.controller = controller
+    def __init__(self, store: Store, contact_id: int, wake: Callable[[], None]) -> None:
+        self.store = store
         self.contact_id = contact_id
+        self.wake = wake                  # the dispatcher: there is a contact to offer
 
     def reqagent(self, skill: str, priority: Priority) -> None:
         try:
-            self.controller.store.queue_contact(self.contact_id, skill, priority)
+            self.store.queue_contact(self.contact_id, skill, priority)
         except StoreError as e:
             raise ActionFailed(str(e)) from None
         except SQLAlchemyError as e:
             raise ActionFailed(f"database unavailable, contact not queued: {type(e).__name__}") from None
-        self.controller.wake_dispatcher()
+        self.wake()
 
     def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None:
         try:
-            self.controller.store.request_callback(self.contact_id, number, caller_id, delay, ani, dnis)
+            self.store.request_callback(self.contact_id, number, caller_id, delay, ani, dnis)
         except StoreError as e:
             raise ActionFailed(str(e)) from None
         except SQLAlchemyError as e:
             raise ActionFailed(f"database unavailable, callback not stored: {type(e).__name__}") from None
         log.info("contact %s callback stored: %s from %s after %ss", self.contact_id, number, caller_id, delay)
-        self.controller.wake_dispatcher()
+        self.wake()

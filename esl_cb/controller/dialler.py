@@ -1,0 +1,259 @@
+"""Step 3 of a callback's life: the agent accepted; after CallDelaySec the customer is dialled and,
+when they answer, bridged to the agent. Not reached (busy, no answer, rejected): the agent is released
+and the callback retried later, up to --max-attempts.
+
+The due time is stored when the agent accepts (so a restart resumes it) and the attempt is prepared
+then too, with its origination uuid: at the due time the originate goes out with no database work in
+the way, and after a crash the stored uuid tells whether it went (never twice).
+"""
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from datetime import datetime, timezone
+from typing import Callable
+
+import gevent
+from gevent.event import Event as GEvent
+from sqlalchemy.exc import SQLAlchemyError
+
+from esl_cb.config import Settings
+from esl_cb.db.store import DialPlan, Store
+from esl_cb.domain.states import ContactState as C
+from esl_cb.domain.states import Outcome
+from esl_cb.esl import commands
+from esl_cb.esl.inbound import ESLError, Event
+
+from .legs import LegRegistry, LegWatch, billsec, job_failed
+from .pacing import OriginatePacer
+from .switch import NO_CHANNEL_CAUSES, SwitchHealth, SwitchLink
+
+log = logging.getLogger(__name__)
+RESULT_OF_CAUSE = {"USER_BUSY": "busy", "NO_ANSWER": "no_answer", "NO_USER_RESPONSE": "no_answer",
+                   "CALL_REJECTED": "rejected", "ORIGINATOR_CANCEL": "cancelled"}
+
+
+class Dialler:
+    def __init__(self, settings: Settings, store: Store, switch: SwitchLink, legs: LegRegistry,
+                 pacer: OriginatePacer, health: SwitchHealth, wake: Callable[[], None]) -> None:
+        self.settings = settings
+        self.store = store
+        self.switch = switch
+        self.legs = legs
+        self.pacer = pacer
+        self.health = health
+        self.wake = wake
+        # The customer hung up a conversation (the dispatcher completes it and offers the agent's next).
+        self.conversation_ended: Callable[[int, str], bool] = lambda contact_id, reason: False
+        self.timers: dict[int, gevent.Greenlet] = {}     # contact id -> its CallDelaySec timer
+        self.due: dict[int, datetime] = {}              # ... and that timer's due time
+        self.plans: dict[int, DialPlan] = {}            # contact id -> the prepared dial, sent when due
+        self.ports_in_use = 0
+        self._port_freed = GEvent()
+        self.metrics = None
+        legs.handlers["callback"] = self.callback_event
+
+    def stop(self) -> None:
+        for timer in list(self.timers.values()):
+            timer.kill(block=False)
+
+    # -- the agent accepted (from the dispatcher) -------------------------------
+    def accept(self, watch: LegWatch, contact, answered_at: datetime | None) -> None:
+        """The agent answered a callback offer: store the due time and the coming attempt, then wait."""
+        offer = watch.offer
+        if contact.call_delay_sec >= 60:
+            # SPEC 2 rule 4: the documented behaviour of the original.
+            log.error("contact %s (script %s): CallDelaySec %s is 60 or more; agent %s Refused, contact keeps "
+                      "its place", contact.id, contact.script, contact.call_delay_sec, offer.agent_name)
+            self.store.refuse_accepted(offer, f"CallDelaySec {contact.call_delay_sec} >= 60")
+            watch.answered = False
+            self.switch.kill(watch.uuid)
+            self.wake()
+            return
+        due = self.store.accept_callback(offer, contact.call_delay_sec, answered_at)
+        if due is None:
+            self.switch.kill(watch.uuid)
+            return
+        plan = self.store.prepare_dial(contact.id, str(uuidlib.uuid4()))
+        if plan is None:
+            return
+        self.plans[contact.id] = plan
+        log.info("contact %s accepted by agent %s; dialling %s at %s on leg %s", contact.id, offer.agent_name,
+                 contact.callback_number, due.isoformat(), plan.leg_uuid)
+        self.schedule(contact.id, due)
+
+    def schedule(self, contact_id: int, due: datetime, plan: DialPlan | None = None) -> None:
+        """Dial at `due` (a stored time: after a restart the timer resumes from it)."""
+        if plan is not None:
+            self.plans[contact_id] = plan
+        delay = max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+        old = self.timers.pop(contact_id, None)
+        if old is not None:
+            old.kill(block=False)
+        self.timers[contact_id] = gevent.spawn_later(delay, self._dial, contact_id)
+        self.due[contact_id] = due
+
+    def agent_left(self, contact, cause: str) -> None:
+        """The agent hung up before the customer was connected: nothing more is dialled, the contact
+        keeps its place (a ringing customer is cancelled, not counted)."""
+        cid = contact.id
+        state = contact.state
+        if state == C.ACCEPTED.value and contact.callback_leg_uuid in self.legs:
+            # The originate already went out; 'dialling' is being recorded: treat it as dialling.
+            state = C.DIALLING.value
+        if state == C.ACCEPTED.value:
+            timer = self.timers.pop(cid, None)
+            if timer is not None:
+                timer.kill(block=False)
+            self.due.pop(cid, None)
+            self.plans.pop(cid, None)
+            if self.store.agent_left_before_dial(cid, f"agent hung up during CallDelaySec ({cause})"):
+                self.wake()
+        elif state == C.DIALLING.value:
+            self.switch.kill(contact.callback_leg_uuid, "ORIGINATOR_CANCEL")
+            self.store.dial_failed(cid, contact.callback_leg_uuid, "agent_hangup", 0, self.settings.max_attempts,
+                                   counts=False)
+            self.wake()
+
+    # -- the due time ----------------------------------------------------------
+    def _dial(self, contact_id: int) -> None:
+        try:
+            self._dial_now(contact_id)
+        except SQLAlchemyError as e:
+            # A due dial is never dropped: try again shortly (the persisted state decides).
+            log.error("contact %s: database unavailable when the dial was due (%s); retrying in 1s", contact_id,
+                      type(e).__name__)
+            self.timers[contact_id] = gevent.spawn_later(1.0, self._dial, contact_id)
+
+    def _dial_now(self, contact_id: int) -> None:
+        """Send the originate first (the attempt was stored at acceptance), then record."""
+        self.timers.pop(contact_id, None)
+        plan = self.plans.pop(contact_id, None) or self.store.prepared_plan(contact_id)
+        if plan is None:
+            return
+        while self.ports_in_use >= self.settings.ports:
+            log.info("contact %s: all %d ports busy; the callback waits for one", contact_id, self.settings.ports)
+            self._port_freed.clear()
+            self._port_freed.wait(timeout=1.0)
+        leg = plan.leg_uuid
+        watch = self.take_port(LegWatch(leg, "callback", contact_id, plan=plan))
+        job = str(uuidlib.uuid4())
+        try:
+            dial = commands.dial_for(self.settings.dial_template, plan.number)
+            cmd = commands.originate(leg, dial, {
+                "origination_caller_id_number": plan.caller_id, "origination_caller_id_name": plan.caller_id,
+                "esl_cb_contact_id": contact_id, "esl_cb_role": "callback", "esl_cb_attempt": plan.attempt_no,
+                "originate_timeout": self.settings.callback_ring_timeout, "ignore_early_media": "true"})
+            self.legs.expect_job(job, leg)
+            self.pacer.wait(urgent=True)          # due now: never behind offers to agents
+            self._observe_lateness(contact_id)
+            self.switch.bgapi(cmd, job)
+            self.health.sent()
+        except (ESLError, commands.UnsafeDialString) as e:
+            log.error("contact %s: dial failed before reaching the switch: %s", contact_id, e)
+            self.legs.drop_job(job)
+            self.release_port(watch)
+            self.legs.forget(leg)
+            self.store.dial_failed(contact_id, leg, "switch_error", self.settings.retry_interval,
+                                   self.settings.max_attempts)
+            self.switch.kill(plan.agent_leg_uuid)
+            self.wake()
+            return
+        log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
+                 plan.caller_id, leg)
+        self.store.mark_dialling(plan)
+
+    def _observe_lateness(self, contact_id: int) -> None:
+        due = self.due.pop(contact_id, None)
+        if due is not None and self.metrics is not None:
+            self.metrics.dial_late.observe(max((datetime.now(timezone.utc) - due).total_seconds(), 0.0))
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dials.labels(result).inc()
+
+    # -- voice ports (SPEC 2 rule 9) ---------------------------------------------
+    def take_port(self, watch: LegWatch) -> LegWatch:
+        """Watch a callback leg that uses a voice port (counted until its hangup completes)."""
+        self.ports_in_use += 1
+        watch.holds_port = True
+        return self.legs.watch(watch)
+
+    def release_port(self, watch: LegWatch) -> None:
+        if not watch.holds_port:
+            return
+        watch.holds_port = False
+        self.ports_in_use -= 1
+        self._port_freed.set()
+
+    # -- the customer's leg ------------------------------------------------------
+    def callback_event(self, watch: LegWatch, ev: Event) -> bool:
+        plan = watch.plan
+        name = ev.name
+        if name == "BACKGROUND_JOB":
+            cause = job_failed(watch, ev)
+            if not self.switch.switch_side(cause):
+                self.health.accepted()
+            if cause is not None:
+                self._not_reached(watch, cause)
+                if cause in NO_CHANNEL_CAUSES:
+                    self.release_port(watch)
+                    return True
+            return watch.hangup_done
+        if name == "CHANNEL_ANSWER":
+            if watch.answered:          # a resync after a reconnect may repeat the answer
+                return False
+            watch.answered = True
+            self._customer_answered(watch)
+            return False
+        if name == "CHANNEL_HANGUP":
+            if watch.answered:
+                self.conversation_ended(plan.contact_id, f"customer hung up ({ev.get('Hangup-Cause')})")
+            return False
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), billsec(ev), watch.answered)
+            self.release_port(watch)
+            watch.hangup_done = True
+            return watch.job_done
+        return False
+
+    def _customer_answered(self, watch: LegWatch) -> None:
+        """Stored as connected first, then bridged to the agent who has been waiting on the line."""
+        plan = watch.plan
+        if not self.store.dial_answered(plan.contact_id, watch.uuid):
+            self.switch.kill(watch.uuid)
+            return
+        reply = self.switch.bridge(plan.agent_leg_uuid, watch.uuid)
+        if not reply.startswith("+OK"):
+            log.warning("contact %s: the agent left before the customer answered (%s); back to the queue",
+                        plan.contact_id, reply.strip())
+            watch.answered = False            # its hangup is not the end of a conversation
+            self.store.bridge_failed(plan.contact_id, watch.uuid, "agent gone before the bridge")
+            self.switch.kill(watch.uuid)
+            self.wake()
+        else:
+            log.info("contact %s: customer answered and is connected to the agent", plan.contact_id)
+            self._count("answered")
+
+    def _not_reached(self, watch: LegWatch, cause: str) -> None:
+        plan = watch.plan
+        if self.switch.switch_side(cause):
+            # Not the customer's doing (the switch is full or shutting down): not counted, tried again
+            # when it has room.
+            result = "interrupted" if cause == "SYSTEM_SHUTDOWN" or self.switch.stopping else "switch_busy"
+            self._count(result)
+            pause, _ = self.health.refused(cause)
+            self.store.dial_failed(plan.contact_id, watch.uuid, result, max(pause, 1.0), self.settings.max_attempts,
+                                   counts=False)
+            log.info("contact %s attempt %d: %s (%s); not counted, will retry", plan.contact_id, plan.attempt_no,
+                     result, cause)
+        else:
+            result = RESULT_OF_CAUSE.get(cause, "failed")
+            self._count(result)
+            outcome = self.store.dial_failed(plan.contact_id, watch.uuid, result, self.settings.retry_interval,
+                                             self.settings.max_attempts)
+            log.info("contact %s attempt %d: %s (%s)%s", plan.contact_id, plan.attempt_no, result, cause,
+                     "; callback failed" if outcome is Outcome.CALLBACK_FAILED else "; will retry")
+        self.switch.kill(plan.agent_leg_uuid)       # the agent waited on the line: release them
+        self.wake()
+

@@ -1,0 +1,174 @@
+"""Our side of FreeSWITCH: the inbound ESL connection kept up, commands that never hang, and how
+the switch is doing (refusing calls, shutting down).
+
+The connection carries every originate, bridge and kill, and the events of the legs we placed. It
+is reconnected with a growing pause; on each connection `on_connected` runs (recovery) before
+anyone may offer again (`ready`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import gevent
+from gevent.event import Event as GEvent
+
+from esl_cb.config import Settings
+from esl_cb.esl.inbound import ESLError, Event, InboundConnection
+from esl_cb.netaddr import parse_hostport
+
+from .pacing import SwitchBackoff
+
+log = logging.getLogger(__name__)
+
+EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "BACKGROUND_JOB",
+          "SHUTDOWN"]
+# Causes that say the switch (not the person) could not place the call: back off, try again, count
+# nothing against the agent or the customer. A switch shutting down hangs up with SYSTEM_SHUTDOWN.
+SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION",
+                       "SYSTEM_SHUTDOWN"}
+# ...and, while it shuts down, originates fail with these as its modules unload (measured).
+SHUTDOWN_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE"}
+# Originate failures where FreeSWITCH never created a channel, so no hangup events follow.
+NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
+
+
+class SwitchLink:
+    def __init__(self, settings: Settings, route: Callable[[Event], None]) -> None:
+        self.settings = settings
+        self._route = route                       # events of our legs go there
+        self.on_connected: Callable[[], None] = lambda: None     # recovery, before offers may go out
+        self.on_ready: Callable[[], None] = lambda: None         # then: wake the dispatcher
+        self.conn: InboundConnection | None = None
+        self.ready = GEvent()                     # connected and reconciled: offers may go out
+        self.stopping = False                     # FreeSWITCH announced its shutdown
+        self.reconnects = 0
+        self.metrics = None
+        self._running = False
+
+    # -- the connection -----------------------------------------------------
+    def run(self) -> None:
+        """Stay connected to FreeSWITCH: reconnect with a growing pause, then recover."""
+        self._running = True
+        backoff = 0.1
+        host, port = parse_hostport(self.settings.esl)
+        while self._running:
+            lost = GEvent()
+            conn = InboundConnection(host, port, self.settings.esl_password, self._on_event, lost.set)
+            try:
+                conn.connect(EVENTS)
+            except Exception as e:      # ESLError mostly; this greenlet must never die
+                log.warning("FreeSWITCH not reachable (%s); retrying in %.1fs", e, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.conn = conn
+            self.stopping = False
+            log.info("connected to FreeSWITCH at %s:%d", host, port)
+            try:
+                self.on_connected()
+            except Exception:
+                log.exception("reconciling with FreeSWITCH failed; will retry on the next poll")
+            self.ready.set()
+            self.on_ready()
+            lost.wait()
+            self.ready.clear()
+            if self._running:
+                self.reconnects += 1
+                if self.metrics is not None:
+                    self.metrics.reconnects.inc()
+                log.warning("lost the ESL connection to FreeSWITCH; reconnecting")
+
+    def close(self) -> None:
+        self._running = False
+        if self.conn is not None:
+            self.conn.close()
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.name == "SHUTDOWN":
+            # Calls are about to be cut and modules unloaded: offer nothing until we reconnect.
+            log.warning("FreeSWITCH is shutting down; no offers or dials until it is back")
+            self.stopping = True
+            self.ready.clear()
+            return
+        self._route(ev)
+
+    # -- commands (each with a timeout) ------------------------------------------
+    def api(self, cmd: str) -> str:
+        if self.conn is None or not self.conn.connected:
+            raise ESLError("not connected to FreeSWITCH")
+        return self.conn.api(cmd)
+
+    def bgapi(self, cmd: str, job_uuid: str) -> None:
+        if self.conn is None:
+            raise ESLError("not connected to FreeSWITCH")
+        self.conn.bgapi(cmd, job_uuid=job_uuid)
+
+    def kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> None:
+        """Hang up a leg; one that is gone already is fine."""
+        if not uuid:
+            return
+        try:
+            self.api(f"uuid_kill {uuid} {cause}")
+        except ESLError as e:
+            log.warning("could not hang up %s: %s", uuid, e)
+
+    def leg_exists(self, uuid: str | None) -> bool:
+        return bool(uuid) and self.api(f"uuid_exists {uuid}").strip() == "true"
+
+    def bridge(self, a: str, b: str) -> str:
+        return self.api(f"uuid_bridge {a} {b}")
+
+    def switch_side(self, cause: str | None) -> bool:
+        """The switch, not the person, failed this call (full, or shutting down)."""
+        return cause in SWITCH_LIMIT_CAUSES or (self.stopping and cause in SHUTDOWN_CAUSES)
+
+
+class SwitchHealth:
+    """Whether FreeSWITCH takes new calls: the dispatcher and the dialler report what their originates
+    met; refusals pause both (pacing.SwitchBackoff), said once in the log and in the metrics."""
+
+    def __init__(self, backoff: SwitchBackoff | None = None, wake: Callable[[], None] = lambda: None) -> None:
+        self.backoff = backoff or SwitchBackoff()
+        self.wake = wake                          # the dispatcher, when the switch has room again
+        self.metrics = None
+
+    def paused(self) -> bool:
+        return self.backoff.remaining() > 0
+
+    def remaining(self) -> float:
+        return self.backoff.remaining()
+
+    def refused(self, cause: str, agent_id: int | None = None) -> tuple[float, float]:
+        """FreeSWITCH refused a new session: (the dispatcher's pause, the agent's pause)."""
+        pause, agent_pause = self.backoff.refused(agent_id)
+        if self.backoff.refusals == 1:
+            log.warning("FreeSWITCH refuses new calls (%s: max-sessions, sessions-per-second or RTP ports used "
+                        "up); offers and dials back off, growing to at most %gs, until it takes one again",
+                        cause, self.backoff.cap)
+        if self.metrics is not None:
+            self.metrics.switch_refusals.inc()
+            self.metrics.backoff.set(pause)
+        return pause, agent_pause
+
+    def accepted(self, agent_id: int | None = None) -> None:
+        started = self.backoff.started_at
+        ended = self.backoff.accepted(agent_id)
+        if ended:
+            log.warning("FreeSWITCH takes new calls again, after %d refusals over %.1fs", ended,
+                        time.monotonic() - started if started is not None else 0.0)
+            if self.metrics is not None:
+                self.metrics.backoff.set(0)
+
+    def sent(self) -> None:
+        """An originate went out; while the switch refuses, it is a probe (SwitchBackoff.sent)."""
+        token = self.backoff.sent()
+        if token is not None:
+            gevent.spawn_later(self.backoff.probe_window, self._probe_done, token)
+
+    def _probe_done(self, token: int) -> None:
+        if self.backoff.probe_passed(token):
+            self.accepted()
+            self.wake()

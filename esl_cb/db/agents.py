@@ -1,0 +1,95 @@
+"""Agents and skills: added, removed, made available or not by an operator."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Iterable
+
+from sqlalchemy import insert, select, update
+
+from esl_cb.domain.states import AgentState as A
+
+from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
+from .models import Agent, AgentSkill, Skill
+
+log = logging.getLogger(__name__)
+
+
+class AgentsStore(StoreBase):
+    """Agents and their skills (SPEC 3): the operator's side."""
+
+    def add_skill(self, name: str) -> int:
+        with self.engine.begin() as conn:
+            return self.skill_id(conn, name)
+
+    def list_skills(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(Skill.name).order_by(Skill.name)).scalars())
+
+    def add_agent(self, name: str, dial_string: str, skills: Iterable[str]) -> int:
+        with self.engine.begin() as conn:
+            if conn.execute(select(Agent.id).where(Agent.name == name)).scalar() is not None:
+                raise StoreError(f"agent {name!r} already exists; remove it first or pick another name")
+            aid = conn.execute(insert(Agent).values(
+                name=name, dial_string=dial_string, state=A.LOGGED_OUT.value,
+                state_changed_at=utcnow()).returning(Agent.id)).scalar()
+            for s in skills:
+                conn.execute(insert(AgentSkill).values(agent_id=aid, skill_id=self.skill_id(conn, s)))
+            return aid
+
+    def remove_agent(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
+            if row is None:
+                raise NotFound(f"no agent named {name!r}")
+            if row.state in (A.OFFERED.value, A.ON_CALL.value):
+                raise StoreError(f"agent {name!r} is {row.state}; make them unavailable and wait for the call to end")
+            conn.execute(AgentSkill.__table__.delete().where(AgentSkill.agent_id == row.id))
+            conn.execute(Agent.__table__.delete().where(Agent.id == row.id))
+
+    def agent(self, name: str):
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Agent.__table__).where(Agent.name == name)).first()
+        if row is None:
+            raise NotFound(f"no agent named {name!r}")
+        return row
+
+    def agents(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Agent.__table__).order_by(Agent.name)).all()
+            skills = conn.execute(select(AgentSkill.agent_id, Skill.name).join(Skill)).all()
+        by_agent: dict[int, list[str]] = {}
+        for aid, sname in skills:
+            by_agent.setdefault(aid, []).append(sname)
+        return [{"id": a.id, "name": a.name, "dial_string": a.dial_string, "state": a.state,
+                 "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
+                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
+
+    def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A]) -> A:
+        """Operator-driven agent state change (CLI); refused with the reason when not allowed."""
+        allowed = [s.value for s in allowed_from]
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
+            if row is None:
+                raise NotFound(f"no agent named {name!r}")
+            if row.state == to.value:
+                raise StoreError(f"agent {name!r} is already {to.value}")
+            if row.state not in allowed:
+                raise StoreError(f"agent {name!r} is {row.state}; it cannot go to {to.value} now")
+            values = dict(state=to.value, state_changed_at=utcnow())
+            if to is A.AVAILABLE:
+                values["available_since"] = utcnow()
+            res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))
+            if res.rowcount != 1:
+                raise StaleState(f"agent {name!r} changed state meanwhile; try again")
+            log.info("agent %s %s -[operator]-> %s", name, row.state, to.value)
+            return A(row.state)
+
+    def reset_refused(self, after_seconds: float) -> int:
+        """Refused agents become Available again after a while (if the operator configured it)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(Agent).where(
+                Agent.state == A.REFUSED.value, Agent.state_changed_at <= now - timedelta(seconds=after_seconds)
+            ).values(state=A.AVAILABLE.value, state_changed_at=now, available_since=now))
+            return res.rowcount

@@ -1,0 +1,166 @@
+"""Contacts from arrival to the queue: a caller arrives, is queued for a skill, asks for a callback
+(durably, before being hung up), or ends; operators cancel; controllers say they are alive."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Iterable
+
+from sqlalchemy import func, insert, select, update
+
+from esl_cb.domain.queue import Priority
+from esl_cb.domain.states import ContactState as C
+from esl_cb.domain.states import Outcome
+
+from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
+from .models import Agent, Contact, Controller, Leg
+
+log = logging.getLogger(__name__)
+
+
+class ContactsStore(StoreBase):
+    """A contact's life up to the queue, and the controllers that own contacts."""
+
+    def create_contact(self, caller_uuid: str, ani: str, dnis: str, script: str, from_number: str,
+                       to_number: str) -> int:
+        return self.arrive(caller_uuid, ani, dnis, script, from_number, to_number)[0]
+
+    def arrive(self, caller_uuid: str, ani: str, dnis: str, script: str, from_number: str, to_number: str,
+               callback_number: str | None = None) -> tuple[int, int | None]:
+        """A caller arrived: store the contact and its leg, and (with `callback_number`) find a
+        callback of theirs still waiting, in one transaction. Returns (contact id, pending id)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            pending = conn.execute(self._pending_query(callback_number)).scalar() if callback_number else None
+            cid = conn.execute(insert(Contact).values(
+                direction="inbound", state=C.ARRIVED.value, script=script, caller_uuid=caller_uuid,
+                original_ani=ani, original_dnis=dnis, ani=ani, dnis=dnis, priority_initial=0,
+                priority_acceleration=0, priority_max=0, callback_requested=False, call_delay_sec=0,
+                attempts=0, arrived_at=now, controller_id=self.controller_id).returning(Contact.id)).scalar()
+            conn.execute(insert(Leg).values(uuid=caller_uuid, contact_id=cid, kind="caller", direction="inbound",
+                                            from_number=from_number, to_number=to_number, started_at=now,
+                                            answered_at=now))
+        log.info("contact %s created for call %s from %s to %s", cid, caller_uuid, ani, dnis)
+        return cid, pending
+
+    def queue_contact(self, contact_id: int, skill: str, priority: Priority) -> None:
+        with self.engine.begin() as conn:
+            sid = self.skill_id(conn, skill)
+            ok = self._move(conn, contact_id, [C.ARRIVED], C.QUEUED, "reqagent", skill_id=sid, queued_at=utcnow(),
+                            priority_initial=priority.initial, priority_acceleration=priority.acceleration,
+                            priority_max=priority.maximum)
+            if not ok:
+                # Reqagent again (another skill or new priorities) keeps the place in the queue.
+                ok = conn.execute(update(Contact).where(
+                    Contact.id == contact_id, Contact.state == C.QUEUED.value).values(
+                    skill_id=sid, priority_initial=priority.initial, priority_acceleration=priority.acceleration,
+                    priority_max=priority.maximum)).rowcount == 1
+            if not ok:
+                raise StaleState(f"contact {contact_id} cannot be queued now: {self._state(conn, contact_id)}")
+
+    def request_callback(self, contact_id: int, number: str, caller_id: str, delay: int, ani: str,
+                         dnis: str) -> int:
+        """The Callback action: durable before the caller is hung up (SPEC 2, rule 2).
+
+        At most one open callback per number and skill: a second request takes over the
+        existing one (which keeps the earlier of the two places). Returns the contact id
+        that now carries the callback."""
+        now = utcnow()
+        values = dict(callback_requested=True, callback_number=number, callback_caller_id=caller_id,
+                      call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None)
+        with self.engine.begin() as conn:
+            me = self._lock_contact(conn, contact_id)
+            if me is None:
+                raise NotFound(f"no contact {contact_id}")
+            if me.skill_id is not None:
+                if conn.dialect.name == "postgresql":
+                    # Serialise requests for one number and skill, so two cannot both miss each other.
+                    conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{me.skill_id}"))))
+                other = conn.execute(select(Contact.__table__).where(
+                    Contact.callback_number == number, Contact.skill_id == me.skill_id, Contact.id != contact_id,
+                    Contact.callback_requested.is_(True), Contact.state != C.ENDED.value).order_by(
+                    Contact.queued_at).limit(1)).first()
+                if other is not None and me.state in (C.QUEUED.value, C.OFFERED.value):
+                    earliest = min(as_utc(other.queued_at), as_utc(me.queued_at) or now)
+                    conn.execute(update(Contact).where(Contact.id == other.id).values(
+                        queued_at=earliest, callback_caller_id=caller_id, call_delay_sec=delay, ani=ani, dnis=dnis,
+                        priority_initial=max(other.priority_initial, me.priority_initial),
+                        priority_acceleration=max(other.priority_acceleration, me.priority_acceleration),
+                        priority_max=max(other.priority_max, me.priority_max)))
+                    if me.state == C.OFFERED.value:
+                        self._release_agent(conn, me.agent_id, me.id, now)
+                    self._move(conn, contact_id, [C(me.state)], C.ENDED, f"duplicate of contact {other.id}",
+                               outcome=Outcome.MERGED.value, ended_at=now, callback_requested=True,
+                               callback_number=number, callback_requested_at=now,
+                               last_error=f"callback merged into contact {other.id}")
+                    log.info("contact %s callback for %s merged into pending contact %s (keeps the earlier place)",
+                             contact_id, number, other.id)
+                    return other.id
+            if self._move(conn, contact_id, [C.QUEUED], C.CALLBACK_QUEUED, "callback", **values):
+                return contact_id
+            # An agent is being offered right now: the offer goes on, as a callback.
+            res = conn.execute(update(Contact).where(
+                Contact.id == contact_id, Contact.state == C.OFFERED.value).values(**values))
+            if res.rowcount == 1:
+                log.info("contact %s offered -[callback]-> offered (as a callback)", contact_id)
+                return contact_id
+            raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
+                             "contact (run Reqagent first)")
+
+    @staticmethod
+    def _pending_query(number: str):
+        return select(Contact.id).where(Contact.callback_number == number, Contact.callback_requested.is_(True),
+                                        Contact.state != C.ENDED.value).order_by(Contact.queued_at).limit(1)
+
+    def end_contact(self, contact_id: int, expected: Iterable[C], outcome: Outcome, reason: str,
+                    error: str | None = None) -> bool:
+        with self.engine.begin() as conn:
+            return self._move(conn, contact_id, expected, C.ENDED, reason, outcome=outcome.value,
+                              ended_at=utcnow(), last_error=error)
+
+    def cancel(self, contact_id: int, reason: str, force: bool = False) -> str:
+        """Cancel a waiting callback (or live contact). A callback being dialled or in
+        conversation is refused with the reason, unless force (used when shutting a demo)."""
+        with self.engine.begin() as conn:
+            row = self._lock_contact(conn, contact_id)
+            if row is None:
+                raise NotFound(f"no contact {contact_id}")
+            if row.state == C.ENDED.value:
+                raise StoreError(f"contact {contact_id} already ended ({row.outcome})")
+            waiting = [C.QUEUED, C.CALLBACK_QUEUED, C.ARRIVED]
+            allowed = waiting + ([C.OFFERED, C.ACCEPTED, C.DIALLING, C.CONNECTED] if force else [])
+            if C(row.state) not in allowed:
+                what = {"offered": "an agent's phone is ringing for it", "accepted": "an agent accepted it and "
+                        "the dial is due", "dialling": "it is being dialled", "connected": "it is in conversation"}
+                raise StoreError(f"contact {contact_id} cannot be cancelled now: {what.get(row.state, row.state)}; "
+                                 "try again when it is back in the queue")
+            self._release_agent(conn, row.agent_id, row.id, utcnow())
+            if not self._move(conn, contact_id, [C(row.state)], C.ENDED, reason, outcome=Outcome.CANCELLED.value,
+                              ended_at=utcnow(), last_error=reason):
+                raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
+            return row.state
+
+    def heartbeat(self, esl: str) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            n = conn.execute(update(Controller).where(Controller.id == self.controller_id).values(
+                heartbeat_at=now, esl=esl)).rowcount
+            if n == 0:
+                conn.execute(insert(Controller).values(id=self.controller_id, started_at=now, heartbeat_at=now,
+                                                       esl=esl))
+
+    def adopt_dead(self, timeout: float) -> list[str]:
+        """Take over the open contacts of controllers whose heartbeat stopped; returns their ids."""
+        limit = utcnow() - timedelta(seconds=timeout)
+        with self.engine.begin() as conn:
+            dead = [r.id for r in conn.execute(select(Controller.id).where(
+                Controller.heartbeat_at < limit, Controller.id != self.controller_id).with_for_update(
+                skip_locked=True)).all()]
+            for cid in dead:
+                n = conn.execute(update(Contact).where(Contact.controller_id == cid, Contact.state != C.ENDED.value)
+                                 .values(controller_id=self.controller_id)).rowcount
+                conn.execute(update(Agent).where(Agent.controller_id == cid).values(controller_id=self.controller_id))
+                conn.execute(Controller.__table__.delete().where(Controller.id == cid))
+                log.warning("controller %s stopped beating; %s took over its %d open contacts", cid,
+                            self.controller_id, n)
+            return dead

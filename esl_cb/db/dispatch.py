@@ -1,0 +1,178 @@
+"""Offers: a waiting contact and a free agent claimed for each other in one statement, and what
+the agent's phone does with it (declined, answered live, answered for a callback), and the end of a
+conversation, which claims the freed agent's next contact in the same transaction."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import DateTime, func, literal, or_, select, text, update
+
+from esl_cb.domain.states import AgentState as A
+from esl_cb.domain.states import ContactState as C
+from esl_cb.domain.states import Outcome
+
+from .base import Offer, StoreBase, utcnow
+from .models import Agent, AgentSkill, Contact, Skill
+from .sqlexpr import effective_priority
+
+log = logging.getLogger(__name__)
+
+_PG_CLAIM = text("SELECT * FROM esl_cb_claim(:now, :leg, :ctl)")
+_PG_COMPLETE = text("SELECT * FROM esl_cb_complete(:id, :now, :leg, :ctl)")
+
+
+class DispatchStore(StoreBase):
+    """Claims, offers and the end of conversations."""
+
+    def claim_offer(self, new_leg_uuid: str) -> Offer | None:
+        """Pick the best waiting contact and the longest-idle available agent with its skill,
+        and mark both Offered in one transaction. None when nothing can be matched."""
+        now = utcnow()
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                row = conn.execute(_PG_CLAIM, {"now": now, "leg": new_leg_uuid, "ctl": self.controller_id}).first()
+            return self._claimed(row, new_leg_uuid)
+        with self.engine.begin() as conn:
+            return self._claim(conn, new_leg_uuid, now)
+
+    @staticmethod
+    def _offer(pair, leg_uuid: str) -> Offer:
+        """The Offer of a claimed pair (a row shaped like esl_cb_claim's result)."""
+        return Offer(pair.contact_id, pair.agent_id, pair.agent_name, pair.dial_string, leg_uuid,
+                     pair.contact_state == C.CALLBACK_QUEUED.value, pair.caller_uuid,
+                     pair.callback_number or pair.original_ani, pair.skill)
+
+    @classmethod
+    def _claimed(cls, row, leg_uuid: str) -> Offer | None:
+        if row is None or row.contact_id is None:
+            return None
+        log.info("contact %s %s -[offer to %s]-> offered", row.contact_id, row.contact_state, row.agent_name)
+        log.info("agent %s Available -[offer contact %s]-> Offered", row.agent_name, row.contact_id)
+        return cls._offer(row, leg_uuid)
+
+    def _claim(self, conn, new_leg_uuid: str, now: datetime) -> Offer | None:
+        # The generic (SQLite) twin of esl_cb_claim: the database orders the queue (SPEC 3:
+        # effective priority, then first queued; the agent idle longest) and hands back one pair,
+        # so no queue travels to Python. (SQLite ignores FOR UPDATE; it has one writer at a time.)
+        waiting = [C.QUEUED.value, C.CALLBACK_QUEUED.value]
+        pair = conn.execute(
+            select(Contact.id.label("contact_id"), Contact.state.label("contact_state"), Contact.caller_uuid,
+                   Contact.callback_number, Contact.original_ani, Skill.name.label("skill"),
+                   Agent.id.label("agent_id"), Agent.name.label("agent_name"), Agent.dial_string)
+            .join(Skill, Skill.id == Contact.skill_id)
+            .join(AgentSkill, AgentSkill.skill_id == Contact.skill_id)
+            .join(Agent, Agent.id == AgentSkill.agent_id)
+            .where(Agent.state == A.AVAILABLE.value, Contact.state.in_(waiting),
+                   or_(Agent.offer_not_before.is_(None), Agent.offer_not_before <= now),
+                   or_(Contact.retry_at.is_(None), Contact.retry_at <= now))
+            .order_by(effective_priority(Contact.priority_initial, Contact.priority_acceleration,
+                                         Contact.priority_max, Contact.queued_at, now).desc(),
+                      Contact.queued_at, Contact.id,
+                      func.coalesce(Agent.available_since, literal(now, DateTime(timezone=True))), Agent.id)
+            .limit(1)
+            .with_for_update(of=[Contact.__table__, Agent.__table__], skip_locked=True)).first()
+        if pair is None:
+            return None
+        got_agent = conn.execute(update(Agent).where(
+            Agent.id == pair.agent_id, Agent.state == A.AVAILABLE.value).values(
+            state=A.OFFERED.value, state_changed_at=now, contact_id=pair.contact_id, leg_uuid=new_leg_uuid,
+            controller_id=self.controller_id)).rowcount == 1
+        if not got_agent or not self._move(conn, pair.contact_id, [C(pair.contact_state)], C.OFFERED,
+                                           f"offer to {pair.agent_name}", offered_at=now, agent_id=pair.agent_id,
+                                           agent_leg_uuid=new_leg_uuid, controller_id=self.controller_id):
+            conn.rollback()       # without row locks someone else took one of the two
+            return None
+        log.info("agent %s Available -[offer contact %s]-> Offered", pair.agent_name, pair.contact_id)
+        return self._offer(pair, new_leg_uuid)
+
+    def offer_failed(self, offer: Offer, refused: bool, reason: str, not_before: float = 0.0) -> None:
+        """The agent declined, did not answer, or could not be rung: the contact keeps its place.
+        With `not_before` (seconds), the agent is not offered again before then (the switch was full)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = self._lock_contact(conn, offer.contact_id)
+            back = C.CALLBACK_QUEUED if row and row.callback_requested else C.QUEUED
+            self._move(conn, offer.contact_id, [C.OFFERED], back, reason, agent_id=None, agent_leg_uuid=None)
+            to = A.REFUSED if refused else A.AVAILABLE
+            conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
+                                             Agent.contact_id == offer.contact_id).values(
+                state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None,
+                offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None))
+            log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
+                     f" (not offered for {not_before:g}s)" if not_before > 0 else "")
+
+    def accept_live(self, offer: Offer) -> bool:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(Contact).where(
+                Contact.id == offer.contact_id, Contact.state == C.OFFERED.value,
+                Contact.callback_requested.is_(False)).values(state=C.CONNECTED.value, accepted_at=now,
+                                                              connected_at=now))
+            if res.rowcount != 1:
+                return False
+            log.info("contact %s offered -[agent %s answered]-> connected", offer.contact_id, offer.agent_name)
+            self._agent_on_call(conn, offer, now)
+            self._add_leg(conn, offer.agent_leg_uuid, offer.contact_id, "agent", offer.agent_id,
+                          offer.contact_number, offer.dial_string, now)
+            return True
+
+    def accept_callback(self, offer: Offer, delay: int, answered_at: datetime | None = None) -> datetime | None:
+        """Agent answered a callback offer: the CallDelaySec timer is persisted as a due time,
+        counted from the moment the agent answered."""
+        now = utcnow()
+        due = (answered_at or now) + timedelta(seconds=delay)
+        with self.engine.begin() as conn:
+            if not self._move(conn, offer.contact_id, [C.OFFERED], C.ACCEPTED, f"agent {offer.agent_name} answered",
+                              accepted_at=now, dial_due_at=due):
+                return None
+            self._agent_on_call(conn, offer, now)
+            self._add_leg(conn, offer.agent_leg_uuid, offer.contact_id, "agent", offer.agent_id,
+                          offer.contact_number, offer.dial_string, now)
+            return due
+
+    def refuse_accepted(self, offer: Offer, reason: str) -> None:
+        """An accepted callback that must not be dialled (CallDelaySec >= 60): agent Refused, place kept."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            self._move(conn, offer.contact_id, [C.OFFERED, C.ACCEPTED], C.CALLBACK_QUEUED, reason,
+                       agent_id=None, agent_leg_uuid=None, dial_due_at=None, last_error=reason)
+            conn.execute(update(Agent).where(Agent.id == offer.agent_id).values(
+                state=A.REFUSED.value, state_changed_at=now, contact_id=None, leg_uuid=None))
+            log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
+
+    def complete(self, contact_id: int, reason: str, claim_leg_uuid: str | None = None) -> tuple[bool, Offer | None]:
+        """A connected contact ended: handled (live) or callback completed; the agent is free again.
+
+        With `claim_leg_uuid`, the next offer is claimed in the same transaction (one commit on
+        the path from a hangup to the next offer: no wrap-up delay). Returns (completed, offer).
+        """
+        now = utcnow()
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                row = conn.execute(_PG_COMPLETE, {"id": contact_id, "now": now, "leg": claim_leg_uuid,
+                                                  "ctl": self.controller_id}).one()
+            if not row.completed:
+                return False, None
+            log.info("contact %s connected -[%s]-> ended", contact_id, reason)
+            return True, self._claimed(row, claim_leg_uuid) if claim_leg_uuid else None
+        with self.engine.begin() as conn:
+            c = self._lock_contact(conn, contact_id)
+            if c is None or c.state != C.CONNECTED.value:
+                return False, None
+            outcome = Outcome.CALLBACK_COMPLETED if c.callback_requested else Outcome.HANDLED
+            self._release_agent(conn, c.agent_id, c.id, now)
+            if not self._move(conn, contact_id, [C.CONNECTED], C.ENDED, reason, outcome=outcome.value, ended_at=now):
+                return False, None
+            return True, (self._claim(conn, claim_leg_uuid, now) if claim_leg_uuid else None)
+
+    def abandon_offer(self, contact_id: int, reason: str) -> int | None:
+        """A live caller hung up while an agent was being offered: returns the agent to release."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = self._lock_contact(conn, contact_id)
+            if c is None or c.state != C.OFFERED.value or c.callback_requested:
+                return None
+            self._release_agent(conn, c.agent_id, c.id, now)
+            self._move(conn, contact_id, [C.OFFERED], C.ENDED, reason, outcome=Outcome.ABANDONED.value, ended_at=now)
+            return c.agent_id
