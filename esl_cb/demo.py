@@ -42,8 +42,10 @@ class DemoOptions:
 
 def scaled_script(speed: float) -> scripts.Script:
     s = scripts.load(scripts.DEFAULT_SCRIPT)
+    # Our own waits (music, CallDelaySec) run on the controller's clock: divide them. A menu's
+    # TimeoutSec runs in the simulated switch, which already runs `speed` times faster.
     for action in s.actions.values():
-        for key in ("MaxDurationSec", "TimeoutSec", "CallDelaySec"):
+        for key in ("MaxDurationSec", "CallDelaySec"):
             if key in action.props:
                 action.props[key] = max(float(action.props[key]) / speed, 0.05)
     return s
