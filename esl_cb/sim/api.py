@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 import gevent
 
 from . import control
+from .apps import queue_app
+from .channel import OriginateError
 from .config import local_stream as local_stream_show
-from .switch import OriginateError
+from .events import Event, render
 
 if TYPE_CHECKING:
     from .switch import Switch
@@ -275,6 +277,31 @@ def uuid_kill(switch: "Switch", arg: str) -> str:
     return "+OK\n"
 
 
+# Headers of a channel event that belong to the event, not the channel: uuid_dump leaves them out.
+EVENT_ONLY = {"Bridge-A-Unique-ID", "Bridge-B-Unique-ID", "Direction", "Sent-Callee-ID-Name", "Sent-Callee-ID-Number",
+              "Bridged-To", "Hangup-Cause", "Application", "Application-Data", "Application-Response",
+              "Application-UUID", "Playback-File-Type", "Playback-File-Path", "Playback-Status", "DTMF-Digit",
+              "DTMF-Duration", "DTMF-Source"}
+DUMP_CALLER = [("Event-Calling-File", "mod_commands.c"), ("Event-Calling-Function", "uuid_dump_function"),
+               ("Event-Calling-Line-Number", "6495")]
+
+
+def channel_data(switch: "Switch", ch) -> Event:
+    """The live session as uuid_dump reads it: the channel's headers and variables now."""
+    template = ch.dump_template or switch.profile_connect
+    tokens = ch.tokens()
+    if ch.peer is not None:
+        tokens.update(ch.peer.tokens("o_"))
+    headers = render(template, switch.seq.common("CHANNEL_DATA"), tokens, ch.originate_vars, ch.vars)
+    out = [("Event-Name", "CHANNEL_DATA")]
+    for k, v in headers[1:]:
+        if k == "Event-Calling-File":
+            out.extend(DUMP_CALLER)
+        elif k not in EVENT_ONLY and not k.startswith("Event-Calling-"):
+            out.append((k, v))
+    return Event(out, channel_uuid=ch.uuid)
+
+
 def uuid_dump(switch: "Switch", arg: str) -> str:
     """The live session (not the core database): Answer-State is answered from the answer on."""
     ch, words = _channel(switch, arg)
@@ -282,7 +309,7 @@ def uuid_dump(switch: "Switch", arg: str) -> str:
         return "-USAGE: <uuid> [format]\n"
     if ch is None:
         return NO_CHANNEL
-    event = switch.channel_data(ch)
+    event = channel_data(switch, ch)
     fmt = words[1].lower() if len(words) > 1 else ""
     if fmt == "json":
         return event.json_body().decode()
@@ -344,7 +371,6 @@ def uuid_setvar_multi(switch: "Switch", arg: str) -> str:
 
 
 def uuid_broadcast(switch: "Switch", arg: str) -> str:
-    from .connection import queue_app
     ch, words = _channel(switch, arg)
     if ch is None:
         return "-ERR invalid uuid\n"

@@ -6,12 +6,13 @@ interrupt it, as they interrupt the media thread in FreeSWITCH.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import TYPE_CHECKING
 
 import gevent
 
 from .sounds import FOREVER, media_seconds
-from .switch import Channel, Hangup
+from .channel import Channel, Hangup
 
 if TYPE_CHECKING:
     from .switch import Switch
@@ -176,3 +177,21 @@ def deliver_dtmf(switch: "Switch", ch: Channel, digit: str) -> None:
     ch.dtmf.append(digit)
     ch.digits_dialed += digit
     ch.dtmf_event.set()
+
+
+def queue_app(switch: "Switch", ch: "Channel", app: str, arg: str, event_uuid: str) -> None:
+    """Applications sent with sendmsg run one after another on the channel."""
+    q = ch.__dict__.get("_app_queue")
+    if q is None:
+        q = ch.__dict__["_app_queue"] = deque()
+    q.append((app, arg, event_uuid))
+    runner = ch.__dict__.get("_app_runner")
+    if runner is None or runner.dead:
+        ch.__dict__["_app_runner"] = gevent.spawn(_run_queue, switch, ch, q)
+
+
+def _run_queue(switch: "Switch", ch: "Channel", q: deque) -> None:
+    while q and ch.alive:
+        app, arg, event_uuid = q.popleft()
+        g = start(switch, ch, app, arg, event_uuid)
+        g.join()

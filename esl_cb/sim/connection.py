@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
-import sys
 import time
 import uuid as uuidlib
 from collections import deque
@@ -22,6 +20,7 @@ from esl_cb.esl.wire import FrameReader, ProtocolError, url_encode
 
 from . import api, apps
 from .events import Event, render
+from .stamps import enable_receive_timestamps, kernel_time
 
 if TYPE_CHECKING:
     from .switch import Channel, Switch
@@ -162,7 +161,7 @@ class EventSocket:
             try:
                 if stamped:
                     data, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(16))
-                    self.received_at = _kernel_time(anc)
+                    self.received_at = kernel_time(anc)
                 else:
                     data = self.sock.recv(65536)
             except OSError:
@@ -255,7 +254,7 @@ class EventSocket:
             if not arg and frame.body:
                 arg = frame.body_text()
             ev_uuid = frame.get("Event-UUID") or str(uuidlib.uuid4())
-            queue_app(self.switch, ch, app, arg, ev_uuid)
+            apps.queue_app(self.switch, ch, app, arg, ev_uuid)
         elif command == "hangup":
             cause = (frame.get("hangup-cause") or "NORMAL_CLEARING").strip()
             gevent.spawn(self.switch.hangup, ch, cause)
@@ -289,24 +288,6 @@ def run_inbound(switch: "Switch", ch: "Channel", plan: list[tuple[float, str, st
                 apps.deliver_dtmf(switch, ch, d)
         elif kind == "hangup":
             switch.hangup(ch, "NORMAL_CLEARING")
-
-
-def queue_app(switch: "Switch", ch: "Channel", app: str, arg: str, event_uuid: str) -> None:
-    """Applications sent with sendmsg run one after another on the channel."""
-    q = ch.__dict__.get("_app_queue")
-    if q is None:
-        q = ch.__dict__["_app_queue"] = deque()
-    q.append((app, arg, event_uuid))
-    runner = ch.__dict__.get("_app_runner")
-    if runner is None or runner.dead:
-        ch.__dict__["_app_runner"] = gevent.spawn(_run_queue, switch, ch, q)
-
-
-def _run_queue(switch: "Switch", ch: "Channel", q: deque) -> None:
-    while q and ch.alive:
-        app, arg, event_uuid = q.popleft()
-        g = apps.start(switch, ch, app, arg, event_uuid)
-        g.join()
 
 
 class InboundConnection(EventSocket):
@@ -463,28 +444,3 @@ class OutboundSession(EventSocket):
 
 def name_of(event: Event) -> str:
     return event.headers[0][1] if event.headers[0][0] == "Event-Name" else event.get("Event-Name")
-
-
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux's number; Python does not name it
-
-
-def enable_receive_timestamps(sock) -> bool:
-    """Ask the kernel to stamp what arrives. Linux switches stamping on lazily (a deferred work item)
-    the first time a socket asks, so the listening socket asks at start: connections accepted from it
-    inherit the flag and are stamped from their first byte."""
-    if sys.platform != "linux":
-        return False
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    except OSError:
-        return False
-    return True
-
-
-def _kernel_time(ancillary) -> float:
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = struct.unpack("qq", data[:16])
-            if sec:                 # 0: the packet came before stamping was switched on
-                return sec + nsec / 1e9
-    return time.time()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from .config import Gateway
-from .switch import EndpointBehaviour
+from .channel import EndpointBehaviour
 
 if TYPE_CHECKING:
     from .switch import Switch
@@ -94,10 +94,10 @@ def sim_call(switch: "Switch", from_number: str, to_did: str, rest: list[str]) -
             i += 2
         else:
             return f"-ERR unexpected {rest[i]!r}: sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]\n"
-    from .connection import run_inbound
-
+    if switch.socket_app is None:
+        return "-ERR no socket application: run the switch in a Simulator\n"
     ch = switch.inbound_call(from_number, to_did)
-    gevent.spawn(run_inbound, switch, ch, sorted(plan))
+    gevent.spawn(switch.socket_app, switch, ch, sorted(plan))
     return f"+OK {ch.uuid}\n"
 
 

@@ -11,11 +11,9 @@ the last batch, a channel created since is missing, one gone since is still ther
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from .switch import Channel
-
+Channel = Any       # a switch.Channel (not imported: the switch imports this module)
 # What a row shows of a channel: (state, application, application data, uuid of the bridged peer)
 Snapshot = tuple
 
@@ -25,9 +23,9 @@ class CoreDB:
         self.clock = clock
         self.started = clock()
         self.interval = interval
-        self._gone: dict[str, tuple[float, "Channel"]] = {}
+        self._gone: dict[str, tuple[float, Channel]] = {}
 
-    def write(self, ch: "Channel") -> None:
+    def write(self, ch: Channel) -> None:
         """The channel changed: note what its row will read from the next batch on."""
         snap = (ch.state, ch.app, ch.app_data, ch.peer.uuid if ch.peer is not None else "")
         log = ch.db_log
@@ -40,7 +38,7 @@ class CoreDB:
             while len(log) > 1 and log[1][0] < keep:
                 log.pop(0)
 
-    def delete(self, ch: "Channel") -> None:
+    def delete(self, ch: Channel) -> None:
         self._gone[ch.uuid] = (self.clock(), ch)
 
     def _cutoff(self, now: float) -> float:
@@ -48,7 +46,7 @@ class CoreDB:
             return now
         return self.started + math.floor((now - self.started) / self.interval) * self.interval
 
-    def rows(self, live: dict[str, "Channel"]) -> list[tuple["Channel", Snapshot]]:
+    def rows(self, live: dict[str, Channel]) -> list[tuple[Channel, Snapshot]]:
         """(channel, snapshot) as of the last batch, in creation order."""
         cutoff = self._cutoff(self.clock())
         out = []

@@ -215,3 +215,12 @@ def render(template: list[list[str]], common: dict[str, str], tokens: dict[str, 
         if at > 0:
             out[at:at] = rest
     return out
+
+
+def has_variables(template: list, _cache: dict[int, tuple[list, bool]] = {}) -> bool:
+    """Does this event template carry the channel's variables (what uuid_dump shows)?"""
+    hit = _cache.get(id(template))
+    if hit is None or hit[0] is not template:
+        hit = _cache[id(template)] = (template, any(k.startswith("variable_") or k == "@runtime_vars"
+                                                    for k, _ in template))
+    return hit[1]

@@ -7,8 +7,9 @@ import uuid as uuidlib
 import gevent
 from gevent.server import StreamServer
 
-from .connection import InboundConnection, enable_receive_timestamps
+from .connection import InboundConnection, run_inbound
 from .events import Identity
+from .stamps import enable_receive_timestamps
 from .switch import Switch
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class Simulator:
         self.switch = Switch(identity or Identity(core_uuid=str(uuidlib.uuid4())), time_scale=time_scale,
                              seed=seed, socket_target=socket_target, max_sessions=max_sessions,
                              sessions_per_second=sessions_per_second)
+        self.switch.socket_app = run_inbound
         self.password = password
         self.heartbeat = heartbeat
         self.event_lag = event_lag

@@ -11,228 +11,18 @@ import random
 import re
 import time
 import uuid as uuidlib
-from dataclasses import dataclass, field
 from typing import Callable
 
 import gevent
-from gevent.event import Event as GEvent
 
+from .channel import (FAIL_MODES, Channel, EndpointBehaviour, Hangup, OriginateError, endpoint_user,
+                      parse_dial_string, split_args)
 from .config import SwitchConfig
 from .coredb import CoreDB
-from .events import Event, Identity, Sequencer, profile, render
+from .events import Event, Identity, Sequencer, has_variables, profile, render
 from .sounds import Sounds, media_seconds
 
 log = logging.getLogger(__name__)
-
-Q850 = {
-    "NORMAL_CLEARING": "16", "USER_BUSY": "17", "NO_USER_RESPONSE": "18", "NO_ANSWER": "19",
-    "CALL_REJECTED": "21", "DESTINATION_OUT_OF_ORDER": "27", "NORMAL_TEMPORARY_FAILURE": "41",
-    "ORIGINATOR_CANCEL": "487", "LOSE_RACE": "502", "MANAGER_REQUEST": "503",
-    "CHAN_NOT_IMPLEMENTED": "66", "SUBSCRIBER_ABSENT": "20", "NORMAL_UNSPECIFIED": "31",
-}
-FAIL_MODES = {"busy": "USER_BUSY", "reject": "CALL_REJECTED", "fail": "NORMAL_TEMPORARY_FAILURE",
-              "noanswer": "NO_ANSWER"}
-# Headers of a channel event that belong to the event, not the channel: uuid_dump leaves them out.
-EVENT_ONLY = {"Bridge-A-Unique-ID", "Bridge-B-Unique-ID", "Direction", "Sent-Callee-ID-Name", "Sent-Callee-ID-Number",
-              "Bridged-To", "Hangup-Cause", "Application", "Application-Data", "Application-Response",
-              "Application-UUID", "Playback-File-Type", "Playback-File-Path", "Playback-Status", "DTMF-Digit",
-              "DTMF-Duration", "DTMF-Source"}
-DUMP_CALLER = [("Event-Calling-File", "mod_commands.c"), ("Event-Calling-Function", "uuid_dump_function"),
-               ("Event-Calling-Line-Number", "6495")]
-
-
-class Hangup(Exception):
-    """Raised into an application greenlet when its channel hangs up."""
-
-
-class OriginateError(Exception):
-    def __init__(self, cause: str):
-        super().__init__(cause)
-        self.cause = cause
-
-
-@dataclass
-class EndpointBehaviour:
-    mode: str = "answer"            # answer | busy | noanswer | reject | fail
-    delay: float = 0.2              # seconds to answer (or to fail)
-    hangup_after: float | None = None
-
-
-@dataclass
-class Channel:
-    uuid: str
-    direction: str                  # 'outbound' (originated) or 'inbound' (caller)
-    channel_name: str
-    cid_num: str
-    cid_name: str
-    dest: str
-    originate_vars: list[tuple[str, str]] = field(default_factory=list)
-    vars: dict[str, str] = field(default_factory=dict)
-    times: dict[str, int] = field(default_factory=dict)
-    state: str = "new"              # new, ringing, answered, parked, executing, bridged, hungup
-    peer: "Channel | None" = None
-    app: str = ""
-    app_data: str = ""
-    app_uuid: str = ""
-    app_greenlet: gevent.Greenlet | None = None
-    hangup_cause: str = ""
-    dtmf: list[str] = field(default_factory=list)
-    dtmf_event: GEvent = field(default_factory=GEvent)
-    answered_event: GEvent = field(default_factory=GEvent)
-    hungup_event: GEvent = field(default_factory=GEvent)
-    session: object | None = None   # the outbound socket session controlling this call
-    last_app: str = ""
-    last_arg: str = ""
-    media_started_at: float = 0.0
-    job: object | None = None
-    db: CoreDB | None = None        # the core database this channel's changes are written to
-    db_log: list = field(default_factory=list)
-    dump_template: list | None = None   # the last channel event with variables: what uuid_dump renders
-    digits_dialed: str = ""          # every key the caller pressed (variable_digits_dialed at hangup)
-    bridge_a: bool = False          # the first leg of a uuid_bridge (the core db lists the call under it)
-
-    def set_state(self, state: str) -> None:
-        self.state = state
-        if self.db is not None:
-            self.db.write(self)
-
-    def set_var(self, name: str, value: str | None) -> None:
-        """FreeSWITCH deletes then appends: a re-set variable moves to the end."""
-        self.vars.pop(name, None)
-        if value:
-            self.vars[name] = value
-
-    def start_app(self, app: str, data: str, app_uuid: str) -> None:
-        """What executing an application does to the variables, as the captures show:
-        current_application is replaced where it stands, the data is appended."""
-        self.app, self.app_data, self.app_uuid = app, data, app_uuid
-        self.last_app, self.last_arg = app, data
-        if "current_application" in self.vars:
-            self.vars["current_application"] = app
-        else:
-            self.vars["current_application"] = app
-        if data:
-            self.set_var("current_application_data", data)
-        else:
-            self.vars.pop("current_application_data", None)
-        self.vars.pop("current_application_response", None)
-        if self.db is not None:
-            self.db.write(self)
-
-    def finish_playback(self, seconds: float, respond: bool = True) -> None:
-        """The variables playback leaves on the channel when it ends."""
-        samples = int(seconds * 8000)
-        self.set_var("playback_last_offset_pos", str(samples))
-        self.set_var("playback_seconds", str(int(seconds)))
-        self.set_var("playback_ms", str(int(seconds * 1000)))
-        self.set_var("playback_samples", str(samples))
-        if respond:
-            self.set_var("current_application_response", "FILE PLAYED")
-
-    def media_started(self) -> None:
-        """Media applications re-set current_application when they start (it moves to the end)."""
-        self.media_started_at = time.time()
-        self.set_var("current_application", self.vars.get("current_application", self.app))
-
-    @property
-    def alive(self) -> bool:
-        return self.state != "hungup"
-
-    def tokens(self, prefix: str = "") -> dict[str, str]:
-        t = self.times
-        now = t.get("hangup") or int(time.time() * 1_000_000)
-        out = {
-            "uuid": self.uuid, "channel_name": self.channel_name, "cid_num": self.cid_num,
-            "cid_name": self.cid_name, "dest": self.dest,
-            "dest_host": self.channel_name.split("@", 1)[1] if "@" in self.channel_name else "127.0.0.1:5060",
-        }
-        out["dest_port"] = out["dest_host"].rsplit(":", 1)[1] if ":" in out["dest_host"] else "5060"
-        for key in ("created", "answered", "progress", "progress_media", "hangup", "bridged"):
-            us = t.get(key, 0)
-            out["time_" + key] = str(us)
-            out[f"vtime_{key}_uepoch"] = str(us)
-            out[f"vtime_{key}_epoch"] = str(us // 1_000_000)
-            out[f"vtime_{key}_stamp"] = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us // 1_000_000))
-                                         if us else "")
-        created = t.get("created", now)
-        answered = t.get("answered", 0)
-        progress = t.get("progress", 0)
-        dur_us = max(now - created, 0)
-        bill_us = max(now - answered, 0) if answered else 0
-        prog_us = max(progress - created, 0) if progress else 0
-        ans_us = max(answered - created, 0) if answered else 0
-        for unit, div, suf in (("sec", 1_000_000, ""), ("msec", 1000, "m"), ("usec", 1, "u")):
-            out["dur_" + ("duration" if unit == "sec" else suf + "duration")] = str(dur_us // div)
-            out["dur_bill" + unit] = str(bill_us // div)
-            out["dur_flow_bill" + unit] = str(bill_us // div)
-            out["dur_progress" + unit] = str(prog_us // div)
-            out["dur_answer" + unit] = str(ans_us // div)
-            out["dur_wait" + unit] = str(ans_us // div)
-            out["dur_progress_media" + unit] = "0"
-        out.update(app=self.app, app_data=self.app_data, app_uuid=self.app_uuid,
-                   app_response=self.vars.get("current_application_response", "_none_"),
-                   last_app=self.last_app, last_arg=self.last_arg,
-                   hangup_cause=self.hangup_cause or "NORMAL_CLEARING",
-                   q850=Q850.get(self.hangup_cause or "NORMAL_CLEARING", "16"))
-        if prefix:
-            return {prefix + k: v for k, v in out.items()}
-        return out
-
-
-def parse_dial_string(text: str) -> tuple[list[tuple[str, str]], str]:
-    """Split '{a=b,c=d}sofia/...' into ([(a, b), (c, d)], 'sofia/...').
-
-    Values may hold escaped commas ('\\,') and quoted text, as in FreeSWITCH.
-    """
-    variables: list[tuple[str, str]] = []
-    rest = text
-    while rest[:1] in ("{", "[", "<"):
-        close = {"{": "}", "[": "]", "<": ">"}[rest[0]]
-        end = rest.find(close)
-        if end < 0:
-            break
-        inner, rest = rest[1:end], rest[end + 1:]
-        for item in re.split(r"(?<!\\),", inner):
-            if not item:
-                continue
-            k, _, v = item.partition("=")
-            variables.append((k.strip(), v.replace("\\,", ",").strip("'\"")))
-    return variables, rest
-
-
-def split_args(text: str) -> list[str]:
-    """Split on spaces outside {...}, [...] and quotes, like FreeSWITCH's originate does."""
-    out, cur, depth, quote = [], [], 0, ""
-    for ch in text.strip():
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = ""
-            continue
-        if ch in "'\"":
-            quote = ch
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth = max(depth - 1, 0)
-        elif ch == " " and depth == 0:
-            if cur:
-                out.append("".join(cur))
-                cur = []
-            continue
-        cur.append(ch)
-    if cur:
-        out.append("".join(cur))
-    return out
-
-
-def endpoint_user(dial: str) -> str:
-    """The number an endpoint is keyed by: the user part of whatever is dialled."""
-    target = dial.split(",")[0].split("|")[0]
-    parts = target.split("/")
-    last = parts[-1] if parts else target
-    return last.split("@")[0]
-
 
 class Switch:
     """The core of the simulated FreeSWITCH."""
@@ -275,6 +65,9 @@ class Switch:
         # Capture 11: without linger, the disconnect notice can overtake every hangup event.
         self.nolinger_race = False
         self.caller_name: str | None = None   # caller-id name of injected calls (default: the number)
+        # The dialplan's 'socket ADDR async full' (connection.run_inbound, set by the Simulator): the core
+        # does not import the socket front end.
+        self.socket_app: Callable[["Switch", Channel, list], None] | None = None
 
     # -- time ------------------------------------------------------------
     def now_us(self) -> int:
@@ -325,21 +118,6 @@ class Switch:
         event = Event(headers, channel_uuid=ch.uuid)
         self.publish(event)
         return event
-
-    def channel_data(self, ch: Channel) -> Event:
-        """The live session as uuid_dump reads it: the channel's headers and variables now."""
-        template = ch.dump_template or self.profile_connect
-        tokens = ch.tokens()
-        if ch.peer is not None:
-            tokens.update(ch.peer.tokens("o_"))
-        headers = render(template, self.seq.common("CHANNEL_DATA"), tokens, ch.originate_vars, ch.vars)
-        out = [("Event-Name", "CHANNEL_DATA")]
-        for k, v in headers[1:]:
-            if k == "Event-Calling-File":
-                out.extend(DUMP_CALLER)
-            elif k not in EVENT_ONLY and not k.startswith("Event-Calling-"):
-                out.append((k, v))
-        return Event(out, channel_uuid=ch.uuid)
 
     def emit_simple(self, template_name: str, extra: list[tuple[str, str]], body: str = "") -> Event:
         template = self._events[template_name]
@@ -656,12 +434,3 @@ class Switch:
         self.emit_step("in.arrive", ch, skip=run_answer)
         ch.answered_event.set()
         return ch
-
-
-def has_variables(template: list, _cache: dict[int, tuple[list, bool]] = {}) -> bool:
-    """Does this event template carry the channel's variables (what uuid_dump shows)?"""
-    hit = _cache.get(id(template))
-    if hit is None or hit[0] is not template:
-        hit = _cache[id(template)] = (template, any(k.startswith("variable_") or k == "@runtime_vars"
-                                                    for k, _ in template))
-    return hit[1]
