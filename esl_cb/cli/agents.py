@@ -1,0 +1,178 @@
+"""esl-cb agent and esl-cb skill: who takes the calls, and for which queues."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import (
+    EXIT_USAGE,
+    console,
+    db_option,
+    fail,
+    open_store,
+    store_call,
+)
+
+
+@click.group()
+def agent() -> None:
+    """Agents: who takes the calls."""
+
+
+@agent.command("add")
+@click.argument("name")
+@click.option("--dial-string", required=True, help="How to ring the agent, e.g. user/7001.")
+@click.option("--skill", "skills", multiple=True, required=True, help="A skill (repeat for several).")
+@db_option
+def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | None) -> None:
+    """Add an agent (logged out until made available).
+
+    \b
+    Example:
+      esl-cb agent add alice --dial-string user/7001 --skill support --skill sales
+    """
+    from esl_cb.esl.commands import UnsafeDialString, check_dial_string
+
+    try:
+        check_dial_string(dial_string)
+    except UnsafeDialString as e:
+        fail(str(e), EXIT_USAGE)
+    store = open_store(db)
+    store_call(store.add_agent, name, dial_string, skills)
+    click.echo(f"agent {name} added ({dial_string}; skills: {', '.join(skills)}); "
+               f"make them available with: esl-cb agent available {name}")
+
+
+def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: str) -> None:
+    from esl_cb.domain.states import AgentState
+
+    store = open_store(db)
+    before = store_call(store.set_agent_state, name, AgentState(to), [AgentState(a) for a in allowed])
+    store_call(store.notify, f"agent {name}")
+    click.echo(f"agent {name}: {before.value} -> {to}")
+
+
+@agent.command("available")
+@click.argument("name")
+@db_option
+def agent_available(name: str, db: str | None) -> None:
+    """Make an agent available for the next contact (also clears Refused).
+
+    \b
+    Example:
+      esl-cb agent available alice
+    """
+    _agent_state(name, db, "Available", ["LoggedOut", "Refused", "Unavailable"], "available")
+
+
+@agent.command("unavailable")
+@click.argument("name")
+@db_option
+def agent_unavailable(name: str, db: str | None) -> None:
+    """Stop offering contacts to an agent (a call in progress goes on).
+
+    \b
+    Example:
+      esl-cb agent unavailable alice
+    """
+    _agent_state(name, db, "Unavailable", ["Available", "Refused", "LoggedOut"], "unavailable")
+
+
+@agent.command("login")
+@click.argument("name")
+@db_option
+def agent_login(name: str, db: str | None) -> None:
+    """Log an agent in (Unavailable until made available).
+
+    \b
+    Example:
+      esl-cb agent login alice && esl-cb agent available alice
+    """
+    _agent_state(name, db, "Unavailable", ["LoggedOut"], "login")
+
+
+@agent.command("logout")
+@click.argument("name")
+@db_option
+def agent_logout(name: str, db: str | None) -> None:
+    """Log an agent out (refused while they are offered a contact or on a call).
+
+    \b
+    Example:
+      esl-cb agent logout alice
+    """
+    _agent_state(name, db, "LoggedOut", ["Available", "Refused", "Unavailable"], "logout")
+
+
+@agent.command("remove")
+@click.argument("name")
+@db_option
+def agent_remove(name: str, db: str | None) -> None:
+    """Delete an agent (refused while they are on a call).
+
+    \b
+    Example:
+      esl-cb agent remove alice
+    """
+    store = open_store(db)
+    store_call(store.remove_agent, name)
+    click.echo(f"agent {name} removed")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+def agent_list(as_json: bool, db: str | None) -> None:
+    """List agents with state and skills.
+
+    \b
+    Example:
+      esl-cb agent list --json
+    """
+    store = open_store(db)
+    agents = store_call(store.agents)
+    if as_json:
+        click.echo(json.dumps(agents, default=str, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("name", "state", "since", "dial string", "skills", "contact")
+    for a in agents:
+        table.add_row(a["name"], a["state"], f"{a['state_changed_at']:%H:%M:%S}", a["dial_string"],
+                      ", ".join(a["skills"]), str(a["contact_id"] or ""))
+    console().print(table)
+
+
+@click.group()
+def skill() -> None:
+    """Skills (queues)."""
+
+
+@skill.command("add")
+@click.argument("name")
+@db_option
+def skill_add(name: str, db: str | None) -> None:
+    """Add a skill (Reqagent also creates skills on first use).
+
+    \b
+    Example:
+      esl-cb skill add billing
+    """
+    store = open_store(db)
+    store_call(store.add_skill, name)
+    click.echo(f"skill {name} ready")
+
+
+@skill.command("list")
+@db_option
+def skill_list(db: str | None) -> None:
+    """List skills.
+
+    \b
+    Example:
+      esl-cb skill list
+    """
+    store = open_store(db)
+    for name in store_call(store.list_skills):
+        click.echo(name)

@@ -1,0 +1,82 @@
+"""esl-cb status (live view) and esl-cb report (the reporting and billing views summed up)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .common import (
+    console,
+    db_option,
+    open_store,
+    store_call,
+)
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Print once and exit (default: refresh every second).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (implies --once).")
+@click.option("--ports", type=int, default=None, help="The port limit to show (default: ESL_CB_PORTS or 30).")
+@db_option
+def status(once: bool, as_json: bool, ports: int | None, db: str | None) -> None:
+    """Queues with effective priorities and waits, agents, callbacks, ports.
+
+    \b
+    Example:
+      esl-cb status --once
+      esl-cb status --json | jq '.queues'
+    """
+    import os
+    import time
+
+    from esl_cb.db import queries
+    from esl_cb.ui import status_view
+
+    store = open_store(db)
+    limit = ports if ports is not None else int(os.environ.get("ESL_CB_PORTS", 30))
+    if as_json:
+        click.echo(json.dumps(store_call(queries.status, store, limit), default=str, indent=2))
+        return
+    from rich.live import Live
+
+    if once or not sys.stdout.isatty():
+        console().print(status_view(store_call(queries.status, store, limit)))
+        return
+    with Live(status_view(queries.status(store, limit)), refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(status_view(queries.status(store, limit)))
+        except KeyboardInterrupt:
+            pass
+
+
+@click.command()
+@click.option("--from", "since", type=click.DateTime(), help="Contacts that arrived from (UTC).")
+@click.option("--to", "until", type=click.DateTime(), help="... until before (UTC).")
+@click.option("--csv", "as_csv", is_flag=True, help="One metric per line as CSV.")
+@db_option
+def report(since, until, as_csv: bool, db: str | None) -> None:
+    """Summary of the reporting and billing views for a time range.
+
+    \b
+    Example:
+      esl-cb report --from 2026-11-01 --to 2026-12-01 --csv
+    """
+    from datetime import timezone as tz
+
+    from esl_cb.db import queries
+
+    rep = store_call(queries.report, open_store(db), since and since.replace(tzinfo=tz.utc),
+                     until and until.replace(tzinfo=tz.utc))
+    lines = [("contacts", rep["contacts"])] + [(f"outcome_{k}", v) for k, v in sorted(rep["outcomes"].items())]
+    lines += [("callback_rate", rep["callback_rate"]), ("average_wait_to_answer_s", rep["average_wait_to_answer_s"]),
+              ("billed_outbound_seconds", rep["billed_outbound_seconds"])]
+    if as_csv:
+        click.echo("metric,value")
+        for k, v in lines:
+            click.echo(f"{k},{'' if v is None else v}")
+        return
+    for k, v in lines:
+        click.echo(f"{k:28} {'-' if v is None else v}")

@@ -1,0 +1,130 @@
+"""esl-cb run (the controller) and esl-cb doctor (checks an installation as run would use it)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    HOSTPORT,
+    db_option,
+    fail,
+    open_store,
+    patch_gevent,
+    setup_logging,
+)
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file of settings (same names as the options, e.g. dial_template: ...).")
+@click.option("--esl", type=HOSTPORT, help="FreeSWITCH event socket. [default: 127.0.0.1:8021]")
+@click.option("--esl-password", help="Event socket password (never logged). [default: ClueCon]")
+@click.option("--listen", type=HOSTPORT, help="Our outbound-socket server for FreeSWITCH. [default: 127.0.0.1:8084]")
+@db_option
+@click.option("--script", type=click.Path(exists=True, dir_okay=False),
+              help="Call script (YAML). [default: the example]")
+@click.option("--dial-template", help="How to dial a customer, e.g. sofia/gateway/pstn/{number}.")
+@click.option("--ports", type=int, help="Voice ports the callback dialler may use at once. [default: 30]")
+@click.option("--originate-rate", type=float,
+              help="Originates per second at most, below the switch's sessions-per-second. [default: 20]")
+@click.option("--retry-interval", type=float, help="Seconds between callback attempts. [default: 300]")
+@click.option("--max-attempts", type=int, help="Callback attempts before giving up. [default: 3]")
+@click.option("--agent-ring-timeout", type=int, help="Seconds an agent's phone rings. [default: 20]")
+@click.option("--callback-ring-timeout", type=int, help="Seconds the customer's phone rings. [default: 30]")
+@click.option("--refused-reset", type=float, help="Seconds before a Refused agent is Available again (0: never).")
+@click.option("--region", help="Country for numbers written without + (ISO code). [default: US]")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def run(config_file, log_level, log_format, **options) -> None:
+    """Run the controller (every option may also be set as ESL_CB_<NAME> or in --config).
+
+    \b
+    Example:
+      esl-cb run --db postgresql+psycopg2://postgres@127.0.0.1/eslcb \\
+                 --esl 127.0.0.1:8021 --listen 127.0.0.1:8084 \\
+                 --dial-template 'sofia/gateway/pstn/{number}'
+    """
+    patch_gevent()
+    setup_logging(log_level, log_format)
+    import gevent
+
+    from esl_cb.config import ConfigError, load_settings
+    from esl_cb.controller.service import Controller
+    from esl_cb.domain import script as scripts
+
+    try:
+        settings = load_settings(config_file, options).validate()
+    except ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+    try:
+        script = scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
+    except scripts.ScriptInvalid as e:
+        fail(f"the script is invalid:\n{e}", EXIT_USAGE)
+    for w in script.warnings:
+        click.secho(str(w), fg="yellow", err=True)
+    store = open_store(settings.db)
+    store.controller_id = settings.controller_id
+    controller = Controller(settings, store, script)
+    try:
+        controller.start()
+    except OSError as e:
+        fail(str(e), EXIT_FAILED)
+    if settings.metrics_port:
+        from esl_cb.controller.metrics import Metrics
+
+        controller.metrics = Metrics(controller)
+        port = controller.metrics.start(settings.metrics_port)
+        logging.getLogger("esl_cb").info("metrics on http://127.0.0.1:%d/metrics", port)
+    try:
+        while True:
+            gevent.sleep(3600)
+    except KeyboardInterrupt:
+        controller.stop()
+
+
+@click.command()
+@click.option("--log-level", default="WARNING", show_default=True)
+def doctor(config_file, log_level, **options) -> None:
+    """Check an installation as `run` would use it, without placing a call.
+
+    \b
+    One line per check, OK / WARN / FAIL, with what to do for each problem: FreeSWITCH's event socket
+    and password, its version, max-sessions and sessions-per-second against --originate-rate, every
+    prompt of the script, the database and its migrations, every agent's dial string and the dial
+    template, and the clocks of this host, the switch and the database. Exit code 0 when nothing
+    FAILs (warnings allowed), 1 otherwise. Takes the same options (and ESL_CB_* variables, --config)
+    as `run`.
+
+    \b
+    Example:
+      esl-cb doctor --db postgresql+psycopg2://postgres@127.0.0.1/eslcb --esl 127.0.0.1:8021
+    """
+    patch_gevent()
+    setup_logging(log_level, "text")
+    from esl_cb.config import ConfigError, load_settings
+    from esl_cb.doctor import diagnose, exit_code, render
+    from esl_cb.domain import script as scripts
+
+    try:
+        settings = load_settings(config_file, options)
+        if settings.db:
+            settings.validate()
+    except ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+    script, problem = None, ""
+    try:
+        script = scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
+    except scripts.ScriptInvalid as e:
+        problem = "; ".join(str(p) for p in e.problems if p.severity == "error")
+    results = diagnose(settings, script, problem)
+    click.echo(render(results))
+    sys.exit(exit_code(results))
+
+
+# The same settings options as `run` (not its logging ones), so the doctor checks what run would use.
+doctor.params[:0] = [p for p in run.params if p.name not in ("log_level", "log_format")]
