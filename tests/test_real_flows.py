@@ -169,12 +169,16 @@ def test_agent_who_rejects_or_does_not_answer_is_refused_and_the_contact_keeps_i
 
 
 def test_caller_who_hangs_up_before_callback_gets_no_callback(rig):
-    r = rig(quick(extra=""))
+    r = rig(quick())
     r.agent("frank", "agent1", available=False)
-    # Presses 1, then hangs up 0.1 s later, during the thank-you prompt.
-    r.call(CUSTOMER, key="1", key_after=0.5, hangup_after=0.1)
+    # Presses 1 (an RFC 2833 key lasts ~0.3 s on the wire), hangs up 0.45 s after it started: during
+    # the thank-you prompt (0.4 s), before the Callback action.
+    keys: list[str] = []
+    r.controller.observer = lambda kind, name, app: keys.append(name) if name == "DTMF" else None
+    r.call(CUSTOMER, key="1", key_after=0.5, hangup_after=0.45)
     ended = r.wait_state("ended", timeout=15)
     assert ended.outcome == "abandoned" and not ended.callback_requested
+    assert keys == ["DTMF"]                                   # the key was heard; the caller left after it
     r.available("frank")
     gevent.sleep(1.0)
     assert r.invites_to("agent1") == [] and r.invites_to(digits(CUSTOMER)) == []
