@@ -86,6 +86,7 @@ def main() -> None:
                         parks += 1
         elapsed = time.perf_counter() - t0
         cpu1, rss = proc_stats(proc.pid)
+        ctl.command("api sim coredb 0")         # read the live table, not the batch written 200 ms ago
         reply = ctl.command("api show channels as json")
         held = int(reply.body.split(b'"row_count":', 1)[1].split(b",", 1)[0].strip(b" }\n"))
         print("simulator scale benchmark (one simulator process, one `event plain ALL` subscriber)")
