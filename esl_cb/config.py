@@ -1,6 +1,7 @@
 """Controller settings, in layers: defaults < config file < ESL_CB_* environment < command line."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import asdict, dataclass, fields
@@ -8,8 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from .domain.policy import DEFAULT_REFUSED_TYPES, DestinationPolicy, PolicyError
 from .esl.commands import UnsafeDialString, dial_for
 from .netaddr import parse_hostport
+
+LOOPBACK = "127.0.0.0/8,::1"
+DEFAULT_ESL_PASSWORD = "ClueCon"
 
 
 class ConfigError(ValueError):
@@ -39,6 +44,15 @@ class Settings:
     heartbeat_timeout: float = 10.0   # a controller silent this long has its contacts taken over
     db_wait: float = 60.0             # how long a new caller hears music while the database is away
     metrics_port: int = 0
+    # Who may be called back (esl_cb/domain/policy.py): toll fraud and flooding.
+    allowed_countries: str = ""       # ISO codes, comma-separated; empty: the --region country only; * any
+    refused_number_types: str = ",".join(DEFAULT_REFUSED_TYPES)
+    allow_prefixes: str = ""          # E.164 prefixes always allowed (e.g. +1800)
+    deny_prefixes: str = ""           # E.164 prefixes never dialled (e.g. +1900,+1876)
+    callbacks_per_number_per_day: int = 3
+    callbacks_per_caller_per_hour: int = 5
+    # Who may connect to our outbound-socket server (FreeSWITCH's `socket` application).
+    allow_from: str = LOOPBACK
 
     def validate(self) -> "Settings":
         for name in ("esl", "listen"):
@@ -62,10 +76,49 @@ class Settings:
             raise ConfigError(f"originate_rate must be above 0 (originates per second), not {self.originate_rate}")
         if self.retry_interval < 0:
             raise ConfigError("retry_interval cannot be negative")
+        self.policy()
+        networks = self.allowed_networks()
+        listen_host = parse_hostport(self.listen)[0]
+        if not _is_loopback(listen_host) and self.allow_from == LOOPBACK:
+            raise ConfigError(f"listen: {self.listen} is reachable from other hosts; name the switch's address with "
+                              "--allow-from (e.g. --allow-from 10.0.0.5), or listen on 127.0.0.1")
+        if not networks:
+            raise ConfigError("allow_from: give at least one address or network (e.g. 127.0.0.1 or 10.0.0.0/24)")
         if not self.controller_id:
             # Stable across restarts on one host, so a restarted controller finds its own contacts.
             self.controller_id = f"{socket.gethostname()}:{parse_hostport(self.listen)[1]}"
         return self
+
+    def policy(self) -> DestinationPolicy:
+        """The destination policy these settings describe (ConfigError naming the bad setting)."""
+        try:
+            return DestinationPolicy.from_settings(
+                self.region, self.allowed_countries, self.refused_number_types, self.allow_prefixes,
+                self.deny_prefixes, self.callbacks_per_number_per_day, self.callbacks_per_caller_per_hour)
+        except PolicyError as e:
+            raise ConfigError(str(e)) from None
+
+    def allowed_networks(self) -> list:
+        out = []
+        for word in (w.strip() for w in self.allow_from.replace(";", ",").split(",")):
+            if not word:
+                continue
+            try:
+                out.append(ipaddress.ip_network(word, strict=False))
+            except ValueError:
+                raise ConfigError(f"allow_from: {word!r} is not an IP address or network (e.g. 10.0.0.5 or "
+                                  "10.0.0.0/24)") from None
+        return out
+
+    def security_warnings(self) -> list[str]:
+        """Settings that work but that an operator should not run with."""
+        out = []
+        esl_host = parse_hostport(self.esl)[0]
+        if self.esl_password == DEFAULT_ESL_PASSWORD and not _is_loopback(esl_host):
+            out.append(f"the ESL password is FreeSWITCH's default and the switch ({self.esl}) is not on this host: "
+                       "anyone who reaches its event socket controls it; set a password in event_socket.conf.xml "
+                       "and --esl-password")
+        return out
 
     def masked(self) -> dict:
         """For the start-up log line: never the password."""
@@ -118,3 +171,12 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None,
         except (TypeError, ValueError):
             raise ConfigError(f"setting {k}: {v!r} is not a valid {typ.__name__}") from None
     return settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,6 +11,7 @@ from .common import (
     db_option,
     fail,
     open_store,
+    operator_option,
     store_call,
 )
 
@@ -25,7 +26,8 @@ def agent() -> None:
 @click.option("--dial-string", required=True, help="How to ring the agent, e.g. user/7001.")
 @click.option("--skill", "skills", multiple=True, required=True, help="A skill (repeat for several).")
 @db_option
-def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | None) -> None:
+@operator_option
+def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | None, operator: str) -> None:
     """Add an agent (logged out until made available).
 
     \b
@@ -39,16 +41,17 @@ def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | No
     except UnsafeDialString as e:
         fail(str(e), EXIT_USAGE)
     store = open_store(db)
-    store_call(store.add_agent, name, dial_string, skills)
+    store_call(store.add_agent, name, dial_string, skills, operator=operator)
     click.echo(f"agent {name} added ({dial_string}; skills: {', '.join(skills)}); "
                f"make them available with: esl-cb agent available {name}")
 
 
-def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: str) -> None:
+def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: str, operator: str) -> None:
     from esl_cb.domain.states import AgentState
 
     store = open_store(db)
-    before = store_call(store.set_agent_state, name, AgentState(to), [AgentState(a) for a in allowed])
+    before = store_call(store.set_agent_state, name, AgentState(to), [AgentState(a) for a in allowed],
+                        operator=operator)
     store_call(store.notify, f"agent {name}")
     click.echo(f"agent {name}: {before.value} -> {to}")
 
@@ -56,59 +59,64 @@ def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: s
 @agent.command("available")
 @click.argument("name")
 @db_option
-def agent_available(name: str, db: str | None) -> None:
+@operator_option
+def agent_available(name: str, db: str | None, operator: str) -> None:
     """Make an agent available for the next contact (also clears Refused).
 
     \b
     Example:
       esl-cb agent available alice
     """
-    _agent_state(name, db, "Available", ["LoggedOut", "Refused", "Unavailable"], "available")
+    _agent_state(name, db, "Available", ["LoggedOut", "Refused", "Unavailable"], "available", operator)
 
 
 @agent.command("unavailable")
 @click.argument("name")
 @db_option
-def agent_unavailable(name: str, db: str | None) -> None:
+@operator_option
+def agent_unavailable(name: str, db: str | None, operator: str) -> None:
     """Stop offering contacts to an agent (a call in progress goes on).
 
     \b
     Example:
       esl-cb agent unavailable alice
     """
-    _agent_state(name, db, "Unavailable", ["Available", "Refused", "LoggedOut"], "unavailable")
+    _agent_state(name, db, "Unavailable", ["Available", "Refused", "LoggedOut"], "unavailable", operator)
 
 
 @agent.command("login")
 @click.argument("name")
 @db_option
-def agent_login(name: str, db: str | None) -> None:
+@operator_option
+def agent_login(name: str, db: str | None, operator: str) -> None:
     """Log an agent in (Unavailable until made available).
 
     \b
     Example:
       esl-cb agent login alice && esl-cb agent available alice
     """
-    _agent_state(name, db, "Unavailable", ["LoggedOut"], "login")
+    _agent_state(name, db, "Unavailable", ["LoggedOut"], "login", operator)
 
 
 @agent.command("logout")
 @click.argument("name")
 @db_option
-def agent_logout(name: str, db: str | None) -> None:
+@operator_option
+def agent_logout(name: str, db: str | None, operator: str) -> None:
     """Log an agent out (refused while they are offered a contact or on a call).
 
     \b
     Example:
       esl-cb agent logout alice
     """
-    _agent_state(name, db, "LoggedOut", ["Available", "Refused", "Unavailable"], "logout")
+    _agent_state(name, db, "LoggedOut", ["Available", "Refused", "Unavailable"], "logout", operator)
 
 
 @agent.command("remove")
 @click.argument("name")
 @db_option
-def agent_remove(name: str, db: str | None) -> None:
+@operator_option
+def agent_remove(name: str, db: str | None, operator: str) -> None:
     """Delete an agent (refused while they are on a call).
 
     \b
@@ -116,7 +124,7 @@ def agent_remove(name: str, db: str | None) -> None:
       esl-cb agent remove alice
     """
     store = open_store(db)
-    store_call(store.remove_agent, name)
+    store_call(store.remove_agent, name, operator=operator)
     click.echo(f"agent {name} removed")
 
 

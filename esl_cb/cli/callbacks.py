@@ -9,8 +9,10 @@ from .common import (
     console,
     db_option,
     open_store,
+    operator_option,
     store_call,
 )
+from .policy import policy
 
 
 @click.group()
@@ -64,7 +66,8 @@ def callback_show(contact_id: int, db: str | None) -> None:
 @click.argument("contact_id", type=int)
 @click.option("--reason", default="cancelled by operator", show_default=True)
 @db_option
-def callback_cancel(contact_id: int, reason: str, db: str | None) -> None:
+@operator_option
+def callback_cancel(contact_id: int, reason: str, db: str | None, operator: str) -> None:
     """Cancel a waiting callback (refused while it is being dialled or in conversation).
 
     \b
@@ -72,6 +75,9 @@ def callback_cancel(contact_id: int, reason: str, db: str | None) -> None:
       esl-cb callback cancel 42 --reason "customer called back"
     """
     store = open_store(db)
-    before = store_call(store.cancel, contact_id, reason)
+    before = store_call(store.cancel, contact_id, reason, operator=operator)
     store_call(store.notify, f"cancel {contact_id}")
     click.echo(f"contact {contact_id}: {before} -> cancelled")
+
+
+callback.add_command(policy)

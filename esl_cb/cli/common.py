@@ -61,6 +61,18 @@ def db_option(f):
                         help="SQLAlchemy URL, e.g. postgresql+psycopg2://postgres@127.0.0.1/eslcb")(f)
 
 
+def operator_option(f):
+    """Who does it, for the audit log (esl-cb audit): the OS user unless said otherwise."""
+    import getpass
+
+    try:
+        default = getpass.getuser()
+    except Exception:           # no user name in this environment
+        default = "unknown"
+    return click.option("--operator", envvar="ESL_CB_OPERATOR", show_envvar=True, default=default,
+                        show_default="the OS user", help="Who does this, for the audit log.")(f)
+
+
 def open_store(db: str | None):
     from sqlalchemy.exc import OperationalError
 

@@ -16,6 +16,7 @@ from .common import (
     patch_gevent,
     setup_logging,
 )
+from .policy import policy_options
 
 
 @click.command()
@@ -38,6 +39,9 @@ from .common import (
 @click.option("--refused-reset", type=float, help="Seconds before a Refused agent is Available again (0: never).")
 @click.option("--region", help="Country for numbers written without + (ISO code). [default: US]")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).")
+@click.option("--allow-from", help="Addresses or networks FreeSWITCH connects from (comma-separated). "
+                                   "[default: 127.0.0.0/8,::1]")
+@policy_options
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def run(config_file, log_level, log_format, **options) -> None:

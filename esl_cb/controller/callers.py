@@ -24,6 +24,7 @@ from esl_cb.domain.states import Outcome
 from esl_cb.esl.inbound import Event
 from esl_cb.esl.outbound import CallChannel
 
+from .guard import CallbackGuard
 from .legs import LegRegistry, LegWatch, billsec
 from .ports import HOLD_TONE, ChannelCall, LiveCall, MissingPrompts, StoreQueue
 from .switch import SwitchLink
@@ -44,6 +45,7 @@ class CallerSessions:
         self.conversation_ended: Callable[[int, str], bool] = lambda contact_id, reason: False
         self.calls: dict[int, LiveCall] = {}      # contact id -> live caller
         self.missing_prompts = MissingPrompts()
+        self.guard: CallbackGuard | None = None  # the destination policy (set by the controller)
         legs.handlers["caller"] = self.caller_event
 
     def live(self, contact_id: int) -> LiveCall | None:
@@ -82,7 +84,7 @@ class CallerSessions:
             observer = self.legs.observer
             channel.observer = lambda name, app: observer("caller-socket", name, app)
         runner = ScriptRunner(self.script, ChannelCall(live, self.missing_prompts),
-                              StoreQueue(self.store, contact_id, self.wake), variables,
+                              StoreQueue(self.store, contact_id, self.wake, self.guard, storable(ani)), variables,
                               default_region=self.settings.region, contact_label=f"contact {contact_id}")
         try:
             try:

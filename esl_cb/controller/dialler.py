@@ -24,6 +24,7 @@ from esl_cb.domain.states import Outcome
 from esl_cb.esl import commands
 from esl_cb.esl.inbound import ESLError, Event
 
+from .guard import CallbackGuard
 from .legs import LegRegistry, LegWatch, billsec, job_failed
 from .pacing import OriginatePacer
 from .switch import NO_CHANNEL_CAUSES, SwitchHealth, SwitchLink
@@ -51,6 +52,7 @@ class Dialler:
         self.ports_in_use = 0
         self._port_freed = GEvent()
         self.metrics = None
+        self.guard: CallbackGuard | None = None    # the destination policy, asked again before every dial
         legs.handlers["callback"] = self.callback_event
 
     def stop(self) -> None:
@@ -131,6 +133,14 @@ class Dialler:
         plan = self.plans.pop(contact_id, None) or self.store.prepared_plan(contact_id)
         if plan is None:
             return
+        if self.guard is not None:
+            verdict = self.guard.dial_verdict(plan)
+            if not verdict.allowed:       # the policy changed since the callback was requested
+                self.guard.refused_dial(plan, verdict)
+                self.store.refuse_dial(plan, verdict.rule, verdict.reason)
+                self.switch.kill(plan.agent_leg_uuid)
+                self.wake()
+                return
         while self.ports_in_use >= self.settings.ports:
             log.info("contact %s: all %d ports busy; the callback waits for one", contact_id, self.settings.ports)
             self._port_freed.clear()

@@ -39,6 +39,10 @@ class Metrics:
         self.dial_late = Histogram("esl_cb_callback_dial_late_seconds", "How long after its CallDelaySec due "
                                    "time a callback's originate was sent", registry=r,
                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
+        self.policy_refusals = Counter("esl_cb_policy_refusals", "Callbacks the destination policy refused",
+                                       ["stage", "rule"], registry=r)
+        self.refused_connections = Counter("esl_cb_outbound_socket_refused", "Connections to our outbound-socket "
+                                           "server from addresses not in --allow-from", registry=r)
         self.switch_refusals = Counter("esl_cb_switch_refusals", "Originates FreeSWITCH refused because it was "
                                        "full (max-sessions, sessions-per-second, RTP ports)", registry=r)
         self.backoff = Gauge("esl_cb_dispatch_backoff_seconds", "The dispatcher's current pause after the switch "

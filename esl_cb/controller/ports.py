@@ -14,6 +14,8 @@ from esl_cb.domain.queue import Priority
 from esl_cb.domain.runtime import ActionFailed, CallerGone
 from esl_cb.esl.outbound import CallChannel, CallGone
 
+from .guard import CallbackGuard
+
 log = logging.getLogger(__name__)
 DIGIT_VAR = "esl_cb_digit"
 CAPTURE_VAR = "esl_cb_capture"
@@ -144,12 +146,16 @@ class ChannelCall:
 
 
 class StoreQueue:
-    """QueuePort: Reqagent and Callback, durable before they take effect."""
+    """QueuePort: Reqagent and Callback, durable before they take effect. A callback is checked by the
+    destination policy first (CallbackGuard): a refused one takes the action's OnError."""
 
-    def __init__(self, store: Store, contact_id: int, wake: Callable[[], None]) -> None:
+    def __init__(self, store: Store, contact_id: int, wake: Callable[[], None], guard: CallbackGuard | None = None,
+                 calling_number: str = "") -> None:
         self.store = store
         self.contact_id = contact_id
         self.wake = wake                  # the dispatcher: there is a contact to offer
+        self.guard = guard
+        self.calling_number = calling_number
 
     def reqagent(self, skill: str, priority: Priority) -> None:
         try:
@@ -161,8 +167,14 @@ class StoreQueue:
         self.wake()
 
     def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None:
+        def store_it(limits, override: bool) -> int:
+            return self.store.request_callback(self.contact_id, number, caller_id, delay, ani, dnis, limits=limits,
+                                               override=override)
         try:
-            self.store.request_callback(self.contact_id, number, caller_id, delay, ani, dnis)
+            if self.guard is not None:
+                self.guard.request(self.contact_id, number, self.calling_number, store_it)
+            else:
+                store_it(None, False)
         except StoreError as e:
             raise ActionFailed(str(e)) from None
         except SQLAlchemyError as e:

@@ -30,6 +30,7 @@ from esl_cb.netaddr import parse_hostport
 from .callers import CallerSessions
 from .dialler import Dialler
 from .dispatcher import Dispatcher
+from .guard import CallbackGuard
 from .legs import LegRegistry
 from .pacing import OriginatePacer
 from .recovery import Recovery
@@ -52,6 +53,8 @@ class Controller:
         self.dialler = Dialler(settings, self.store, self.switch, self.legs, pacer, self.health, wake)
         self.dispatcher = Dispatcher(settings, self.store, self.switch, self.legs, pacer, self.health,
                                      self.callers, self.dialler)
+        self.guard = CallbackGuard(settings.policy(), self.store)
+        self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
                                  self.dialler)
         self.switch.on_connected = self._on_connected
@@ -66,7 +69,8 @@ class Controller:
     def start(self) -> "Controller":
         self._running = True
         host, port = parse_hostport(self.settings.listen)
-        self.server = CallServer(host, port, self.callers.on_call)
+        self.server = CallServer(host, port, self.callers.on_call, allowed=self.settings.allowed_networks(),
+                                 on_refused=self._connection_refused)
         self._greenlets["outbound-socket server"] = gevent.spawn(self.server.listen)
         if not self.server.ready.wait(5):
             raise RuntimeError("outbound-socket server did not start")
@@ -76,6 +80,8 @@ class Controller:
         if self.store.engine.dialect.name == "postgresql":
             self._greenlets["listen"] = gevent.spawn(self._listen_for_wakeups)
         log.info("controller %s started: %s", self.settings.controller_id, self.settings.masked())
+        for warning in self.settings.security_warnings():
+            log.warning("%s", warning)
         return self
 
     def stop(self) -> None:
@@ -90,6 +96,10 @@ class Controller:
         for g in self._greenlets.values():
             g.kill(block=False)
         self.callers.stop()
+
+    def _connection_refused(self, host: str) -> None:
+        if self._metrics is not None:
+            self._metrics.refused_connections.inc()
 
     def greenlet(self, name: str) -> gevent.Greenlet:
         """One of the controller's long-lived greenlets (tests check they survive hostile input)."""
@@ -136,7 +146,7 @@ class Controller:
 
     @metrics.setter
     def metrics(self, metrics) -> None:
-        self._metrics = self.switch.metrics = self.health.metrics = self.dialler.metrics = metrics
+        self._metrics = self.switch.metrics = self.health.metrics = self.dialler.metrics = self.guard.metrics = metrics
 
     @property
     def observer(self) -> Callable[[str, str, str], None] | None:

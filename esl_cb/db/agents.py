@@ -26,7 +26,7 @@ class AgentsStore(StoreBase):
         with self.engine.connect() as conn:
             return list(conn.execute(select(Skill.name).order_by(Skill.name)).scalars())
 
-    def add_agent(self, name: str, dial_string: str, skills: Iterable[str]) -> int:
+    def add_agent(self, name: str, dial_string: str, skills: Iterable[str], operator: str | None = None) -> int:
         with self.engine.begin() as conn:
             if conn.execute(select(Agent.id).where(Agent.name == name)).scalar() is not None:
                 raise StoreError(f"agent {name!r} already exists; remove it first or pick another name")
@@ -35,9 +35,10 @@ class AgentsStore(StoreBase):
                 state_changed_at=utcnow()).returning(Agent.id)).scalar()
             for s in skills:
                 conn.execute(insert(AgentSkill).values(agent_id=aid, skill_id=self.skill_id(conn, s)))
+            self._audit(conn, operator, "agent add", name, f"{dial_string}; skills {', '.join(skills)}")
             return aid
 
-    def remove_agent(self, name: str) -> None:
+    def remove_agent(self, name: str, operator: str | None = None) -> None:
         with self.engine.begin() as conn:
             row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
             if row is None:
@@ -46,6 +47,7 @@ class AgentsStore(StoreBase):
                 raise StoreError(f"agent {name!r} is {row.state}; make them unavailable and wait for the call to end")
             conn.execute(AgentSkill.__table__.delete().where(AgentSkill.agent_id == row.id))
             conn.execute(Agent.__table__.delete().where(Agent.id == row.id))
+            self._audit(conn, operator, "agent remove", name)
 
     def agent(self, name: str):
         with self.engine.connect() as conn:
@@ -65,7 +67,7 @@ class AgentsStore(StoreBase):
                  "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
                  "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
 
-    def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A]) -> A:
+    def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
         """Operator-driven agent state change (CLI); refused with the reason when not allowed."""
         allowed = [s.value for s in allowed_from]
         with self.engine.begin() as conn:
@@ -82,7 +84,8 @@ class AgentsStore(StoreBase):
             res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))
             if res.rowcount != 1:
                 raise StaleState(f"agent {name!r} changed state meanwhile; try again")
-            log.info("agent %s %s -[operator]-> %s", name, row.state, to.value)
+            self._audit(conn, operator, "agent state", name, f"{row.state} -> {to.value}")
+            log.info("agent %s %s -[operator %s]-> %s", name, row.state, operator or "", to.value)
             return A(row.state)
 
     def reset_refused(self, after_seconds: float) -> int:

@@ -19,7 +19,7 @@ from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import contact_can
 
-from .models import Agent, Contact, Leg, Skill
+from .models import Agent, AuditEntry, Contact, Leg, Skill
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ class StoreError(Exception):
 
 class StaleState(StoreError):
     """The row was not in the state the caller expected."""
+
+
+class PolicyRefused(StoreError):
+    """The destination policy or a rate limit refuses this callback (the message says why)."""
+
+    def __init__(self, reason: str, rule: str, calling_number: str = "") -> None:
+        super().__init__(reason)
+        self.rule = rule
+        self.calling_number = calling_number
 
 
 class NotFound(StoreError):
@@ -64,6 +73,7 @@ class DialPlan:
     caller_id: str
     attempt_no: int
     leg_uuid: str
+    override: bool = False          # the destination policy allowed it only by an operator's override
 
 
 def make_engine(url: str) -> Engine:
@@ -170,6 +180,13 @@ class StoreBase(object):
                                         direction="inbound" if kind == "caller" else "outbound",
                                         agent_id=agent_id, from_number=frm, to_number=to,
                                         started_at=answered or utcnow(), answered_at=answered))
+
+    @staticmethod
+    def _audit(conn, operator: str | None, action: str, target: str, detail: str = "") -> None:
+        """An operator's action, in the same transaction as the action itself."""
+        if operator:
+            conn.execute(insert(AuditEntry).values(at=utcnow(), operator=operator[:64], action=action,
+                                                   target=target[:255], detail=detail))
 
     NOTIFY_CHANNEL = "esl_cb_wake"
 

@@ -6,13 +6,14 @@ import logging
 from datetime import timedelta
 from typing import Iterable
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 
+from esl_cb.domain.policy import RateLimits
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
-from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
+from .base import NotFound, PolicyRefused, StaleState, StoreBase, StoreError, as_utc, utcnow
 from .models import Agent, Contact, Controller, Leg
 
 log = logging.getLogger(__name__)
@@ -59,53 +60,89 @@ class ContactsStore(StoreBase):
                 raise StaleState(f"contact {contact_id} cannot be queued now: {self._state(conn, contact_id)}")
 
     def request_callback(self, contact_id: int, number: str, caller_id: str, delay: int, ani: str,
-                         dnis: str) -> int:
+                         dnis: str, limits: RateLimits | None = None, override: bool = False) -> int:
         """The Callback action: durable before the caller is hung up (SPEC 2, rule 2).
 
         At most one open callback per number and skill: a second request takes over the
         existing one (which keeps the earlier of the two places). Returns the contact id
-        that now carries the callback."""
+        that now carries the callback. With `limits`, a request over them raises PolicyRefused
+        (and is recorded in policy_refusals)."""
         now = utcnow()
         values = dict(callback_requested=True, callback_number=number, callback_caller_id=caller_id,
-                      call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None)
-        with self.engine.begin() as conn:
-            me = self._lock_contact(conn, contact_id)
-            if me is None:
-                raise NotFound(f"no contact {contact_id}")
-            if me.skill_id is not None:
-                if conn.dialect.name == "postgresql":
-                    # Serialise requests for one number and skill, so two cannot both miss each other.
-                    conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{me.skill_id}"))))
-                other = conn.execute(select(Contact.__table__).where(
-                    Contact.callback_number == number, Contact.skill_id == me.skill_id, Contact.id != contact_id,
-                    Contact.callback_requested.is_(True), Contact.state != C.ENDED.value).order_by(
-                    Contact.queued_at).limit(1)).first()
-                if other is not None and me.state in (C.QUEUED.value, C.OFFERED.value):
-                    earliest = min(as_utc(other.queued_at), as_utc(me.queued_at) or now)
-                    conn.execute(update(Contact).where(Contact.id == other.id).values(
-                        queued_at=earliest, callback_caller_id=caller_id, call_delay_sec=delay, ani=ani, dnis=dnis,
-                        priority_initial=max(other.priority_initial, me.priority_initial),
-                        priority_acceleration=max(other.priority_acceleration, me.priority_acceleration),
-                        priority_max=max(other.priority_max, me.priority_max)))
-                    if me.state == C.OFFERED.value:
-                        self._release_agent(conn, me.agent_id, me.id, now)
-                    self._move(conn, contact_id, [C(me.state)], C.ENDED, f"duplicate of contact {other.id}",
-                               outcome=Outcome.MERGED.value, ended_at=now, callback_requested=True,
-                               callback_number=number, callback_requested_at=now,
-                               last_error=f"callback merged into contact {other.id}")
-                    log.info("contact %s callback for %s merged into pending contact %s (keeps the earlier place)",
-                             contact_id, number, other.id)
-                    return other.id
-            if self._move(conn, contact_id, [C.QUEUED], C.CALLBACK_QUEUED, "callback", **values):
-                return contact_id
-            # An agent is being offered right now: the offer goes on, as a callback.
-            res = conn.execute(update(Contact).where(
-                Contact.id == contact_id, Contact.state == C.OFFERED.value).values(**values))
-            if res.rowcount == 1:
-                log.info("contact %s offered -[callback]-> offered (as a callback)", contact_id)
-                return contact_id
-            raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
-                             "contact (run Reqagent first)")
+                      call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None,
+                      policy_override=override)
+        try:
+            with self.engine.begin() as conn:
+                return self._request_callback(conn, contact_id, number, values, limits, now)
+        except PolicyRefused as e:
+            self.record_refusal(contact_id, number, e.calling_number, "request", e.rule, str(e))
+            raise
+
+    def _request_callback(self, conn, contact_id: int, number: str, values: dict, limits: RateLimits | None,
+                          now) -> int:
+        caller_id, delay, ani, dnis = (values["callback_caller_id"], values["call_delay_sec"], values["ani"],
+                                       values["dnis"])
+        me = self._lock_contact(conn, contact_id)
+        if me is None:
+            raise NotFound(f"no contact {contact_id}")
+        if limits is not None:
+            self._within_limits(conn, number, me.original_ani, limits, now)
+        if me.skill_id is not None:
+            if conn.dialect.name == "postgresql":
+                # Serialise requests for one number and skill, so two cannot both miss each other.
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{me.skill_id}"))))
+            other = conn.execute(select(Contact.__table__).where(
+                Contact.callback_number == number, Contact.skill_id == me.skill_id, Contact.id != contact_id,
+                Contact.callback_requested.is_(True), Contact.state != C.ENDED.value).order_by(
+                Contact.queued_at).limit(1)).first()
+            if other is not None and me.state in (C.QUEUED.value, C.OFFERED.value):
+                earliest = min(as_utc(other.queued_at), as_utc(me.queued_at) or now)
+                conn.execute(update(Contact).where(Contact.id == other.id).values(
+                    queued_at=earliest, callback_caller_id=caller_id, call_delay_sec=delay, ani=ani, dnis=dnis,
+                    priority_initial=max(other.priority_initial, me.priority_initial),
+                    priority_acceleration=max(other.priority_acceleration, me.priority_acceleration),
+                    priority_max=max(other.priority_max, me.priority_max)))
+                if me.state == C.OFFERED.value:
+                    self._release_agent(conn, me.agent_id, me.id, now)
+                self._move(conn, contact_id, [C(me.state)], C.ENDED, f"duplicate of contact {other.id}",
+                           outcome=Outcome.MERGED.value, ended_at=now, callback_requested=True,
+                           callback_number=number, callback_requested_at=now,
+                           last_error=f"callback merged into contact {other.id}")
+                log.info("contact %s callback for %s merged into pending contact %s (keeps the earlier place)",
+                         contact_id, number, other.id)
+                return other.id
+        if self._move(conn, contact_id, [C.QUEUED], C.CALLBACK_QUEUED, "callback", **values):
+            return contact_id
+        # An agent is being offered right now: the offer goes on, as a callback.
+        res = conn.execute(update(Contact).where(
+            Contact.id == contact_id, Contact.state == C.OFFERED.value).values(**values))
+        if res.rowcount == 1:
+            log.info("contact %s offered -[callback]-> offered (as a callback)", contact_id)
+            return contact_id
+        raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
+                         "contact (run Reqagent first)")
+
+    def _within_limits(self, conn, number: str, calling: str, limits: RateLimits, now) -> None:
+        """Count, under a lock per number and per caller (several controllers share the counts), the
+        callbacks requested recently; a merged request made no call and does not count."""
+        if conn.dialect.name == "postgresql":
+            for key in (f"cb-number/{number}", f"cb-caller/{calling}"):
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+        counted = Contact.callback_requested.is_(True) & or_(Contact.outcome.is_(None),
+                                                              Contact.outcome != Outcome.MERGED.value)
+        checks = ((limits.per_number_per_day, Contact.callback_number == number, timedelta(days=1), "per_number",
+                   f"{number} was asked to be called back {{n}} times in the last 24 hours (at most "
+                   f"{limits.per_number_per_day})"),
+                  (limits.per_caller_per_hour, Contact.original_ani == calling, timedelta(hours=1), "per_caller",
+                   f"the calling number {calling or '(none)'} asked for {{n}} callbacks in the last hour (at most "
+                   f"{limits.per_caller_per_hour})"))
+        for limit, who, window, rule, text in checks:
+            if not limit:
+                continue
+            n = conn.execute(select(func.count()).select_from(Contact).where(
+                who, counted, Contact.callback_requested_at >= now - window)).scalar()
+            if n >= limit:
+                raise PolicyRefused(text.format(n=n), rule, calling)
 
     @staticmethod
     def _pending_query(number: str):
@@ -118,7 +155,7 @@ class ContactsStore(StoreBase):
             return self._move(conn, contact_id, expected, C.ENDED, reason, outcome=outcome.value,
                               ended_at=utcnow(), last_error=error)
 
-    def cancel(self, contact_id: int, reason: str, force: bool = False) -> str:
+    def cancel(self, contact_id: int, reason: str, force: bool = False, operator: str | None = None) -> str:
         """Cancel a waiting callback (or live contact). A callback being dialled or in
         conversation is refused with the reason, unless force (used when shutting a demo)."""
         with self.engine.begin() as conn:
@@ -138,6 +175,7 @@ class ContactsStore(StoreBase):
             if not self._move(conn, contact_id, [C(row.state)], C.ENDED, reason, outcome=Outcome.CANCELLED.value,
                               ended_at=utcnow(), last_error=reason):
                 raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
+            self._audit(conn, operator, "callback cancel", f"contact {contact_id}", f"{row.state}: {reason}")
             return row.state
 
     def heartbeat(self, esl: str) -> None:

@@ -11,7 +11,7 @@ from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
 from .base import DialPlan, StoreBase, as_utc, utcnow
-from .models import CallbackAttempt, Contact, Leg
+from .models import CallbackAttempt, Contact, Leg, PolicyRefusal
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class DiallingStore(StoreBase):
                 contact_id=contact_id, attempt_no=row_no, leg_uuid=leg_uuid, agent_id=c.agent_id,
                 number=c.callback_number, caller_id=c.callback_caller_id, started_at=due))
             return DialPlan(contact_id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id,
-                            row_no, leg_uuid)
+                            row_no, leg_uuid, bool(c.policy_override))
 
     def prepared_plan(self, contact_id: int) -> DialPlan | None:
         with self.engine.connect() as conn:
@@ -51,7 +51,7 @@ class DiallingStore(StoreBase):
             no = conn.execute(select(CallbackAttempt.attempt_no).where(
                 CallbackAttempt.leg_uuid == c.callback_leg_uuid)).scalar()
             return DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, no or 0,
-                            c.callback_leg_uuid)
+                            c.callback_leg_uuid, bool(c.policy_override))
 
     def mark_dialling(self, plan: DialPlan) -> bool:
         """Right after the originate went out: the contact is being dialled, and the leg is billed."""
@@ -141,6 +141,24 @@ class DiallingStore(StoreBase):
                 attempts = max(attempts - 1, 0)
             return self._move(conn, contact_id, [C.ACCEPTED], C.CALLBACK_QUEUED, reason, agent_id=None,
                               agent_leg_uuid=None, dial_due_at=None, callback_leg_uuid=None, attempts=attempts)
+
+    def refuse_dial(self, plan: DialPlan, rule: str, reason: str) -> bool:
+        """The destination policy refuses a callback that is due (it changed since the request): nothing
+        is dialled, the agent is released and the contact ends as policy_refused."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = self._lock_contact(conn, plan.contact_id)
+            if c is None or c.state != C.ACCEPTED.value or c.callback_leg_uuid != plan.leg_uuid:
+                return False
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == plan.leg_uuid).values(
+                result="refused", ended_at=now))
+            self._release_agent(conn, c.agent_id, c.id, now)
+            conn.execute(insert(PolicyRefusal).values(at=now, contact_id=c.id, number=plan.number,
+                                                      calling_number=c.original_ani or "", stage="dial", rule=rule,
+                                                      reason=reason))
+            return self._move(conn, plan.contact_id, [C.ACCEPTED], C.ENDED, f"policy: {reason}",
+                              outcome=Outcome.POLICY_REFUSED.value, ended_at=now, attempts=max(c.attempts - 1, 0),
+                              last_error=reason)
 
     def leg_ended(self, uuid: str, cause: str, billsec: int | None, answered: bool) -> None:
         with self.engine.begin() as conn:

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite so ids still autoincrement.
@@ -79,11 +78,16 @@ class Contact(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The destination policy allowed this callback only through an operator's override.
+    policy_override: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
     __table_args__ = (
         Index("ix_contacts_state_skill", "state", "skill_id"),
         Index("ix_contacts_callback_number", "callback_number", "skill_id"),
         Index("ix_contacts_controller_id", "controller_id"),
+        # The rate limits count recent requests per destination and per calling number.
+        Index("ix_contacts_number_requested", "callback_number", "callback_requested_at"),
+        Index("ix_contacts_ani_requested", "original_ani", "callback_requested_at"),
     )
 
 
@@ -129,6 +133,44 @@ class CallbackAttempt(Base):
     result: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (UniqueConstraint("contact_id", "attempt_no"),)
+
+
+class PolicyOverride(Base):
+    """An operator allowed one number the destination policy refuses (audited)."""
+
+    __tablename__ = "policy_overrides"
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PolicyRefusal(Base):
+    """A callback the policy refused: when it was requested (the caller stayed on the line) or before
+    a dial (the contact ended). Analysts query it like the views."""
+
+    __tablename__ = "policy_refusals"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), nullable=True, index=True)
+    number: Mapped[str] = mapped_column(String(32))
+    calling_number: Mapped[str] = mapped_column(String(32), default="")
+    stage: Mapped[str] = mapped_column(String(8))           # request | dial
+    rule: Mapped[str] = mapped_column(String(24))           # country | type | deny_prefix | per_number | per_caller
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """An operator's action: who, what, when."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 REPORTING_VIEW = """

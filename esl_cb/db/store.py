@@ -7,17 +7,20 @@ share; each state change is one transaction):
   contacts.py   arrival, the queue, the Callback action, cancel; controllers' heartbeats
   dispatch.py   offers to agents and the end of conversations
   dialling.py   callback attempts, their dials and legs (billing)
+  policy.py     the destination policy's overrides and refusals; the operators' audit log
 """
 from __future__ import annotations
 
 from .agents import AgentsStore
-from .base import DialPlan, NotFound, Offer, StaleState, StoreError, as_utc, make_engine, utcnow
+from .base import DialPlan, NotFound, Offer, PolicyRefused, StaleState, StoreError, as_utc, make_engine, utcnow
 from .contacts import ContactsStore
 from .dialling import DiallingStore
 from .dispatch import DispatchStore
+from .policy import PolicyStore
 
-__all__ = ["Store", "DialPlan", "NotFound", "Offer", "StaleState", "StoreError", "as_utc", "make_engine", "utcnow"]
+__all__ = ["Store", "DialPlan", "NotFound", "Offer", "PolicyRefused", "StaleState", "StoreError", "as_utc",
+           "make_engine", "utcnow"]
 
 
-class Store(AgentsStore, ContactsStore, DispatchStore, DiallingStore):
+class Store(AgentsStore, ContactsStore, DispatchStore, DiallingStore, PolicyStore):
     """The database, as the controller and the CLI use it."""

@@ -31,6 +31,7 @@ class Outcome(str, enum.Enum):
     CANCELLED = "cancelled"
     NOT_QUEUED = "not_queued"            # the script ended without ever queueing the contact
     MERGED = "merged"                    # asked for a callback already pending for the same number and skill
+    POLICY_REFUSED = "policy_refused"    # the destination policy refused it before a dial (see policy_refusals)
 
 
 class AgentState(str, enum.Enum):

@@ -8,21 +8,36 @@ hangup or disconnect wakes every waiter.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
+import time
 import uuid as uuidlib
 from typing import Callable
 
 import gevent
 import greenswitch
-from gevent.event import AsyncResult, Event as GEvent
+from gevent.event import AsyncResult
+from gevent.event import Event as GEvent
 from greenswitch.esl import OutboundSessionHasGoneAway
 
 log = logging.getLogger(__name__)
 
 
+# Bounds on what one outbound session may send (FreeSWITCH's own frames are far below them: the
+# connect reply is ~7 KB, events ~4 KB).
+MAX_LINE = 64 * 1024
+MAX_HEADERS = 512 * 1024
+MAX_BODY = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0
+
+
 class CallGone(Exception):
     """The call hung up or its socket closed while we waited on it."""
+
+
+class ProtocolViolation(Exception):
+    """The peer on an outbound socket sent something that is not an ESL frame within our bounds."""
 
 
 class LeanSession(greenswitch.esl.OutboundSession):
@@ -34,13 +49,62 @@ class LeanSession(greenswitch.esl.OutboundSession):
     replies and the handler registry stay greenswitch's.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, client_address, sock) -> None:
+        self.address = client_address
+        super().__init__(client_address, sock)
         self._esl_event_queue = None      # events never queue here: handle_event dispatches them
 
     def start_event_handlers(self) -> None:
         self._receive_events_greenlet = gevent.spawn(self.receive_events)
         self._process_events_greenlet = None
+
+    def receive_events(self) -> None:
+        """greenswitch's reader, bounded: a peer that sends a line, a header block or a body past our
+        limits, a bad Content-Length, or a frame greenswitch cannot parse is cut off, not followed
+        (greenswitch's own reader grows without bound and spins for ever on a short body). However
+        the stream ends, the call's waiters are told (DISCONNECT) so nobody waits on a dead socket."""
+        lines: list[bytes] = []
+        size = 0
+        try:
+            while self._run:
+                line = self.sock_file.readline(MAX_LINE + 1)
+                if not line:
+                    break
+                if len(line) > MAX_LINE:
+                    raise ProtocolViolation(f"a header line longer than {MAX_LINE} bytes")
+                if line == b"\n":
+                    if lines:
+                        event = greenswitch.esl.ESLEvent(b"".join(lines).decode("utf-8", "replace"))
+                        lines, size = [], 0
+                        self.handle_event(event)
+                    continue
+                lines.append(line)
+                size += len(line)
+                if size > MAX_HEADERS:
+                    raise ProtocolViolation(f"a header block larger than {MAX_HEADERS} bytes")
+        except ProtocolViolation as e:
+            log.warning("outbound session from %s broke the ESL protocol (%s); closing it", self.address, e)
+        except Exception as e:          # a frame greenswitch cannot parse, a reset socket...
+            log.warning("outbound session from %s: unreadable stream (%s: %s); closing it", self.address,
+                        type(e).__name__, e)
+        finally:
+            self._run = False
+            self.connected = False
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self._run_handlers(self.event_handlers.get("DISCONNECT"), greenswitch.esl.ESLEvent(""))
+
+    @staticmethod
+    def _read_socket(sock, length: int) -> str:
+        data = b""
+        while len(data) < length:
+            chunk = sock.read(length - len(data))
+            if not chunk:
+                raise ProtocolViolation(f"the stream ended {length - len(data)} bytes into a body")
+            data += chunk
+        return data.decode("utf-8", "replace")
 
     def handle_event(self, event) -> None:
         ctype = event.headers.get("Content-Type")
@@ -54,7 +118,10 @@ class LeanSession(greenswitch.esl.OutboundSession):
                 self.connected = False
             self._run_handlers(self.event_handlers.get("DISCONNECT"), event)
             return
-        length = int(event.headers.get("Content-Length", 0) or 0)
+        raw_length = event.headers.get("Content-Length", "0") or "0"
+        if not raw_length.isdigit() or int(raw_length) > MAX_BODY:
+            raise ProtocolViolation(f"Content-Length {raw_length[:20]!r}")
+        length = int(raw_length)
         data = self._read_socket(self.sock_file, length) if length else ""
         if ctype == "log/data":
             return
@@ -78,10 +145,16 @@ class CallServer(greenswitch.OutboundESLServer):
     """greenswitch's server, with a blocking accept (its own polls every 100 ms) and a bind
     error raised to the caller instead of sys.exit()."""
 
-    def __init__(self, host: str, port: int, on_call: Callable[["CallChannel"], None], max_connections: int = 10000):
+    def __init__(self, host: str, port: int, on_call: Callable[["CallChannel"], None], max_connections: int = 10000,
+                 allowed: list | None = None, on_refused: Callable[[str], None] | None = None):
         super().__init__(bind_address=host, bind_port=port, application=_Application, max_connections=max_connections)
         self.on_call = on_call
         self.ready = GEvent()
+        # Only the switch may hand us calls: a connection from elsewhere is closed at once, unread.
+        self.allowed = allowed if allowed is not None else [ipaddress.ip_network("127.0.0.0/8"),
+                                                               ipaddress.ip_network("::1/128")]
+        self.on_refused = on_refused
+        self._refused_logged: dict[str, float] = {}
 
     def listen(self) -> None:
         self.server = socket.socket()
@@ -104,8 +177,32 @@ class CallServer(greenswitch.OutboundESLServer):
                 log.warning("accept failed: %s", e)
                 gevent.sleep(0.01)
                 continue
+            if not self._allowed(address[0]):
+                self._refuse(address[0], sock)
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             gevent.spawn(self._serve, address, sock)
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.allowed)
+
+    def _refuse(self, host: str, sock) -> None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+        # Logged once a minute per address: a flood must not flood the log too.
+        now = time.monotonic()
+        if now - self._refused_logged.get(host, -3600.0) >= 60.0:
+            self._refused_logged[host] = now
+            log.warning("refused an outbound-socket connection from %s: not in --allow-from (%s)", host,
+                        ", ".join(str(n) for n in self.allowed))
+        if self.on_refused is not None:
+            self.on_refused(host)
 
     def _serve(self, address, sock) -> None:
         session = LeanSession(address, sock)
@@ -114,9 +211,10 @@ class CallServer(greenswitch.OutboundESLServer):
         session.sock_file = sock.makefile("rb", buffering=2048)
         channel = CallChannel(session)
         try:
-            session.connect()
-        except Exception as e:      # the caller can hang up before we say hello
-            log.info("outbound session from %s ended before connect: %s", address, e)
+            with gevent.Timeout(CONNECT_TIMEOUT, CallGone(f"no connect reply in {CONNECT_TIMEOUT:g}s")):
+                session.connect()
+        except Exception as e:      # the caller can hang up before we say hello (or a peer never does)
+            log.info("outbound session from %s ended before connect: %s %s", address, type(e).__name__, e)
             channel.close()
             return
         channel.started()

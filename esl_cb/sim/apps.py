@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from .sounds import FOREVER, media_seconds
 from .channel import Channel, Hangup
+from .sounds import FOREVER, media_seconds
 
 if TYPE_CHECKING:
     from .switch import Switch

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from .config import Gateway
 from .channel import EndpointBehaviour
+from .config import Gateway
 
 if TYPE_CHECKING:
     from .switch import Switch

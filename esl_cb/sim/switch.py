@@ -15,8 +15,16 @@ from typing import Callable
 
 import gevent
 
-from .channel import (FAIL_MODES, Channel, EndpointBehaviour, Hangup, OriginateError, endpoint_user,
-                      parse_dial_string, split_args)
+from .channel import (
+    FAIL_MODES,
+    Channel,
+    EndpointBehaviour,
+    Hangup,
+    OriginateError,
+    endpoint_user,
+    parse_dial_string,
+    split_args,
+)
 from .config import SwitchConfig
 from .coredb import CoreDB
 from .events import Event, Identity, Sequencer, has_variables, profile, render
