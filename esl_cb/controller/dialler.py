@@ -112,9 +112,10 @@ class Dialler:
             if self.store.agent_left_before_dial(cid, f"agent hung up during CallDelaySec ({cause})"):
                 self.wake()
         elif state == C.DIALLING.value:
+            # A switch shutting down hangs up the agent too: that attempt was interrupted, not abandoned.
+            result = "interrupted" if cause == "SYSTEM_SHUTDOWN" or self.switch.stopping else "agent_hangup"
             self.switch.kill(contact.callback_leg_uuid, "ORIGINATOR_CANCEL")
-            self.store.dial_failed(cid, contact.callback_leg_uuid, "agent_hangup", 0, self.settings.max_attempts,
-                                   counts=False)
+            self.store.dial_failed(cid, contact.callback_leg_uuid, result, 0, self.settings.max_attempts, counts=False)
             self.wake()
 
     # -- the due time ----------------------------------------------------------
