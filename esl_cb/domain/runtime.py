@@ -10,12 +10,16 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from . import condition
+from .ewt import DEFAULT_AHT_SEC, estimate_wait
 from .numbers import InvalidNumber, normalize
 from .queue import Priority
 from .script import VOICE_ACTIONS, Action, Script, substitute
+from .speech import minutes_sounds, number_sounds, wait_minutes
 
 log = logging.getLogger(__name__)
 MAX_STEPS = 10_000           # a script looping forever without waiting is a bug; stop it
+MAX_SAID = 999_999_999       # the largest number the stock prompts say (domain/speech.py)
 
 
 class CallerGone(Exception):
@@ -39,6 +43,13 @@ class CallPort(Protocol):
 
 class QueuePort(Protocol):
     def reqagent(self, skill: str, priority: Priority) -> None: ...
+
+    def status(self) -> dict:
+        """Where the contact stands (Queuestatus): {'position': 1 = next, 'agents_staffed',
+        'agents_available', 'aht_sec': the recent average handle time or None}, and 'in_hours'
+        (bool) when opening hours are known (absent: open). ActionFailed when not queued."""
+        ...
+
     def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None: ...
 
 
@@ -131,6 +142,14 @@ class ScriptRunner:
                                        self.text(action, "Terminator"))
             self.vars[str(action.prop("Variable"))] = digits
             return "Default"
+        if kind == "Queuestatus":
+            self.queue_status()
+            return "Default"
+        if kind == "If":
+            try:
+                return "True" if condition.evaluate(action.prop("Condition"), self.vars) else "False"
+            except condition.ConditionError as e:
+                raise ActionFailed(f"Condition: {e}") from None
         if kind == "Callback":
             return self.callback(action)
         if kind == "Hangup":
@@ -138,6 +157,27 @@ class ScriptRunner:
                 self.call.hangup()
             return "end"
         raise ActionFailed(f"unknown action {kind}")
+
+    def queue_status(self) -> None:
+        """Queuestatus: the contact's place, its estimated wait (domain/ewt.py) and the agents, as
+        variables, with the sound files that say the numbers (domain/speech.py)."""
+        status = self.queue.status()
+        try:
+            position = int(status["position"])
+            staffed, available = int(status["agents_staffed"]), int(status["agents_available"])
+            aht = float(status["aht_sec"]) if status.get("aht_sec") is not None else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ActionFailed(f"queue status incomplete: {e!r}") from None
+        if position < 1:
+            raise ActionFailed(f"queue status gave position {position}")
+        ewt = estimate_wait(position, staffed, available, aht)
+        in_hours = status.get("in_hours")          # opening hours of the skill: absent means open
+        self.vars.update(
+            Position=str(position), PositionSounds=number_sounds(min(position, MAX_SAID)), EWTSec=str(ewt),
+            EWTMinutes=str(wait_minutes(ewt)), EWTMinutesSounds=minutes_sounds(ewt),
+            AgentsAvailable=str(available), AgentsStaffed=str(staffed),
+            AHTSec=str(round(aht if aht is not None else DEFAULT_AHT_SEC)),
+            InHours="0" if in_hours is not None and not in_hours else "1")
 
     def callback(self, action: Action) -> str:
         """SPEC 2: validate, persist, then disconnect; the contact keeps its place."""

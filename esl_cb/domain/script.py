@@ -23,9 +23,19 @@ from typing import Any
 
 import yaml
 
+from . import condition
+from .speech import MINUTE, MINUTES, all_number_files
+
 VOICE_ACTIONS = {"Play", "Menu", "Capture"}
 MENU_KEYS = set("0123456789*#")
 BRANCHES = {"Default", "OnError"}
+IF_BRANCHES = {"True", "False"}
+# What every script has (SPEC 1, and the controller's {CallbackPending}/{PendingContactID}).
+BUILTIN_VARIABLES = {"ANI", "DNIS", "ContactID", "_ERR", "CallbackPending", "PendingContactID"}
+# What Queuestatus sets (domain/runtime.py:ScriptRunner.queue_status).
+QUEUE_STATUS_VARIABLES = ("Position", "PositionSounds", "EWTSec", "EWTMinutes", "EWTMinutesSounds",
+                          "AgentsAvailable", "AgentsStaffed", "AHTSec", "InHours")
+SOUND_VARIABLES = ("{PositionSounds}", "{EWTMinutesSounds}")
 VAR_REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # action -> (required properties, optional properties)
@@ -36,6 +46,8 @@ ACTIONS: dict[str, tuple[set[str], set[str]]] = {
     "Menu": ({"Prompt"}, {"TimeoutSec"}),
     "Capture": ({"Prompt", "Variable"}, {"MinDigits", "MaxDigits", "TimeoutSec", "Terminator"}),
     "Assign": ({"Variable", "Value"}, set()),
+    "Queuestatus": (set(), set()),
+    "If": ({"Condition"}, set()),
     "Callback": (set(), {"PhoneNumber", "CallerID", "CallDelaySec"}),
     "Hangup": (set(), set()),
 }
@@ -123,7 +135,7 @@ def parse(text: str, file: str = "<script>") -> Script:
             key = str(key)
             if key in ("action", "Caption"):
                 continue
-            if key in BRANCHES or (kind == "Menu" and key in MENU_KEYS):
+            if key in BRANCHES or (kind == "Menu" and key in MENU_KEYS) or (kind == "If" and key in IF_BRANCHES):
                 branches[key] = str(value)
             elif key in required or key in optional:
                 props[key] = value
@@ -145,6 +157,8 @@ def parse(text: str, file: str = "<script>") -> Script:
                                                            f"not {props['CallDelaySec']!r}"))
             except (TypeError, ValueError):
                 pass
+        if kind == "If":
+            problems += _if_problems(file, caption, props, branches)
         if caption in actions:
             problems.append(Problem(file, caption, "duplicate caption; captions must be unique in a script"))
             continue
@@ -167,6 +181,7 @@ def parse(text: str, file: str = "<script>") -> Script:
         for a in order:
             if a.caption not in reachable:
                 problems.append(Problem(file, a.caption, "unreachable: no branch leads here from Begin"))
+        script.warnings += _unset_variables(file, order)
         for caption in _after_callback(actions, script.begin):
             if actions[caption].kind in VOICE_ACTIONS:
                 script.warnings.append(Problem(
@@ -175,6 +190,36 @@ def parse(text: str, file: str = "<script>") -> Script:
     if problems:
         raise ScriptInvalid(problems + script.warnings)
     return script
+
+
+def _if_problems(file: str, caption: str, props: dict[str, Any], branches: dict[str, str]) -> list[Problem]:
+    out = []
+    if "Condition" in props:
+        reason = condition.load_problem(str(props["Condition"]))
+        if reason:
+            out.append(Problem(file, caption, f"Condition {str(props['Condition'])!r} does not parse: {reason}"))
+    if not IF_BRANCHES & branches.keys():
+        out.append(Problem(file, caption, "an If needs a True or a False branch (the other outcome takes Default)"))
+    return out
+
+
+def _unset_variables(file: str, order: list[Action]) -> list[Problem]:
+    """An If whose Condition reads a variable nothing sets would always take OnError: a warning."""
+    known = set(BUILTIN_VARIABLES)
+    for a in order:
+        if a.kind in ("Assign", "Capture") and a.props.get("Variable") is not None:
+            known.add(str(a.props["Variable"]))
+        if a.kind == "Queuestatus":
+            known.update(QUEUE_STATUS_VARIABLES)
+    out = []
+    for a in order:
+        if a.kind == "If":
+            for name in dict.fromkeys(condition.variables_in(a.props.get("Condition", ""))):
+                if name not in known:
+                    hint = " (a Queuestatus action sets it)" if name in QUEUE_STATUS_VARIABLES else ""
+                    out.append(Problem(file, a.caption, f"Condition reads {{{name}}}, which no action of this script "
+                                                        f"sets{hint}; the If will take OnError", "warning"))
+    return out
 
 
 def _reachable(actions: dict[str, Action], start: str) -> set[str]:
@@ -213,6 +258,25 @@ DEFAULT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "callback-
 
 
 def script_prompts(script: Script) -> list[tuple[str, str]]:
-    """(caption, prompt) of every voice action, in the file's order; prompts may hold {variables}."""
-    return [(a.caption, str(a.props["Prompt"])) for a in script.actions.values()
-            if a.kind in VOICE_ACTIONS and a.props.get("Prompt") is not None]
+    """(caption, prompt) of every voice action, in the file's order; prompts may hold {variables}.
+
+    A `file_string://` holding {variables} is followed by what can be checked before a call plays
+    it: its literal parts, and (once per script) every file that Queuestatus' sound variables
+    ({PositionSounds}, {EWTMinutesSounds}) can name."""
+    out: list[tuple[str, str]] = []
+    numbers_listed = False
+    for a in script.actions.values():
+        if a.kind not in VOICE_ACTIONS or a.props.get("Prompt") is None:
+            continue
+        prompt = str(a.props["Prompt"])
+        out.append((a.caption, prompt))
+        if not prompt.startswith("file_string://") or not VAR_REF.search(prompt):
+            continue
+        parts = prompt[len("file_string://"):].split("!")
+        literal = [p for p in parts if p and not VAR_REF.search(p)]
+        if literal:
+            out.append((a.caption, "file_string://" + "!".join(literal)))
+        if not numbers_listed and any(p.strip() in SOUND_VARIABLES for p in parts):
+            numbers_listed = True
+            out.append((a.caption, "file_string://" + "!".join(all_number_files() + [MINUTE, MINUTES])))
+    return out
