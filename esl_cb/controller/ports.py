@@ -181,3 +181,12 @@ class StoreQueue:
             raise ActionFailed(f"database unavailable, callback not stored: {type(e).__name__}") from None
         log.info("contact %s callback stored: %s from %s after %ss", self.contact_id, number, caller_id, delay)
         self.wake()
+
+    def status(self) -> dict:
+        """Queuestatus: where the contact stands (esl_cb/db/queue_status.py); the domain estimates the wait."""
+        try:
+            return self.store.queue_status(self.contact_id)
+        except StoreError as e:
+            raise ActionFailed(str(e)) from None
+        except SQLAlchemyError as e:
+            raise ActionFailed(f"database unavailable, queue status unknown: {type(e).__name__}") from None

@@ -8,6 +8,7 @@ share; each state change is one transaction):
   dispatch.py   offers to agents and the end of conversations
   dialling.py   callback attempts, their dials and legs (billing)
   policy.py     the destination policy's overrides and refusals; the operators' audit log
+  queue_status.py  where a queued contact stands: its place, the skill's agents, recent handle time
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from .contacts import ContactsStore
 from .dialling import DiallingStore
 from .dispatch import DispatchStore
 from .policy import PolicyStore
+from .queue_status import QueueStatusStore
 
 __all__ = ["Store", "DialPlan", "NotFound", "Offer", "PolicyRefused", "StaleState", "StoreError", "as_utc",
            "make_engine", "utcnow"]
 
 
-class Store(AgentsStore, ContactsStore, DispatchStore, DiallingStore, PolicyStore):
+class Store(AgentsStore, ContactsStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore):
     """The database, as the controller and the CLI use it."""
