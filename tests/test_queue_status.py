@@ -132,6 +132,9 @@ def test_queuestatus_sets_the_variables_and_their_sounds():
 def test_queuestatus_defaults_and_the_opening_hours_hook():
     v = run_status(Queue({"position": 1, "agents_staffed": 0, "agents_available": 0, "aht_sec": None}))
     assert (v["EWTSec"], v["AHTSec"], v["EWTMinutes"]) == ("3600", "180", "60")
+    served = {"position": 1, "agents_staffed": 2, "agents_available": 0, "aht_sec": 300, "being_served": True}
+    assert run_status(Queue(served))["EWTSec"] == "0"                  # an agent has it: no wait
+    assert run_status(Queue({**served, "being_served": False}))["EWTSec"] == "150"
     closed = {"position": 1, "agents_staffed": 1, "agents_available": 1, "aht_sec": None, "in_hours": False}
     assert run_status(Queue(closed))["InHours"] == "0"
     assert run_status(Queue({**closed, "in_hours": True}))["InHours"] == "1"
@@ -196,7 +199,8 @@ def test_positions_follow_the_queue_order_of_claims(store):
     claimed = []
     for n in range(len(mine)):
         offer = store.claim_offer(f"leg-{n}")
-        assert store.queue_status(offer.contact_id)["position"] == 1            # offered: next by definition
+        status = store.queue_status(offer.contact_id)                       # offered: an agent has it
+        assert (status["position"], status["being_served"]) == (1, True)
         claimed.append(offer.contact_id)
         store.cancel(offer.contact_id, "test: next one", force=True)
     assert claimed == expected
@@ -205,8 +209,8 @@ def test_positions_follow_the_queue_order_of_claims(store):
 def test_agents_and_recent_handle_time(store):
     cid = _queue(store, 1, Priority(), 1)
     status = store.queue_status(cid)
-    assert status == {"position": 1, "agents_staffed": 0, "agents_available": 0, "aht_sec": None, "aht_samples": 0,
-                      "state": "queued"}
+    assert status == {"position": 1, "being_served": False, "agents_staffed": 0, "agents_available": 0,
+                      "aht_sec": None, "aht_samples": 0, "state": "queued"}
     for name, state in (("a", "Available"), ("b", "OnCall"), ("c", "Offered"), ("d", "Refused"), ("e", "LoggedOut"),
                         ("f", "Unavailable"), ("g", "Available")):
         store.add_agent(name, f"user/{name}", ["support"])
@@ -238,6 +242,14 @@ def test_only_a_queued_contact_has_a_status(store):
         store.queue_status(cid)
     with pytest.raises(NotFound):
         store.queue_status(999)
+    store.queue_contact(cid, "support", Priority())
+    for state in ("connected", "ended"):             # the agent answered as the script ran on; then gone
+        _set(store, cid, state=state)
+        if state == "connected":
+            assert store.queue_status(cid)["being_served"] is True
+        else:
+            with pytest.raises(StaleState, match="is ended, not in a queue"):
+                store.queue_status(cid)
 
 
 # -- end to end on the simulator --------------------------------------------------------------------

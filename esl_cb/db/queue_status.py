@@ -6,7 +6,8 @@ later may change it).
 - position: 1 + the waiting contacts of the same skill (`queued`, `callback_queued`, live callers and
   callbacks alike) ahead of it in SPEC 3 order: effective priority (esl_cb/db/sqlexpr.py, the twin
   of esl_cb_claim's ordering) descending, then queued_at, then id. A callback waiting for its retry
-  time counts: it keeps its place. A contact being offered (an agent's phone rings) is at 1.
+  time counts: it keeps its place. A contact an agent has (`offered`: the phone rings; `connected`:
+  answered, the script is about to stop) is at 1 and `being_served`.
 - agents_staffed: agents with the skill who are at work (Available, Offered, OnCall);
   agents_available: those Available now and not held back after a full switch (what a claim takes).
 - aht_sec: the skill's average handle time over the last hour (domain/ewt.py AHT_WINDOW_SEC): for
@@ -40,6 +41,7 @@ from .models import Agent, AgentSkill, Contact
 from .sqlexpr import effective_priority, minutes_between
 
 WAITING = (C.QUEUED.value, C.CALLBACK_QUEUED.value)
+SERVED = (C.OFFERED.value, C.CONNECTED.value)
 STAFFED = (A.AVAILABLE.value, A.OFFERED.value, A.ON_CALL.value)
 HANDLED = (Outcome.HANDLED.value, Outcome.CALLBACK_COMPLETED.value)
 AHT_CACHE_SEC = 60.0            # how old the handle time a store hands out may be
@@ -50,7 +52,8 @@ class QueueStatusStore(StoreBase):
 
     def queue_status(self, contact_id: int, now: datetime | None = None,
                      aht_max_age: float = AHT_CACHE_SEC) -> dict:
-        """{'position', 'agents_staffed', 'agents_available', 'aht_sec', 'aht_samples', 'state'}
+        """{'position', 'being_served', 'agents_staffed', 'agents_available', 'aht_sec', 'aht_samples',
+        'state'}
         of a contact in the queue; StaleState when it is not queued, NotFound when there is none.
         The handle time may be up to `aht_max_age` seconds old."""
         now = now or utcnow()
@@ -58,11 +61,12 @@ class QueueStatusStore(StoreBase):
             row = conn.execute(self._status_query(contact_id, now)).first()
             if row is None:
                 raise NotFound(f"no contact {contact_id}")
-            if row.state not in WAITING + (C.OFFERED.value,) or row.skill_id is None:
+            if row.state not in WAITING + SERVED or row.skill_id is None:
                 raise StaleState(f"contact {contact_id} is {row.state}, not in a queue: Queuestatus needs a "
                                  "queued contact (run Reqagent first)")
             aht, samples = self._recent_aht(conn, row.skill_id, now, aht_max_age)
-        return {"position": 1 if row.state == C.OFFERED.value else int(row.ahead) + 1,
+        served = row.state in SERVED
+        return {"position": 1 if served else int(row.ahead) + 1, "being_served": served,
                 "agents_staffed": int(row.staffed), "agents_available": int(row.available),
                 "aht_sec": aht, "aht_samples": samples, "state": row.state}
 

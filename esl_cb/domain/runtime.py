@@ -46,8 +46,9 @@ class QueuePort(Protocol):
 
     def status(self) -> dict:
         """Where the contact stands (Queuestatus): {'position': 1 = next, 'agents_staffed',
-        'agents_available', 'aht_sec': the recent average handle time or None}, and 'in_hours'
-        (bool) when opening hours are known (absent: open). ActionFailed when not queued."""
+        'agents_available', 'aht_sec': the recent average handle time or None}, 'being_served'
+        (an agent has it: no wait) and 'in_hours' (bool) when opening hours are known (absent:
+        open). ActionFailed when not queued."""
         ...
 
     def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None: ...
@@ -170,7 +171,8 @@ class ScriptRunner:
             raise ActionFailed(f"queue status incomplete: {e!r}") from None
         if position < 1:
             raise ActionFailed(f"queue status gave position {position}")
-        ewt = estimate_wait(position, staffed, available, aht)
+        # An agent already has the contact (ringing, or answered as the script stops): no wait.
+        ewt = 0 if status.get("being_served") else estimate_wait(position, staffed, available, aht)
         in_hours = status.get("in_hours")          # opening hours of the skill: absent means open
         self.vars.update(
             Position=str(position), PositionSounds=number_sounds(min(position, MAX_SAID)), EWTSec=str(ewt),
