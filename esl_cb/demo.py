@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,6 +49,12 @@ def scaled_script(speed: float) -> scripts.Script:
         for key in ("MaxDurationSec", "CallDelaySec"):
             if key in action.props:
                 action.props[key] = max(float(action.props[key]) / speed, 0.05)
+        if action.kind == "If":
+            # The estimated wait is in real seconds, from handle times `speed` times shorter: so is
+            # the threshold it is compared with ("{EWTSec} > 120" becomes "> 12" at x10).
+            action.props["Condition"] = re.sub(
+                r"(\{EWTSec\}\s*[<>]=?\s*)(\d+(?:\.\d+)?)",
+                lambda m: f"{m.group(1)}{float(m.group(2)) / speed:g}", str(action.props["Condition"]))
     return s
 
 
@@ -93,7 +100,9 @@ class Demo:
     def caller_plan(self, number: str) -> str:
         """What this caller will do, in demo seconds after they are answered."""
         r = self.rng.random()
-        menu_at = 30 + 1.0          # the example script's music, then the menu prompt
+        # The example script's music, "you are number N in line" and the estimated wait (1.5 s each
+        # on the simulator), then the menu prompt.
+        menu_at = 30 + 1.5 + 1.5 + 1.0
         if r < 0.55:                # asks for a callback
             if self.rng.random() < 0.3:
                 self.sim_cmd(f"endpoint +1{number} busy")          # busy at first; answers later

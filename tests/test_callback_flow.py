@@ -26,7 +26,8 @@ def h(pg_url, example_script):
 
 def test_example_script_callback_end_to_end(h):
     h.agent("alice", "1001", answer=0.3)
-    caller = h.call("3125550100", "3125557000", "dtmf 1 3.0")
+    # 2 s of music, "you are number one in line" (1.5 s on the simulator), then the offer: 1 at 4 s.
+    caller = h.call("3125550100", "3125557000", "dtmf 1 4.0")
     queued = h.wait_state("callback_queued")
     # The caller was hung up after the thank-you, and the contact kept place and priority.
     wait_until(lambda: caller not in h.sim.switch.channels, what="the caller to be disconnected")
@@ -102,7 +103,7 @@ actions:
 
 
 def test_caller_hangs_up_during_thank_you_no_callback(h):
-    h.call("3125550100", "3125557000", "dtmf 1 3.0 hangup 3.6")
+    h.call("3125550100", "3125557000", "dtmf 1 4.0 hangup 4.6")
     ended = h.wait_state("ended")
     assert ended.outcome == "abandoned" and not ended.callback_requested
     assert h.rows("SELECT * FROM callback_attempts") == []

@@ -77,7 +77,7 @@ def test_script_check(tmp_path):
     from esl_cb.domain.script import DEFAULT_SCRIPT
 
     r = runner.invoke(main, ["script", "check", str(DEFAULT_SCRIPT)])
-    assert r.exit_code == 0 and "OK (7 actions)" in r.output
+    assert r.exit_code == 0 and "OK (12 actions)" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("actions:\n  - action: Begin\n    Default: Nope\n  - action: Reqagent\n    Caption: Q\n"
                    "    Default: Q\n  - action: Callback\n    CallDelaySec: 75\n    Default: Q\n")

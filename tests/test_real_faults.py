@@ -12,6 +12,7 @@ import gevent
 import pytest
 
 from esl_cb.domain import script as scripts
+from esl_cb.domain.speech import all_number_files
 from esl_cb.domain.states import AgentState
 
 from .freeswitch.rig import RealRig, SwitchRig, fs_rig, switch_rig, until  # noqa: F401  (fs_rig: a fixture)
@@ -269,10 +270,14 @@ def test_shipped_example_on_a_switch_without_sounds_or_music(tmp_path_factory, p
             until(lambda: [x for x in caplog.records if "prompt" in x.getMessage()], what="the prompt check")
         named = {x.getMessage().split("prompt ")[1].split(" ")[0].strip("'") for x in caplog.records
                  if x.levelno == logging.ERROR and "prompt" in x.getMessage()}
+        numbers = "!".join(all_number_files() + ["time/minute.wav", "time/minutes.wav"])
         assert named == {"local_stream://moh",
+                         "file_string://ivr/ivr-you_are_number.wav!ivr/ivr-in_line.wav",
+                         f"file_string://{numbers}", "file_string://ivr/ivr-estimated_hold_time.wav",
                          "file_string://ivr/ivr-if_you_would_like_us_to_call_back.wav!digits/1.wav",
                          "file_string://ivr/ivr-we_will_return_your_call_at_this_number.wav!ivr/ivr-thank_you.wav"}
-        # 2 s of hold tone, then the menu (its prompt missing: 0.3 s) waits 5 s: press at 4 s.
+        # 2 s of hold tone, the position (missing: over at once), then the menu (its prompt missing:
+        # 0.3 s) waits 5 s: press at 4 s.
         r.call("+13125550451", key="1", key_after=4.0)
         r.wait_state("callback_queued", timeout=15)
     finally:

@@ -77,8 +77,9 @@ def digits(number: str) -> str:
 def test_seed_flow_example_script_on_the_real_switch(rig):
     r = rig(example())
     r.agent("alice", "agent1")
-    # 2 s of music, then the offer (two stock prompts, ~0.8 s): the caller presses 1 during it.
-    r.call(CUSTOMER, key="1", key_after=2.6)
+    # 2 s of music, "you are number one in line" (three stock prompts, ~1.2 s; nobody is staffed, so
+    # no estimated wait), then the offer (two stock prompts, ~0.8 s): the caller presses 1 during it.
+    r.call(CUSTOMER, key="1", key_after=3.8)
     queued = r.wait_state("callback_queued", timeout=15)
     assert queued.callback_number == CUSTOMER and queued.original_dnis == "3125557000"
     assert (queued.ani, queued.dnis) == ("+13125557000", CUSTOMER)          # rule 5

@@ -31,7 +31,11 @@ PASSWORD = "ClueCon"
 # them out (<prefix>/<dir>/8000/<file>); the switch resolves 'ivr/x.wav' the same way.
 STOCK_PROMPTS = ("ivr/ivr-if_you_would_like_us_to_call_back.wav", "digits/1.wav", "ivr/ivr-thank_you.wav",
                  "ivr/ivr-we_will_return_your_call_at_this_number.wav", "ivr/ivr-you_are_number.wav",
-                 "ivr/ivr-in_line.wav", "ivr/ivr-estimated_hold_time.wav", "ivr/ivr-hold_connect_call.wav")
+                 "ivr/ivr-in_line.wav", "ivr/ivr-estimated_hold_time.wav", "ivr/ivr-hold_connect_call.wav",
+                 # the numbers Queuestatus' sound variables say (domain/speech.py, as mod_say_en does)
+                 *(f"digits/{n}.wav" for n in (0, *range(2, 20), *range(20, 100, 10))),
+                 "digits/hundred.wav", "digits/thousand.wav", "digits/million.wav", "time/minute.wav",
+                 "time/minutes.wav")
 
 
 def missing_tools() -> str | None:
