@@ -312,3 +312,17 @@ def test_two_callers_the_second_hears_position_two_and_its_wait(pg_url):
     finally:
         esl.close()
         h.close()
+
+
+def test_the_simulated_day_of_benchmarks_ewt_day_runs():
+    """benchmarks/ewt_day.py scores estimate_wait over a simulated day: keep it running."""
+    from argparse import Namespace
+
+    from benchmarks.ewt_day import Day, score
+    args = Namespace(handle="lognormal", patience=300.0, threshold=120.0, callback_share=0.4, staffing_beta=0.5)
+    contacts = Day(random.Random(5), args).run()
+    served = [c for c in contacts if c.served_at is not None]
+    assert 700 < len(contacts) < 1100 and len(served) + sum(c.abandoned for c in contacts) <= len(contacts)
+    assert all(c.estimate == 0 for c in served if c.position <= c.available)
+    s = score([(c.estimate, c.served_at - c.arrived) for c in served], 120)
+    assert s["n"] == len(served) and sum(s["confusion"].values()) == len(served)
