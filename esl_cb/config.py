@@ -43,6 +43,7 @@ class Settings:
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0   # a controller silent this long has its contacts taken over
     db_wait: float = 60.0             # how long a new caller hears music while the database is away
+    arrival_db_connections: int = 4   # database connections for callers' arrivals (the rest keep theirs)
     metrics_port: int = 0
     # Who may be called back (esl_cb/domain/policy.py): toll fraud and flooding.
     allowed_countries: str = ""       # ISO codes, comma-separated; empty: the --region country only; * any
@@ -69,7 +70,7 @@ class Settings:
             raise ConfigError(f"dial_template: {e}") from None
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise ConfigError("dial_template must contain {number} (E.164, with +) or {digits}")
-        for name in ("ports", "max_attempts", "agent_ring_timeout", "callback_ring_timeout"):
+        for name in ("ports", "max_attempts", "agent_ring_timeout", "callback_ring_timeout", "arrival_db_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not self.originate_rate > 0:

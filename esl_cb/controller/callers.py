@@ -15,6 +15,7 @@ import gevent
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.config import Settings
+from esl_cb.db.base import ARRIVALS
 from esl_cb.db.store import Store
 from esl_cb.domain import script as scripts
 from esl_cb.domain.numbers import InvalidNumber, normalize, storable
@@ -30,6 +31,10 @@ from .ports import HOLD_TONE, ChannelCall, LiveCall, MissingPrompts, StoreQueue
 from .switch import SwitchLink
 
 log = logging.getLogger(__name__)
+# A caller whose arrival waits this long for a database connection hears music meanwhile.
+HOLD_MUSIC_AFTER = 0.2
+# What a queue's dialplan runs before `socket ... async full` hands the call to us.
+DIALPLAN_APPS = ("set", "export", "ring_ready", "pre_answer", "answer", "socket")
 
 
 class CallerSessions:
@@ -37,6 +42,11 @@ class CallerSessions:
                  switch: SwitchLink, wake: Callable[[], None]) -> None:
         self.settings = settings
         self.store = store
+        # Callers' arrivals hold at most a few of the database's connections (a burst of callers waits
+        # for one, hearing music after HOLD_MUSIC_AFTER), so agents' answers, dials and bridges never
+        # wait for one; and each of their transactions waits while one of those is handled
+        # (legs.CriticalWork). Issue 12: both were measured waiting seconds behind a burst of callers.
+        store.limit_arrivals(settings.arrival_db_connections, before=legs.critical.yield_to_it)
         self.script = script
         self.legs = legs
         self.switch = switch
@@ -58,6 +68,7 @@ class CallerSessions:
 
     # -- one call, start to end (its own greenlet) ------------------------------
     def on_call(self, channel: CallChannel) -> None:
+        ARRIVALS.set(True)           # this greenlet's database work waits its turn (db/base.PriorityPool)
         data = channel.data
         ani = data.get("Caller-Caller-ID-Number", "")
         dnis = data.get("Caller-Destination-Number", "")
@@ -82,7 +93,14 @@ class CallerSessions:
         channel.on_gone = gone
         if self.legs.observer is not None:
             observer = self.legs.observer
-            channel.observer = lambda name, app: observer("caller-socket", name, app)
+
+            def seen(name: str, app: str) -> None:
+                # Not the dialplan's applications that ran before the call was handed to us (the switch
+                # delivers their completions late, so whether one reaches us depends on how fast the
+                # arrival was stored): the controller acts on none of them.
+                if not (name.startswith("CHANNEL_EXECUTE") and app in DIALPLAN_APPS):
+                    observer("caller-socket", name, app)
+            channel.observer = seen
         runner = ScriptRunner(self.script, ChannelCall(live, self.missing_prompts),
                               StoreQueue(self.store, contact_id, self.wake, self.guard, storable(ani)), variables,
                               default_region=self.settings.region, contact_label=f"contact {contact_id}")
@@ -102,6 +120,9 @@ class CallerSessions:
                           ended_by, result.variables)
             for _ in range(3):
                 try:
+                    # A kill sent just before we cleared the greenlet lands here, not in the middle of a
+                    # query below (psycopg2 closes a connection whose query a kill interrupts).
+                    gevent.sleep(0)
                     self._after_script(live, contact_id, ended_by, in_callback)
                     break
                 except (CallerGone, ConnectedToAgent):
@@ -118,21 +139,31 @@ class CallerSessions:
             number = None
         deadline = time.time() + self.settings.db_wait
         music = False
-        while True:
-            try:
-                arrival = self.store.arrive(channel.uuid, storable(ani), storable(dnis), self.script.name,
-                                            storable(ani), storable(dnis), callback_number=number)
-                break
-            except SQLAlchemyError as e:
-                if time.time() > deadline or channel.gone.is_set():
-                    log.error("call %s: database unavailable for %ss, cannot take the call (%s)", channel.uuid,
-                              self.settings.db_wait, type(e).__name__)
-                    channel.hangup("NORMAL_TEMPORARY_FAILURE")
-                    return None
-                if not music:
-                    music = True
-                    gevent.spawn(self._hold_music, channel)
-                gevent.sleep(1.0)
+
+        def hold() -> None:
+            nonlocal music
+            music = True
+            self._hold_music(channel)
+        waiting = gevent.spawn_later(HOLD_MUSIC_AFTER, hold)
+        try:
+            while True:
+                try:
+                    arrival = self.store.arrive(channel.uuid, storable(ani), storable(dnis), self.script.name,
+                                                storable(ani), storable(dnis), callback_number=number)
+                    break
+                except SQLAlchemyError as e:
+                    if time.time() > deadline or channel.gone.is_set():
+                        log.error("call %s: database unavailable for %ss, cannot take the call (%s)", channel.uuid,
+                                  self.settings.db_wait, type(e).__name__)
+                        channel.hangup("NORMAL_TEMPORARY_FAILURE")
+                        return None
+                    if not music:
+                        waiting.kill(block=False)
+                        waiting = gevent.spawn(hold)
+                    gevent.sleep(1.0)
+        finally:
+            if not music:
+                waiting.kill(block=False)
         if music:
             try:
                 channel.break_media()

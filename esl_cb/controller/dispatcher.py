@@ -88,19 +88,21 @@ class Dispatcher:
     def _offer_waiting(self) -> None:
         """Match waiting contacts with free agents until one side runs out."""
         while self._running and self.switch.ready.is_set() and not self.health.paused():
-            offer = self.store.claim_offer(str(uuidlib.uuid4()))
-            if offer is None:
-                return
-            if not self.start_offer(offer):
-                return                # the switch is unreachable: wait for the next wake-up or poll
+            with self.legs.critical.running_now():          # arriving callers wait meanwhile
+                offer = self.store.claim_offer(str(uuidlib.uuid4()))
+                if offer is None:
+                    return
+                if not self.start_offer(offer):
+                    return            # the switch is unreachable: wait for the next wake-up or poll
 
     def conversation_ended(self, contact_id: int, reason: str) -> bool:
         """A conversation ended. The freed agent's next offer is claimed in the same transaction and
         rung at once, here: no wake-up hop, no wrap-up penalty. True if this call completed it."""
         claim = str(uuidlib.uuid4()) if self.switch.ready.is_set() and not self.health.paused() else None
-        completed, offer = self.store.complete(contact_id, reason, claim_leg_uuid=claim)
-        if offer is not None:
-            self.start_offer(offer)
+        with self.legs.critical.running_now():
+            completed, offer = self.store.complete(contact_id, reason, claim_leg_uuid=claim)
+            if offer is not None:
+                self.start_offer(offer)
         return completed
 
     def start_offer(self, offer: Offer) -> bool:

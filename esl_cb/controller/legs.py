@@ -8,11 +8,14 @@ database answers: nothing is acted on without being stored.
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 import gevent
+from gevent.event import Event as GEvent
 from gevent.queue import Queue
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,6 +26,39 @@ log = logging.getLogger(__name__)
 
 # A handler returns True when the leg is finished (its worker stops and the leg is forgotten).
 Handler = Callable[["LegWatch", Event], bool]
+# Legs whose events are the time-critical path: an agent's answer (accept, prepare the dial), the
+# customer's answer (the bridge). Callers' arrivals wait while one of them is being handled.
+CRITICAL_KINDS = ("agent", "callback")
+
+
+class CriticalWork:
+    """gevent runs greenlets first come, first served: in a burst of arrivals an agent's answer waits
+    behind every caller's database work that is ready before it (measured on the real switch, issue
+    12). The time-critical handlers say when they run; callers' arrivals ask before each transaction
+    and wait while one runs, at most `max_wait` seconds (so a steady stream of answers never starves
+    the callers)."""
+
+    def __init__(self, max_wait: float = 0.05) -> None:
+        self.max_wait = max_wait
+        self.running = 0
+        self._idle = GEvent()
+        self._idle.set()
+
+    @contextmanager
+    def running_now(self) -> Iterator[None]:
+        self.running += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.running -= 1
+            if not self.running:
+                self._idle.set()
+
+    def yield_to_it(self) -> None:
+        """Called by work that can wait (an arriving caller's next transaction)."""
+        if self.running:
+            self._idle.wait(self.max_wait)
 
 
 @dataclass
@@ -49,6 +85,9 @@ class LegRegistry:
         self.legs: dict[str, LegWatch] = {}
         self.jobs: dict[str, str] = {}            # Job-UUID -> leg uuid
         self.handlers: dict[str, Handler] = {}    # kind -> handler, registered by their owners
+        self.critical = CriticalWork()
+        # (leg kind, seconds from an answer event's arrival to its handler's end): the metrics.
+        self.answer_timing: Callable[[str, float], None] | None = None
         # Tests compare what the controller saw on the simulator and on the real switch: when set,
         # called with (leg kind, event name, application) for every event routed.
         self.observer: Callable[[str, str, str], None] | None = None
@@ -95,12 +134,19 @@ class LegRegistry:
 
     def _worker(self, watch: LegWatch) -> None:
         handler = self.handlers[watch.kind]
+        critical = watch.kind in CRITICAL_KINDS
         while True:
             ev = watch.queue.get()
             backoff = 0.2
             while True:
                 try:
-                    done = handler(watch, ev)
+                    if critical:
+                        with self.critical.running_now():
+                            done = handler(watch, ev)
+                        if ev.name == "CHANNEL_ANSWER" and ev.received and self.answer_timing is not None:
+                            self.answer_timing(watch.kind, time.monotonic() - ev.received)
+                    else:
+                        done = handler(watch, ev)
                     break
                 except SQLAlchemyError as e:
                     # Never act without storing: hold this leg's events until the database is back.

@@ -43,6 +43,14 @@ class Metrics:
                                        ["stage", "rule"], registry=r)
         self.refused_connections = Counter("esl_cb_outbound_socket_refused", "Connections to our outbound-socket "
                                            "server from addresses not in --allow-from", registry=r)
+        # The time-critical path as the controller sees it (issue 12): an agent's answer reaching the
+        # controller -> the callback accepted and its dial prepared (or the live caller bridged), and
+        # the customer's answer -> bridged to the agent.
+        self.answer_handled = Histogram("esl_cb_answer_handled_seconds", "From an answer event's arrival to "
+                                        "its handling done (leg=agent: accepted and dial prepared, or bridged "
+                                        "live; leg=callback: customer bridged)", ["leg"], registry=r,
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
+        controller.legs.answer_timing = lambda leg, seconds: self.answer_handled.labels(leg).observe(seconds)
         self.switch_refusals = Counter("esl_cb_switch_refusals", "Originates FreeSWITCH refused because it was "
                                        "full (max-sessions, sessions-per-second, RTP ports)", registry=r)
         self.backoff = Gauge("esl_cb_dispatch_backoff_seconds", "The dispatcher's current pause after the switch "

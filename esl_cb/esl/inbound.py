@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid as uuidlib
 from collections import deque
 from typing import Callable
@@ -45,11 +46,12 @@ class Event:
     repeats Event-Name.
     """
 
-    __slots__ = ("_text", "body")
+    __slots__ = ("_text", "body", "received")
 
     def __init__(self, text: str, body: bytes = b"") -> None:
         self._text = text if text.startswith("\n") else "\n" + text
         self.body = body
+        self.received = 0.0         # time.monotonic() when its bytes were read from the socket
 
     @classmethod
     def from_headers(cls, headers: list[tuple[str, str]], body: bytes = b"") -> "Event":
@@ -160,13 +162,14 @@ class InboundConnection:
                 data = sock.recv(262144)
                 if not data:
                     break
+                received = time.monotonic()
                 try:
                     frames = reader.feed(data)
                 except ProtocolError as e:
                     log.error("ESL stream from %s:%d is corrupt (%s); reconnecting", self.host, self.port, e)
                     break
                 for frame in frames:
-                    self._dispatch(frame)
+                    self._dispatch(frame, received)
                     handled += 1
                     if handled % YIELD_EVERY == 0:
                         gevent.sleep(0)
@@ -175,7 +178,7 @@ class InboundConnection:
         finally:
             self._lost()
 
-    def _dispatch(self, frame: Frame) -> None:
+    def _dispatch(self, frame: Frame, received: float = 0.0) -> None:
         ctype = frame.content_type
         if ctype in ("command/reply", "api/response"):
             if self._pending:
@@ -188,6 +191,7 @@ class InboundConnection:
             except (ValueError, IndexError) as e:
                 log.error("unparseable event skipped: %s", e)
                 return
+            event.received = received
             try:
                 self.on_event(event)
             except Exception:
