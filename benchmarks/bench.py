@@ -32,6 +32,7 @@ from psycogreen.gevent import patch_psycopg  # noqa: E402
 
 patch_psycopg()
 
+import gevent  # noqa: E402
 import psycopg2  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
@@ -121,6 +122,19 @@ class Rig:
                 out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
         return out
 
+    def delays(self) -> dict[int, int]:
+        """contact id -> its CallDelaySec."""
+        with self.store.engine.connect() as conn:
+            return dict(conn.execute(text("SELECT id, call_delay_sec FROM contacts")).all())
+
+    def answer_handled_buckets(self) -> dict[str, float]:
+        """The controller's histogram of an agent's answer reaching it -> acted on: count per bucket."""
+        out = {}
+        for line in self.scrape():
+            if line.startswith("esl_cb_answer_handled_seconds_bucket") and 'leg="agent"' in line:
+                out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        return out
+
     def seed(self, skill: str, n: int, delay: int, tag: str) -> list[str]:
         numbers = []
         for i in range(n):
@@ -205,39 +219,73 @@ def offer_latency_after_call(rig: Rig, n: int) -> tuple[list[float], list[float]
     return gaps, from_event, stmts / n
 
 
-def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, tag: str = "312560") -> dict:
-    """Customer originate at the switch minus (agent answer at the switch + CallDelaySec)."""
+def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, rate: float = 40.0,
+                    tag: str = "312560") -> dict:
+    """Customer originate at the switch minus (agent answer at the switch + CallDelaySec).
+
+    With a burst, `burst` callers arrive at `rate` a second while the agents start answering callback
+    offers (made available one after another through its first two seconds, then each answering the
+    next offer as the last conversation ends): only callbacks whose agent answered during the burst
+    count (issue 12: the burst used to start after the timers were set, so an answer in a flood of
+    callers was never measured). Half the agents then serve callbacks with CallDelaySec 0: their
+    customer's originate follows the agent's answer by exactly the time the controller took to act on
+    it (accept, prepare the dial, originate), which a CallDelaySec of 1 s would hide."""
+    zero = agents // 2 if burst else 0
+    skills = {skill: 1, skill + "0": 0} if zero else {skill: 1}
     for i in range(agents):
-        rig.agent(f"{skill}{i}", f"7{tag[4:6]}{i:02d}", skill, "answer 0.02 1.2")
-    rig.seed(skill, n, 1, tag)
+        rig.agent(f"{skill}{i}", f"7{tag[4:6]}{i:02d}", skill + "0" if i < zero else skill, "answer 0.02 1.2")
+    for k, (name, delay) in enumerate(skills.items()):
+        rig.seed(name, n // len(skills), delay, tag[:5] + str(int(tag[5]) + k))
     baseline = None
     late = rig.dial_late_buckets()
-    started = time.time()
-    for i in range(agents):
-        rig.available(f"{skill}{i}")
+    window = burst / rate if burst else float("inf")
     if burst:
         bench_dir = Path(__file__).resolve().parent
         baseline = subprocess.Popen([sys.executable, str(bench_dir / "greenswitch_baseline.py"), "--esl",
-                                     f"127.0.0.1:{rig.sim_port}", "--seconds", "8"], stdout=subprocess.PIPE)
+                                     f"127.0.0.1:{rig.sim_port}", "--seconds", f"{window + 2:g}"],
+                                    stdout=subprocess.PIPE)
         time.sleep(0.5)
-        for i in range(burst):                    # ~45 events per call: about 11,000 events
-            rig.esl.command(f"bgapi sim call 31277{i:05d} 3125557000")
-    wait_for(lambda: rig.ended(skill) == n, 60 + n, f"the {skill} contacts")
+    handled0 = rig.answer_handled_buckets()
+    started = time.time()
+    arrivals = gevent.spawn(arrive, rig, burst, rate) if burst else None
+    for i in range(agents):
+        if burst:
+            time.sleep(max(started + min(window, 2.0) * i / agents - time.time(), 0))
+        rig.available(f"{skill}{i}")
+    if arrivals is not None:
+        arrivals.join()
+        time.sleep(0.5)
+        handled1 = rig.answer_handled_buckets()
+    for name in skills:
+        wait_for(lambda: rig.ended(name) == n // len(skills), 60 + n, f"the {name} contacts")
+    if arrivals is None:
+        handled1 = rig.answer_handled_buckets()
     legs = rig.all_originates()
     agent_legs = {o["vars"].get("esl_cb_contact_id"): o for o in legs if o["vars"].get("esl_cb_role") == "agent"
-                  and o.get("answered") and o["t"] >= started}
-    errors = []
+                  and o.get("answered") and started <= o["answered"] <= started + window + 0.5}
+    delay_of = {str(cid): delay for cid, delay in rig.delays().items()}
+    errors, acted = [], []
     for o in legs:
-        if o["vars"].get("esl_cb_role") == "callback" and o["t"] >= started:
-            a = agent_legs.get(o["vars"].get("esl_cb_contact_id"))
-            if a:
-                errors.append((o["t"] - (a["answered"] + 1.0)) * 1000)
-    result = {"errors": errors, "sent_late": {le: n - late[le] for le, n in rig.dial_late_buckets().items()}}
+        cid = o["vars"].get("esl_cb_contact_id")
+        if o["vars"].get("esl_cb_role") == "callback" and o["t"] >= started and cid in agent_legs:
+            delay = delay_of.get(cid, 1)
+            (errors if delay else acted).append((o["t"] - (agent_legs[cid]["answered"] + delay)) * 1000)
+    result = {"errors": errors, "acted": acted,
+              "sent_late": {le: n - late[le] for le, n in rig.dial_late_buckets().items()},
+              "handled": {le: v - handled0.get(le, 0.0) for le, v in handled1.items()}}
     if baseline is not None:
         out = json.loads(baseline.communicate(timeout=60)[0])
         result["greenswitch_timer_late_ms"] = out["timer_late_ms"]
         result["greenswitch_events"] = out["events"]
     return result
+
+
+def arrive(rig: Rig, calls: int, rate: float) -> None:
+    """`calls` new callers at `rate` a second (~45 events each), as the real switch would send them."""
+    t0 = time.time()
+    for i in range(calls):
+        rig.esl.command(f"bgapi sim call 31277{i:05d} 3125557000")
+        time.sleep(max(t0 + (i + 1) / rate - time.time(), 0))
 
 
 def scale(rig: Rig, calls: int, rate: float) -> dict:
@@ -272,6 +320,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
     ap.add_argument("--event-lag-ms", type=float, default=10.0)
+    # On the real switch 240 callers at 40/s exhausted the database pool because every round trip waited
+    # for a CPU; the simulator's round trips are some five times faster, so its burst is five times denser
+    # to load the controller alike (at 40/s it never ran short of connections, measured).
+    ap.add_argument("--burst", type=int, default=0, help="callers in the burst scenario (default 480, smoke 40)")
+    ap.add_argument("--burst-rate", type=float, default=200.0, help="callers a second in the burst scenario")
     ap.add_argument("--samples", type=int, default=0, help="samples per latency row (default 200, smoke 10)")
     ap.add_argument("--only", choices=SCENARIOS, action="append",
                     help="run only this scenario (repeatable); for working on one number")
@@ -290,7 +343,9 @@ def main() -> None:
             if "quiet" in run:
                 quiet = delay_precision(rig, "quiet", n, 20, tag="312570")
             if "burst" in run:
-                burst = delay_precision(rig, "burst", n, 20, burst=25 if args.smoke else 250, tag="312580")
+                burst = delay_precision(rig, "burst", n, 20, burst=args.burst or (40 if args.smoke else 480),
+                                        rate=args.burst_rate,
+                                        tag="312580")
             if "ingest" in run:
                 ingest = ingest_run(5 if args.smoke else 60)
             if "scale" in run:
@@ -309,7 +364,11 @@ def main() -> None:
     print(row(f"  the same, from the hangup itself (includes the switch's {args.event_lag_ms:g} ms event lag)", after,
               "(end to end)"))
     print(row("CallDelaySec error, quiet", quiet["errors"], "p99 <= 50"))
-    print(row("CallDelaySec error, during a burst of new calls", burst["errors"], "p99 <= 50"))
+    calls = args.burst or (40 if args.smoke else 480)
+    print(row(f"CallDelaySec error, agents answering during a burst of {calls} callers at {args.burst_rate:g}/s",
+              burst["errors"], "p99 <= 50, max <= 100"))
+    print(row("agent's answer -> customer's originate, CallDelaySec 0, during the burst (the whole time-critical "
+              "path)", burst.get("acted", []), ""))
     print(row("baseline: greenswitch `event plain ALL` + 20 ms gevent timer, lateness during the burst",
               burst.get("greenswitch_timer_late_ms", []), "(for comparison)"))
     print()
@@ -328,7 +387,13 @@ def main() -> None:
             n = res["sent_late"]
             print(f"CallDelaySec, {name}: the controller sent {n['0.005'] / n['+Inf']:.1%} of originates within 5 ms of "
                   f"the due time, {n['0.025'] / n['+Inf']:.1%} within 25 ms (its own histogram, "
-                  f"esl_cb_callback_dial_late_seconds)")
+                  f"esl_cb_callback_dial_late_seconds" + ("; the burst's CallDelaySec 0 callbacks count there as "
+                                                          "late by their whole handling)" if name == "burst" else ")"))
+        h = res.get("handled", {})
+        if h.get("+Inf"):
+            print(f"agents' answers, {name}: the controller acted on {h['0.02'] / h['+Inf']:.1%} within 20 ms, "
+                  f"{h['0.05'] / h['+Inf']:.1%} within 50 ms of the answer reaching it ({h['+Inf']:.0f} answers; its "
+                  f"own histogram, esl_cb_answer_handled_seconds)")
 
 
 def print_ingest(ingest: dict) -> None:
