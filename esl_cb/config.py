@@ -36,6 +36,7 @@ class Settings:
     max_attempts: int = 3
     agent_ring_timeout: int = 20      # seconds an agent's phone rings before it counts as refused
     callback_ring_timeout: int = 30   # seconds the customer's phone rings per attempt
+    confirm_timeout: float = 15.0     # seconds from the answer for the customer's key (a ConfirmPrompt)
     refused_reset: float = 0.0        # seconds after which a Refused agent is Available again; 0 = never
     region: str = "US"                # how national numbers (no +) are read
     controller_id: str = ""

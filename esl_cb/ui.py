@@ -14,10 +14,20 @@ def status_view(st: dict, header: str = ""):
     agents = Table("agent", "state", "skills", "contact", title="Agents")
     for a in st["agents"]:
         agents.add_row(a["name"], a["state"], ", ".join(a["skills"]), str(a["contact_id"] or ""))
-    cbs = Table("contact", "number", "state", "dial in", "attempts", title="Callbacks")
+    cbs = Table("contact", "number", "state", "dial in", "attempts", "waits for", "expires", title="Callbacks")
     for c in st["callbacks"][:15]:
-        cbs.add_row(str(c["contact_id"]), c["number"] or "", c["state"],
-                    "" if c["dial_in_s"] is None else f"{c['dial_in_s']:.1f}s", str(c["attempts"]))
+        waits = [] if c.get("skill_open", True) else ["opening hours"]
+        if c.get("not_before") and c["not_before"] > _now():
+            waits.append(f"{c['not_before']:%H:%M:%S}")
+        state = c["state"] + (" (confirmed)" if c.get("confirmed") else "")
+        cbs.add_row(str(c["contact_id"]), c["number"] or "", state,
+                    "" if c["dial_in_s"] is None else f"{c['dial_in_s']:.1f}s", str(c["attempts"]), ", ".join(waits),
+                    f"{c['expire_at']:%H:%M:%S}" if c.get("expire_at") else "")
     p = st["ports"]
     parts = ([header] if header else []) + [queue, agents, cbs, f"ports in use: {p['in_use']} of {p['limit']}"]
     return Group(*parts)
+
+
+def _now():
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc)

@@ -3,6 +3,7 @@ every shape. Nothing but an E.164 number the policy allows may reach an originat
 the controller, and a hostile peer on the outbound socket is cut off without harm."""
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -26,6 +27,8 @@ from .fixtures import wait_until
 from .harness import Harness
 
 E164 = re.compile(r"\+[0-9]{6,16}")
+# Examples per property (ESL_CB_FUZZ_EXAMPLES=20000 for a deep run; CI runs the default).
+EXAMPLES = int(os.environ.get("ESL_CB_FUZZ_EXAMPLES", "2000"))
 POLICY = DestinationPolicy()                  # the defaults: the US only, no premium-rate and the like
 # Anything a caller controls: printable text, digits with separators, control bytes, injection attempts.
 hostile = st.one_of(
@@ -37,7 +40,7 @@ hostile = st.one_of(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(hostile, st.sampled_from(["US", "GB", "DE", "JM", "XX"]))
 def test_normalize_returns_e164_or_says_why(raw, region):
     try:
@@ -48,7 +51,7 @@ def test_normalize_returns_e164_or_says_why(raw, region):
     assert E164.fullmatch(out), out
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(hostile, st.sampled_from(["sofia/gateway/pstn/{number}", "sofia/gateway/pstn/{digits}", "user/{digits}"]))
 def test_a_dial_string_never_carries_more_than_a_number(number, template):
     try:
@@ -88,7 +91,8 @@ class FakeStore:
     def record_refusal(self, contact_id, number, calling, stage, rule, reason):
         self.refused.append(number)
 
-    def request_callback(self, contact_id, number, caller_id, delay, ani, dnis, limits=None, override=False):
+    def request_callback(self, contact_id, number, caller_id, delay, ani, dnis, limits=None, override=False,
+                         options=None):
         self.stored.append(number)
         self.stored.append(caller_id)
         return contact_id
@@ -129,7 +133,7 @@ actions:
 """, "fuzz.yaml")
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES * 3 // 4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ani=hostile, dnis=hostile, digits=hostile, skill=hostile, prio=hostile, delay=hostile,
        target=st.sampled_from(["{ANI}", "{Digits}", "{DNIS}"]))
 def test_only_allowed_e164_numbers_are_ever_stored_for_a_callback(ani, dnis, digits, skill, prio, delay, target):
@@ -148,7 +152,7 @@ def test_only_allowed_e164_numbers_are_ever_stored_for_a_callback(ani, dnis, dig
         assert not POLICY.check(number).allowed
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(st.lists(st.tuples(st.text(alphabet=st.characters(blacklist_characters=":\n"), min_size=1, max_size=20),
                           st.text(max_size=200)), max_size=30),
        st.binary(max_size=300))
@@ -160,7 +164,7 @@ def test_any_event_header_value_is_read_without_a_crash(headers, body):
     assert isinstance(ev.name, str) and isinstance(ev.uuid, str)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(st.lists(st.binary(max_size=400), max_size=20))
 def test_the_frame_reader_takes_any_bytes(chunks):
     reader = FrameReader()

@@ -210,7 +210,7 @@ def test_agents_and_recent_handle_time(store):
     cid = _queue(store, 1, Priority(), 1)
     status = store.queue_status(cid)
     assert status == {"position": 1, "being_served": False, "agents_staffed": 0, "agents_available": 0,
-                      "aht_sec": None, "aht_samples": 0, "state": "queued"}
+                      "aht_sec": None, "aht_samples": 0, "state": "queued", "in_hours": True}
     for name, state in (("a", "Available"), ("b", "OnCall"), ("c", "Offered"), ("d", "Refused"), ("e", "LoggedOut"),
                         ("f", "Unavailable"), ("g", "Available")):
         store.add_agent(name, f"user/{name}", ["support"])

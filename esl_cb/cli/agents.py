@@ -184,3 +184,34 @@ def skill_list(db: str | None) -> None:
     store = open_store(db)
     for name in store_call(store.list_skills):
         click.echo(name)
+
+
+@skill.command("hours")
+@click.argument("name")
+@click.option("--week", help="Opening hours, e.g. 'mon-fri 08:00-18:00; sat 09:00-13:00' ('24/7': always open).")
+@click.option("--tz", help="IANA time zone of the hours, e.g. Europe/Amsterdam. [default: UTC]")
+@click.option("--closed", help="Closed dates, comma-separated YYYY-MM-DD (holidays); '' clears them.")
+@click.option("--expire-after", type=click.IntRange(min=0),
+              help="Default lifetime of this skill's callbacks in seconds (0: never expire).")
+@db_option
+@operator_option
+def skill_hours(name: str, week, tz, closed, expire_after, db: str | None, operator: str) -> None:
+    """Set when a skill's callbacks may be dialled, and how long they live (what is not given stays).
+
+    \b
+    Callbacks wait outside the hours and are dialled when the skill opens; live callers are served
+    whenever an agent is free. A callback past its expiry ends as callback_expired.
+    Example:
+      esl-cb skill hours support --week 'mon-fri 08:00-18:00; sat 09:00-13:00' --tz Europe/Amsterdam \\
+                                 --closed 2026-12-25,2026-12-26 --expire-after 86400
+    """
+    store = open_store(db)
+    if all(v is None for v in (week, tz, closed, expire_after)):
+        for sid, skill_name, hours, is_open in store_call(store.skill_calendars):
+            if skill_name == name:
+                click.echo(f"skill {name}: {hours.describe()}; callbacks {'open' if is_open else 'closed'} now")
+                return
+        fail(f"no skill named {name!r}")
+    hours = store_call(store.set_skill_hours, name, week, tz, closed, expire_after, operator)
+    store_call(store.notify, f"skill {name}")
+    click.echo(f"skill {name}: {hours.describe()}")

@@ -25,11 +25,19 @@ from esl_cb.esl import commands
 from esl_cb.esl.inbound import ESLError, Event
 
 from .guard import CallbackGuard
-from .legs import LegRegistry, LegWatch, billsec, job_failed
+from .legs import LegRegistry, LegWatch, billsec, job_failed, synthetic
 from .pacing import OriginatePacer
+from .ports import HOLD_TONE
 from .switch import NO_CHANNEL_CAUSES, SwitchHealth, SwitchLink
 
 log = logging.getLogger(__name__)
+
+
+def digit_sounds(number: str) -> list[str]:
+    """A number as the stock digit files, one by one (+1 312... -> digits/1.wav, digits/3.wav, ...)."""
+    return [f"digits/{d}.wav" for d in number if d.isdigit()]
+
+
 RESULT_OF_CAUSE = {"USER_BUSY": "busy", "NO_ANSWER": "no_answer", "NO_USER_RESPONSE": "no_answer",
                    "CALL_REJECTED": "rejected", "ORIGINATOR_CANCEL": "cancelled"}
 
@@ -53,10 +61,11 @@ class Dialler:
         self._port_freed = GEvent()
         self.metrics = None
         self.guard: CallbackGuard | None = None    # the destination policy, asked again before every dial
+        self.confirming: dict[str, gevent.Greenlet] = {}   # customer leg -> its confirmation timeout
         legs.handlers["callback"] = self.callback_event
 
     def stop(self) -> None:
-        for timer in list(self.timers.values()):
+        for timer in list(self.timers.values()) + list(self.confirming.values()):
             timer.kill(block=False)
 
     # -- the agent accepted (from the dispatcher) -------------------------------
@@ -83,6 +92,9 @@ class Dialler:
         log.info("contact %s accepted by agent %s; dialling %s at %s on leg %s", contact.id, offer.agent_name,
                  contact.callback_number, due.isoformat(), plan.leg_uuid)
         self.schedule(contact.id, due)
+        if plan.whisper_prompt:
+            # Who comes next, during CallDelaySec: the prompt, then the number digit by digit.
+            self._play(plan.agent_leg_uuid, [plan.whisper_prompt] + digit_sounds(plan.number), plan.contact_id)
 
     def schedule(self, contact_id: int, due: datetime, plan: DialPlan | None = None) -> None:
         """Dial at `due` (a stored time: after a restart the timer resumes from it)."""
@@ -217,8 +229,13 @@ class Dialler:
             watch.answered = True
             self._customer_answered(watch)
             return False
+        if name in ("DTMF", "CONFIRM_TIMEOUT"):
+            self._confirmation(watch, ev)
+            return False
         if name == "CHANNEL_HANGUP":
-            if watch.answered:
+            if watch.uuid in self.confirming:
+                self._confirmation(watch, ev)
+            elif watch.answered:
                 self.conversation_ended(plan.contact_id, f"customer hung up ({ev.get('Hangup-Cause')})")
             return False
         if name == "CHANNEL_HANGUP_COMPLETE":
@@ -229,9 +246,56 @@ class Dialler:
         return False
 
     def _customer_answered(self, watch: LegWatch) -> None:
-        """Stored as connected first, then bridged to the agent who has been waiting on the line."""
+        """Stored as connected first, then bridged to the agent who has been waiting on the line. With
+        a ConfirmPrompt the customer must first press the key (a voicemail box or a wrong person will
+        not): meanwhile the agent hears a tone."""
         plan = watch.plan
-        if not self.store.dial_answered(plan.contact_id, watch.uuid):
+        if plan.confirm_prompt:
+            log.info("contact %s: customer answered; asking for key %s", plan.contact_id, plan.confirm_key)
+            self._play(plan.agent_leg_uuid, [HOLD_TONE], plan.contact_id)
+            self._play(watch.uuid, [plan.confirm_prompt], plan.contact_id)
+            self.confirming[watch.uuid] = gevent.spawn_later(
+                self.settings.confirm_timeout, self.legs.deliver, watch, synthetic("CONFIRM_TIMEOUT", watch.uuid))
+            return
+        self._connect(watch, None)
+
+    def _confirmation(self, watch: LegWatch, ev: Event) -> None:
+        """A key, the timeout or a hangup while the customer is asked to confirm."""
+        if watch.uuid not in self.confirming:
+            return
+        plan = watch.plan
+        if ev.name == "DTMF":
+            if ev.get("DTMF-Digit") != plan.confirm_key:
+                return
+            self.confirming.pop(watch.uuid).kill(block=False)
+            log.info("contact %s: the customer pressed %s", plan.contact_id, plan.confirm_key)
+            self._connect(watch, True)
+            return
+        self.confirming.pop(watch.uuid).kill(block=False)
+        why = "no key" if ev.name == "CONFIRM_TIMEOUT" else "hung up before the key"
+        log.info("contact %s attempt %d: not confirmed (%s); counted as not answered", plan.contact_id,
+                 plan.attempt_no, why)
+        watch.answered = False                 # its hangup is not the end of a conversation
+        self._count("not_confirmed")
+        outcome = self.store.dial_failed(plan.contact_id, watch.uuid, "not_confirmed", self.settings.retry_interval,
+                                         self.settings.max_attempts, confirmed=False)
+        if outcome is Outcome.CALLBACK_FAILED:
+            log.info("contact %s: callback failed after %d attempts", plan.contact_id, self.settings.max_attempts)
+        self.switch.kill(watch.uuid)
+        self.switch.kill(plan.agent_leg_uuid)
+        self.wake()
+
+    def _play(self, uuid: str, sounds: list[str], contact_id: int) -> None:
+        try:
+            reply = self.switch.api(commands.broadcast(uuid, sounds))
+            if not reply.startswith("+OK"):
+                log.warning("contact %s: could not play %s on %s: %s", contact_id, sounds, uuid, reply.strip())
+        except (ESLError, commands.UnsafeDialString) as e:
+            log.warning("contact %s: could not play %s on %s: %s", contact_id, sounds, uuid, e)
+
+    def _connect(self, watch: LegWatch, confirmed: bool | None) -> None:
+        plan = watch.plan
+        if not self.store.dial_answered(plan.contact_id, watch.uuid, confirmed):
             self.switch.kill(watch.uuid)
             return
         reply = self.switch.bridge(plan.agent_leg_uuid, watch.uuid)

@@ -10,6 +10,7 @@ from typing import Callable
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.db.store import Store, StoreError
+from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.runtime import ActionFailed, CallerGone
 from esl_cb.esl.outbound import CallChannel, CallGone
@@ -166,10 +167,11 @@ class StoreQueue:
             raise ActionFailed(f"database unavailable, contact not queued: {type(e).__name__}") from None
         self.wake()
 
-    def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None:
+    def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str,
+                 options: CallbackOptions | None = None) -> None:
         def store_it(limits, override: bool) -> int:
             return self.store.request_callback(self.contact_id, number, caller_id, delay, ani, dnis, limits=limits,
-                                               override=override)
+                                               override=override, options=options)
         try:
             if self.guard is not None:
                 self.guard.request(self.contact_id, number, self.calling_number, store_it)

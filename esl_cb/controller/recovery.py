@@ -188,8 +188,7 @@ class Recovery:
         """Watch a callback's two legs again. A customer who answered while we were away is bridged at
         once: the answer goes through the same handler as a live CHANNEL_ANSWER would (stored, then
         bridged); legs stored as connected but not bridged (a crash between the two) are bridged."""
-        plan = DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, c.attempts,
-                        c.callback_leg_uuid)
+        plan = DialPlan.of(c, c.attempts, c.callback_leg_uuid)
         leg = view.live(c.callback_leg_uuid)
         connected = c.state == C.CONNECTED.value
         watch = self.dialler.take_port(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import select
+from datetime import datetime, timezone
 from typing import Callable
 
 import gevent
@@ -77,6 +78,7 @@ class Controller:
         self._greenlets["esl"] = gevent.spawn(self.switch.run)
         self._greenlets["dispatcher"] = gevent.spawn(self.dispatcher.run)
         self._greenlets["heartbeat"] = gevent.spawn(self._heartbeat_loop)
+        self._greenlets["calendar"] = gevent.spawn(self._calendar_loop)
         if self.store.engine.dialect.name == "postgresql":
             self._greenlets["listen"] = gevent.spawn(self._listen_for_wakeups)
         log.info("controller %s started: %s", self.settings.controller_id, self.settings.masked())
@@ -194,6 +196,27 @@ class Controller:
             except ESLError as e:
                 log.warning("heartbeat: reconcile after a takeover failed (%s); retrying", e)
             gevent.sleep(self.settings.heartbeat_interval)
+
+    def _calendar_loop(self) -> None:
+        """Open and close each skill's callbacks by its hours (the claim reads the flag), and end the
+        callbacks that expired. Every controller does it; the writes are idempotent."""
+        while self._running:
+            try:
+                self.calendar_tick()
+            except SQLAlchemyError as e:
+                log.warning("calendar: database unavailable (%s)", type(e).__name__)
+            gevent.sleep(max(self.settings.poll_interval, 0.2))
+
+    def calendar_tick(self) -> None:
+        now = datetime.now(timezone.utc)
+        for skill_id, name, hours, stored in self.store.skill_calendars():
+            is_open = hours.is_open(now)
+            if is_open != stored:
+                self.store.set_callbacks_open(skill_id, is_open)
+                log.info("skill %s: callbacks %s (%s)", name, "open" if is_open else "closed", hours.describe())
+                if is_open:
+                    self.wake_dispatcher()
+        self.store.expire_callbacks()
 
     def _listen_for_wakeups(self) -> None:
         """LISTEN for NOTIFY from the CLI and other controllers; polling stays the backstop."""

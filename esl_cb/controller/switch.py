@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # Only what the handlers act on: every event subscribed costs the reader time during bursts.
 # (Not CHANNEL_BRIDGE: nothing needs it, and the real switch does not send it for a bridge made while
 # the customer's originate is still finishing, which is when ours are made.)
-EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "BACKGROUND_JOB", "SHUTDOWN"]
+EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "BACKGROUND_JOB", "SHUTDOWN",
+          "DTMF"]             # DTMF: a customer confirming a callback (issue 14)
 # Causes that say the switch (not the person) could not place the call: back off, try again, count
 # nothing against the agent or the customer. A switch shutting down hangs up with SYSTEM_SHUTDOWN.
 SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION",

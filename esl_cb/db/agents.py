@@ -7,6 +7,7 @@ from typing import Iterable
 
 from sqlalchemy import insert, select, update
 
+from esl_cb.domain.hours import HoursError, OpeningHours
 from esl_cb.domain.states import AgentState as A
 
 from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
@@ -21,6 +22,45 @@ class AgentsStore(StoreBase):
     def add_skill(self, name: str) -> int:
         with self.engine.begin() as conn:
             return self.skill_id(conn, name)
+
+    def set_skill_hours(self, name: str, week: str | None = None, tz: str | None = None, closed: str | None = None,
+                        expire_after: int | None = None, operator: str | None = None) -> OpeningHours:
+        """Opening hours, time zone, closed dates and the default callback expiry of a skill (what is
+        not given stays). Raises StoreError naming what cannot be read."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Skill.__table__).where(Skill.name == name)).first()
+            if row is None:
+                raise NotFound(f"no skill named {name!r} (esl-cb skill add {name})")
+            values = {k: v for k, v in (("hours", week), ("timezone", tz), ("closed_dates", closed)) if v is not None}
+            if expire_after is not None:
+                values["callback_expire_sec"] = expire_after or None
+            try:
+                hours = OpeningHours.parse(values.get("hours", row.hours), values.get("timezone", row.timezone),
+                                           values.get("closed_dates", row.closed_dates))
+            except HoursError as e:
+                raise StoreError(f"skill {name}: {e}") from None
+            values["callbacks_open"] = hours.is_open(utcnow())
+            conn.execute(update(Skill).where(Skill.id == row.id).values(**values))
+            self._audit(conn, operator, "skill hours", name, hours.describe())
+            return hours
+
+    def skill_calendars(self) -> list[tuple[int, str, OpeningHours, bool]]:
+        """(id, name, hours, callbacks_open as stored) of every skill."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Skill.__table__).order_by(Skill.name)).all()
+        out = []
+        for r in rows:
+            try:
+                hours = OpeningHours.parse(r.hours, r.timezone, r.closed_dates)
+            except HoursError as e:              # written by hand in the database: say so, keep it open
+                log.error("skill %s: its opening hours cannot be read (%s); treated as always open", r.name, e)
+                hours = OpeningHours()
+            out.append((r.id, r.name, hours, bool(r.callbacks_open)))
+        return out
+
+    def set_callbacks_open(self, skill_id: int, is_open: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Skill).where(Skill.id == skill_id).values(callbacks_open=is_open))
 
     def list_skills(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -8,6 +8,7 @@ first: callers get False or a StaleState error, never a silent no-op.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -92,6 +93,17 @@ class DialPlan:
     attempt_no: int
     leg_uuid: str
     override: bool = False          # the destination policy allowed it only by an operator's override
+    confirm_prompt: str = ""        # the customer must press confirm_key after hearing it (issue 14)
+    confirm_key: str = "1"
+    whisper_prompt: str = ""        # the agent hears it and the number during CallDelaySec
+
+    @classmethod
+    def of(cls, c, attempt_no: int, leg_uuid: str) -> "DialPlan":
+        """The dial of a stored contact row."""
+        options = json.loads(c.callback_options) if c.callback_options else {}
+        return cls(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, attempt_no, leg_uuid,
+                   bool(c.policy_override), options.get("confirm_prompt", ""), options.get("confirm_key", "1"),
+                   options.get("whisper_prompt", ""))
 
 
 # A pooled PostgreSQL connection idle this long is pinged (SELECT 1) before it is handed out.

@@ -2,19 +2,22 @@
 (durably, before being hung up), or ends; operators cancel; controllers say they are alive."""
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from sqlalchemy import func, insert, or_, select, update
 
+from esl_cb.domain.callback_options import CallbackOptions
+from esl_cb.domain.hours import parse_when
 from esl_cb.domain.policy import RateLimits
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
 from .base import NotFound, PolicyRefused, StaleState, StoreBase, StoreError, as_utc, utcnow
-from .models import Agent, Contact, Controller, Leg
+from .models import Agent, Contact, Controller, Leg, Skill
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ class ContactsStore(StoreBase):
                 raise StaleState(f"contact {contact_id} cannot be queued now: {self._state(conn, contact_id)}")
 
     def request_callback(self, contact_id: int, number: str, caller_id: str, delay: int, ani: str,
-                         dnis: str, limits: RateLimits | None = None, override: bool = False) -> int:
+                         dnis: str, limits: RateLimits | None = None, override: bool = False,
+                         options: CallbackOptions | None = None) -> int:
         """The Callback action: durable before the caller is hung up (SPEC 2, rule 2).
 
         At most one open callback per number and skill: a second request takes over the
@@ -71,8 +75,12 @@ class ContactsStore(StoreBase):
         values = dict(callback_requested=True, callback_number=number, callback_caller_id=caller_id,
                       call_delay_sec=delay, callback_requested_at=now, ani=ani, dnis=dnis, caller_uuid=None,
                       policy_override=override)
+        if options is not None:
+            values["callback_options"] = json.dumps(options.to_json()) if options.to_json() else None
         try:
             with self.engine.begin() as conn:
+                if options is not None:
+                    values.update(self._timing(conn, contact_id, options, now))
                 return self._request_callback(conn, contact_id, number, values, limits, now)
         except PolicyRefused as e:
             self.record_refusal(contact_id, number, e.calling_number, "request", e.rule, str(e))
@@ -121,6 +129,58 @@ class ContactsStore(StoreBase):
             return contact_id
         raise StaleState(f"contact {contact_id} is {self._state(conn, contact_id)}: a callback needs a queued "
                          "contact (run Reqagent first)")
+
+    def _timing(self, conn, contact_id: int, options: CallbackOptions, now: datetime) -> dict:
+        """expire_at and not_before of a callback, read in its skill's time zone (StoreError if bad)."""
+        skill = conn.execute(select(Skill.timezone, Skill.callback_expire_sec).join(
+            Contact, Contact.skill_id == Skill.id).where(Contact.id == contact_id)).first()
+        tz = skill.timezone if skill else "UTC"
+        expire = options.expire_after if options.expire_after is not None else (skill and skill.callback_expire_sec)
+        out: dict = {"expire_at": now + timedelta(seconds=float(expire)) if expire else None}
+        if options.not_before:
+            try:
+                out["not_before"] = parse_when(options.not_before, now, tz)
+            except ValueError as e:
+                raise StoreError(f"NotBefore: {e}") from None
+            if out["expire_at"] is not None and out["expire_at"] <= out["not_before"]:
+                raise StoreError("the callback would expire before its NotBefore time")
+        return out
+
+    def schedule_callback(self, number: str, skill: str, at: datetime, caller_id: str, delay: int = 0,
+                          priority: Priority | None = None, expire_after: float | None = None,
+                          operator: str | None = None) -> int:
+        """A callback booked for later by an operator (no call came in): offered to an agent at `at`,
+        within the skill's hours, ahead of contacts queued after it at the same priority."""
+        now = utcnow()
+        p = priority or Priority(0, 0, 0)
+        with self.engine.begin() as conn:
+            sid = self.skill_id(conn, skill)
+            default_expiry = conn.execute(select(Skill.callback_expire_sec).where(Skill.id == sid)).scalar()
+            expire = expire_after if expire_after is not None else default_expiry
+            expire_at = at + timedelta(seconds=float(expire)) if expire else None
+            cid = conn.execute(insert(Contact).values(
+                direction="inbound", state=C.CALLBACK_QUEUED.value, script="(scheduled)", skill_id=sid,
+                original_ani=number, original_dnis=caller_id, ani=caller_id, dnis=number,
+                priority_initial=p.initial, priority_acceleration=p.acceleration, priority_max=p.maximum,
+                callback_requested=True, callback_number=number, callback_caller_id=caller_id, call_delay_sec=delay,
+                callback_requested_at=now, attempts=0, arrived_at=now, queued_at=at, not_before=at,
+                expire_at=expire_at, controller_id=None).returning(Contact.id)).scalar()
+            self._audit(conn, operator, "callback schedule", f"contact {cid}",
+                        f"{number} on {skill} at {at.isoformat()}")
+        log.info("contact %s: callback to %s scheduled for %s on skill %s", cid, number, at.isoformat(), skill)
+        return cid
+
+    def expire_callbacks(self) -> list[int]:
+        """Waiting callbacks past their expiry end as callback_expired (never offered again)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(update(Contact).where(
+                Contact.state == C.CALLBACK_QUEUED.value, Contact.expire_at.is_not(None), Contact.expire_at <= now)
+                .values(state=C.ENDED.value, outcome=Outcome.CALLBACK_EXPIRED.value, ended_at=now,
+                        last_error="expired before an agent could take it").returning(Contact.id)).scalars())
+        for cid in ids:
+            log.info("contact %s callback_queued -[expired]-> ended", cid)
+        return ids
 
     def _within_limits(self, conn, number: str, calling: str, limits: RateLimits, now) -> None:
         """Count, under a lock per number and per caller (several controllers share the counts), the

@@ -40,8 +40,7 @@ class DiallingStore(StoreBase):
             conn.execute(insert(CallbackAttempt).values(
                 contact_id=contact_id, attempt_no=row_no, leg_uuid=leg_uuid, agent_id=c.agent_id,
                 number=c.callback_number, caller_id=c.callback_caller_id, started_at=due))
-            return DialPlan(contact_id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id,
-                            row_no, leg_uuid, bool(c.policy_override))
+            return DialPlan.of(c, row_no, leg_uuid)
 
     def prepared_plan(self, contact_id: int) -> DialPlan | None:
         with self.engine.connect() as conn:
@@ -50,8 +49,7 @@ class DiallingStore(StoreBase):
                 return None
             no = conn.execute(select(CallbackAttempt.attempt_no).where(
                 CallbackAttempt.leg_uuid == c.callback_leg_uuid)).scalar()
-            return DialPlan(c.id, c.agent_id, c.agent_leg_uuid, c.callback_number, c.callback_caller_id, no or 0,
-                            c.callback_leg_uuid, bool(c.policy_override))
+            return DialPlan.of(c, no or 0, c.callback_leg_uuid)
 
     def mark_dialling(self, plan: DialPlan) -> bool:
         """Right after the originate went out: the contact is being dialled, and the leg is billed."""
@@ -68,13 +66,14 @@ class DiallingStore(StoreBase):
                                                 from_number=plan.caller_id, to_number=plan.number, started_at=now))
             return True
 
-    def dial_answered(self, contact_id: int, leg_uuid: str) -> bool:
+    def dial_answered(self, contact_id: int, leg_uuid: str, confirmed: bool | None = None) -> bool:
+        """The customer answered (and, with a confirmation, pressed the key): connected."""
         now = utcnow()
         with self.engine.begin() as conn:
             res = conn.execute(update(Contact).where(
                 Contact.id == contact_id, Contact.callback_leg_uuid == leg_uuid,
                 Contact.state.in_([C.DIALLING.value, C.ACCEPTED.value])).values(
-                state=C.CONNECTED.value, connected_at=now))
+                state=C.CONNECTED.value, connected_at=now, confirmed=confirmed))
             if res.rowcount != 1:
                 return False
             log.info("contact %s dialling -[customer answered]-> connected", contact_id)
@@ -84,12 +83,13 @@ class DiallingStore(StoreBase):
                                                 direction="outbound", agent_id=c.agent_id,
                                                 from_number=c.callback_caller_id, to_number=c.callback_number,
                                                 started_at=now))
-            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(result="answered"))
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
+                result="answered", confirmed=confirmed))
             conn.execute(update(Leg).where(Leg.uuid == leg_uuid).values(answered_at=now))
             return True
 
     def dial_failed(self, contact_id: int, leg_uuid: str, result: str, retry_after: float, max_attempts: int,
-                    counts: bool = True) -> Outcome | None:
+                    counts: bool = True, confirmed: bool | None = None) -> Outcome | None:
         """The customer did not answer (or the agent hung up while it rang): release the agent,
         retry later or give up. Returns CALLBACK_FAILED when it gave up."""
         now = utcnow()
@@ -98,7 +98,7 @@ class DiallingStore(StoreBase):
             if c is None or c.state not in (C.DIALLING.value, C.ACCEPTED.value) or c.callback_leg_uuid != leg_uuid:
                 return None     # an older attempt reporting late: the contact has moved on
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
-                result=result, ended_at=now))
+                result=result, ended_at=now, confirmed=confirmed))
             attempts = c.attempts if counts else max(c.attempts - 1, 0)
             self._release_agent(conn, c.agent_id, c.id, now)
             if attempts >= max_attempts:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, func, literal, or_, select, text, update
+from sqlalchemy import DateTime, and_, func, literal, or_, select, text, update
 
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
@@ -65,6 +65,10 @@ class DispatchStore(StoreBase):
             .join(Agent, Agent.id == AgentSkill.agent_id)
             .where(Agent.state == A.AVAILABLE.value, Contact.state.in_(waiting),
                    or_(Agent.offer_not_before.is_(None), Agent.offer_not_before <= now),
+                   or_(Contact.state == C.QUEUED.value,
+                       and_(Skill.callbacks_open.is_(True),
+                            or_(Contact.not_before.is_(None), Contact.not_before <= now),
+                            or_(Contact.expire_at.is_(None), Contact.expire_at > now))),
                    or_(Contact.retry_at.is_(None), Contact.retry_at <= now))
             .order_by(effective_priority(Contact.priority_initial, Contact.priority_acceleration,
                                          Contact.priority_max, Contact.queued_at, now).desc(),

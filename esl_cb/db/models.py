@@ -3,7 +3,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite so ids still autoincrement.
@@ -18,6 +31,13 @@ class Skill(Base):
     __tablename__ = "skills"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Opening hours (esl_cb/domain/hours.py): callbacks are dialled only while open.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    hours: Mapped[str] = mapped_column(Text, default="", server_default="")
+    closed_dates: Mapped[str] = mapped_column(Text, default="", server_default="")
+    callback_expire_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Kept by the controllers from the hours above, so the claim needs no calendar arithmetic.
+    callbacks_open: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Agent(Base):
@@ -79,7 +99,11 @@ class Contact(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The destination policy allowed this callback only through an operator's override.
-    policy_override: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    policy_override: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    expire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    callback_options: Mapped[str | None] = mapped_column(Text, nullable=True)    # JSON: confirm/whisper prompts
+    confirmed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)       # the customer pressed the key
 
     __table_args__ = (
         Index("ix_contacts_state_skill", "state", "skill_id"),
@@ -88,6 +112,8 @@ class Contact(Base):
         # The rate limits count recent requests per destination and per calling number.
         Index("ix_contacts_number_requested", "callback_number", "callback_requested_at"),
         Index("ix_contacts_ani_requested", "original_ani", "callback_requested_at"),
+        # Queuestatus averages the handle time of a skill's contacts ended in the last hour.
+        Index("ix_contacts_skill_ended", "skill_id", "ended_at"),
     )
 
 
@@ -131,6 +157,7 @@ class CallbackAttempt(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     result: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    confirmed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     __table_args__ = (UniqueConstraint("contact_id", "attempt_no"),)
 
@@ -173,6 +200,8 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+# The views as migration 0001 created them (its downgrades restore these); migration 0006 adds the
+# callback's not_before, expire_at and confirmed to reporting_contacts.
 REPORTING_VIEW = """
 CREATE VIEW reporting_contacts AS
 SELECT c.id AS contact_id,

@@ -24,6 +24,7 @@ def status(store: Store, port_limit: int) -> dict:
     with store.engine.connect() as conn:
         rows = conn.execute(select(Contact.__table__, Skill.name.label("skill")).outerjoin(
             Skill, Skill.id == Contact.skill_id).where(Contact.state != "ended").order_by(Contact.id)).all()
+        open_skills = dict(conn.execute(select(Skill.name, Skill.callbacks_open)).all())
     queues: dict[str, list[dict]] = {}
     callbacks = []
     ports = 0
@@ -39,7 +40,9 @@ def status(store: Store, port_limit: int) -> dict:
             due = _dt(r.dial_due_at)
             callbacks.append({"contact_id": r.id, "number": r.callback_number, "state": r.state,
                               "attempts": r.attempts, "dial_in_s": round(max((due - now).total_seconds(), 0), 1)
-                              if due and r.state == "accepted" else None})
+                              if due and r.state == "accepted" else None,
+                              "not_before": _dt(r.not_before), "expire_at": _dt(r.expire_at),
+                              "skill_open": open_skills.get(r.skill, True), "confirmed": r.confirmed})
             if r.state in ("dialling", "connected"):
                 ports += 1
     for q in queues.values():
@@ -58,7 +61,8 @@ def callbacks(store: Store, include_ended: bool = False) -> list[dict]:
         rows = conn.execute(q.order_by(Contact.id)).all()
     return [{"contact_id": r.id, "skill": r.skill, "number": r.callback_number, "caller_id": r.callback_caller_id,
              "state": r.state, "outcome": r.outcome, "attempts": r.attempts, "agent": r.agent,
-             "queued_at": _dt(r.queued_at), "callback_requested_at": _dt(r.callback_requested_at)} for r in rows]
+             "queued_at": _dt(r.queued_at), "callback_requested_at": _dt(r.callback_requested_at),
+             "not_before": _dt(r.not_before), "expire_at": _dt(r.expire_at), "confirmed": r.confirmed} for r in rows]
 
 
 def contact_detail(store: Store, contact_id: int) -> dict:

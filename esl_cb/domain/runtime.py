@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import condition
+from .callback_options import KEYS, CallbackOptions, sound_path_problem
 from .ewt import DEFAULT_AHT_SEC, estimate_wait
 from .numbers import InvalidNumber, normalize
 from .queue import Priority
@@ -51,7 +52,8 @@ class QueuePort(Protocol):
         open). ActionFailed when not queued."""
         ...
 
-    def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str) -> None: ...
+    def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str,
+                 options: CallbackOptions | None = None) -> None: ...
 
 
 @dataclass
@@ -200,9 +202,29 @@ class ScriptRunner:
             raise ActionFailed(f"CallDelaySec must be a whole number of seconds, got {delay_text!r}") from None
         if delay < 0:
             raise ActionFailed(f"CallDelaySec cannot be negative ({delay})")
+        options = self.callback_options(action)
         # ANI and DNIS now describe the outbound call (rule 5); the store keeps the originals.
-        self.queue.callback(number, caller_id, delay, ani=caller_id, dnis=number)
+        self.queue.callback(number, caller_id, delay, ani=caller_id, dnis=number, options=options)
         self.in_callback = True
         self.vars["ANI"], self.vars["DNIS"] = caller_id, number
         self.call.hangup()
         return "Default"
+
+    def callback_options(self, action: Action) -> CallbackOptions:
+        """ExpireAfterSec, ConfirmPrompt/ConfirmKey, WhisperPrompt and NotBefore (issue 14), checked."""
+        expire = None
+        if action.props.get("ExpireAfterSec") is not None:
+            expire = self.number(action, "ExpireAfterSec")
+            if expire <= 0:
+                raise ActionFailed(f"ExpireAfterSec must be above 0, got {expire:g}")
+        confirm = self.text(action, "ConfirmPrompt") if action.props.get("ConfirmPrompt") else ""
+        key = self.text(action, "ConfirmKey") if action.props.get("ConfirmKey") is not None else "1"
+        if len(key) != 1 or key not in KEYS:
+            raise ActionFailed(f"ConfirmKey must be one key of {KEYS}, got {key!r}")
+        whisper = self.text(action, "WhisperPrompt") if action.props.get("WhisperPrompt") else ""
+        for name, prompt in (("ConfirmPrompt", confirm), ("WhisperPrompt", whisper)):
+            problem = sound_path_problem(prompt)
+            if problem:
+                raise ActionFailed(f"{name}: {problem}")
+        not_before = self.text(action, "NotBefore") if action.props.get("NotBefore") else ""
+        return CallbackOptions(expire, confirm, key, whisper, not_before.strip())

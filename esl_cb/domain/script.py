@@ -48,7 +48,8 @@ ACTIONS: dict[str, tuple[set[str], set[str]]] = {
     "Assign": ({"Variable", "Value"}, set()),
     "Queuestatus": (set(), set()),
     "If": ({"Condition"}, set()),
-    "Callback": (set(), {"PhoneNumber", "CallerID", "CallDelaySec"}),
+    "Callback": (set(), {"PhoneNumber", "CallerID", "CallDelaySec", "ExpireAfterSec", "ConfirmPrompt", "ConfirmKey",
+                         "WhisperPrompt", "NotBefore"}),
     "Hangup": (set(), set()),
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -58,7 +59,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "Callback": {"PhoneNumber": "{ANI}", "CallerID": "{DNIS}", "CallDelaySec": 0},
 }
 NUMERIC = {"PriorityInitial", "PriorityAcceleration", "PriorityMax", "MaxDurationSec", "TimeoutSec", "MinDigits",
-           "MaxDigits", "CallDelaySec"}
+           "MaxDigits", "CallDelaySec", "ExpireAfterSec"}
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ def parse(text: str, file: str = "<script>") -> Script:
                                                            f"not {props['CallDelaySec']!r}"))
             except (TypeError, ValueError):
                 pass
+        if kind == "Callback":
+            problems += [Problem(file, caption, reason) for reason in _callback_problems(props)]
         if kind == "If":
             problems += _if_problems(file, caption, props, branches)
         if caption in actions:
@@ -190,6 +193,35 @@ def parse(text: str, file: str = "<script>") -> Script:
     if problems:
         raise ScriptInvalid(problems + script.warnings)
     return script
+
+
+def _callback_problems(props: dict[str, Any]) -> list[str]:
+    """The issue-14 properties of a Callback action, where they are literal."""
+    from .callback_options import KEYS, sound_path_problem
+    from .hours import parse_when
+
+    out = []
+    literal = {k: str(v) for k, v in props.items() if not VAR_REF.search(str(v))}
+    if "ExpireAfterSec" in literal:
+        try:
+            if float(literal["ExpireAfterSec"]) <= 0:
+                out.append("ExpireAfterSec must be above 0 (seconds from the request)")
+        except ValueError:
+            pass                                   # reported as not a number above
+    if "ConfirmKey" in literal and (len(literal["ConfirmKey"]) != 1 or literal["ConfirmKey"] not in KEYS):
+        out.append(f"ConfirmKey must be one key of {KEYS}, not {literal['ConfirmKey']!r}")
+    if "ConfirmKey" in props and "ConfirmPrompt" not in props:
+        out.append("ConfirmKey needs a ConfirmPrompt (what the customer hears before pressing it)")
+    for name in ("ConfirmPrompt", "WhisperPrompt"):
+        if name in literal and sound_path_problem(literal[name]):
+            out.append(f"{name}: {sound_path_problem(literal[name])}")
+    if "NotBefore" in literal:
+        from datetime import datetime, timezone
+        try:
+            parse_when(literal["NotBefore"], datetime.now(timezone.utc))
+        except ValueError as e:
+            out.append(f"NotBefore: {e}")
+    return out
 
 
 def _if_problems(file: str, caption: str, props: dict[str, Any], branches: dict[str, str]) -> list[Problem]:

@@ -32,6 +32,7 @@ class Outcome(str, enum.Enum):
     NOT_QUEUED = "not_queued"            # the script ended without ever queueing the contact
     MERGED = "merged"                    # asked for a callback already pending for the same number and skill
     POLICY_REFUSED = "policy_refused"    # the destination policy refused it before a dial (see policy_refusals)
+    CALLBACK_EXPIRED = "callback_expired"  # no agent took it before its ExpireAfterSec
 
 
 class AgentState(str, enum.Enum):

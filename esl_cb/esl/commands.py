@@ -41,3 +41,18 @@ def originate(leg_uuid: str, dial: str, variables: dict[str, str | int], app: st
     """'originate {origination_uuid=...,...}DIAL &app(arg)' with every value made safe."""
     pairs = [f"origination_uuid={leg_uuid}"] + [f"{k}={channel_value(v)}" for k, v in variables.items()]
     return f"originate {{{','.join(pairs)}}}{check_dial_string(dial)} &{app}({arg})"
+
+
+_SOUND = re.compile(r"^[A-Za-z0-9_./:%(),;=+\-]+$")
+
+
+def broadcast(uuid: str, sounds: list[str]) -> str:
+    """'uuid_broadcast UUID file_string://a!b aleg': play sounds to one leg (it may be parked or bridged).
+    Sound paths come from scripts and from our own digit files; each is checked to be one path."""
+    if not re.fullmatch(r"[0-9a-fA-F-]{36}", uuid or ""):
+        raise UnsafeDialString(f"{uuid!r} is not a channel uuid")
+    bad = [s for s in sounds if not _SOUND.match(s) or "!" in s]
+    if bad or not sounds:
+        raise UnsafeDialString(f"not sound paths: {bad or sounds!r}")
+    path = sounds[0] if len(sounds) == 1 else "file_string://" + "!".join(sounds)
+    return f"uuid_broadcast {uuid} {path} aleg"

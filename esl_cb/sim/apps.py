@@ -171,12 +171,7 @@ def run_hangup(switch: "Switch", ch: Channel, cause: str, event_uuid: str) -> No
 
 def deliver_dtmf(switch: "Switch", ch: Channel, digit: str) -> None:
     """A digit from the caller's phone (RFC 2833): DTMF event, then the collector sees it."""
-    if not ch.alive:
-        return
-    switch.emit_channel_event(switch._steps["in.dtmf"][0][1], ch, overrides={"DTMF-Digit": digit})
-    ch.dtmf.append(digit)
-    ch.digits_dialed += digit
-    ch.dtmf_event.set()
+    switch.deliver_dtmf(ch, digit)
 
 
 def queue_app(switch: "Switch", ch: "Channel", app: str, arg: str, event_uuid: str) -> None:

@@ -37,6 +37,8 @@ class EndpointBehaviour:
     mode: str = "answer"            # answer | busy | noanswer | reject | fail
     delay: float = 0.2              # seconds to answer (or to fail)
     hangup_after: float | None = None
+    press: str = ""                 # keys the phone presses after answering (RFC 2833)...
+    press_after: float = 0.0        # ...this many seconds after the answer
 
 
 @dataclass
@@ -215,3 +217,11 @@ def endpoint_user(dial: str) -> str:
     return last.split("@")[0]
 
 
+def deliver_dtmf(switch, ch: Channel, digit: str) -> None:
+    """A digit from a phone (RFC 2833): the DTMF event, then any collector on the channel sees it."""
+    if not ch.alive:
+        return
+    switch.emit_channel_event(switch._steps["in.dtmf"][0][1], ch, overrides={"DTMF-Digit": digit})
+    ch.dtmf.append(digit)
+    ch.digits_dialed += digit
+    ch.dtmf_event.set()

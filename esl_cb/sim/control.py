@@ -26,9 +26,15 @@ def sim(switch: "Switch", arg: str) -> str:
         if sub == "endpoint" and len(words) >= 3:
             number, mode = words[1], words[2]
             if mode == "answer":
-                delay = float(words[3]) if len(words) > 3 else 0.2
-                after = float(words[4]) if len(words) > 4 else None
-                switch.endpoints[number] = EndpointBehaviour("answer", delay, after)
+                rest = words[3:]
+                press, press_after = "", 0.0
+                if "press" in rest:               # ... press <keys> <after_s>: a phone that keys in after answering
+                    i = rest.index("press")
+                    press, press_after = rest[i + 1], float(rest[i + 2])
+                    rest = rest[:i]
+                delay = float(rest[0]) if rest else 0.2
+                after = float(rest[1]) if len(rest) > 1 and rest[1] != "-" else None
+                switch.endpoints[number] = EndpointBehaviour("answer", delay, after, press, press_after)
             elif mode in ("busy", "noanswer", "reject", "fail"):
                 switch.endpoints[number] = EndpointBehaviour(mode, float(words[3]) if len(words) > 3 else 0.0)
             else:
@@ -47,12 +53,11 @@ def sim(switch: "Switch", arg: str) -> str:
                     for o in switch.originates[start:]]
             return json.dumps(legs) + "\n"
         if sub == "dtmf" and len(words) >= 3:
-            from .apps import deliver_dtmf
             ch = switch.channels.get(words[1])
             if ch is None:
                 return NO_CHANNEL
             for d in words[2]:
-                deliver_dtmf(switch, ch, d)
+                switch.deliver_dtmf(ch, d)
             return "+OK\n"
         if sub in ("prompt", "stream") and len(words) >= 3:
             return sim_sounds(switch, words)
@@ -74,8 +79,10 @@ def sim(switch: "Switch", arg: str) -> str:
     return SIM_USAGE
 
 
-SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s]|busy|noanswer|reject|fail; "
-             "sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]; sim calls; sim originates [from_index]; "
+SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s|-] [press <keys> <after_s>]"
+             "|busy|noanswer|reject|fail; "
+             "sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]; sim calls; "
+             "sim originates [from_index]; "
              "sim dtmf <uuid> <digits>; sim hangup <uuid> [cause]; sim prompt add|remove <path> [rate...]; "
              "sim stream add|remove <name>; sim user add|remove <id> [domain]; "
              "sim gateway add|remove|up|down <name> [profile]; sim coredb <batch_interval_s>; "

@@ -15,16 +15,8 @@ from typing import Callable
 
 import gevent
 
-from .channel import (
-    FAIL_MODES,
-    Channel,
-    EndpointBehaviour,
-    Hangup,
-    OriginateError,
-    endpoint_user,
-    parse_dial_string,
-    split_args,
-)
+from .channel import (FAIL_MODES, Channel, EndpointBehaviour, Hangup, OriginateError, deliver_dtmf, endpoint_user,
+                      parse_dial_string, split_args)
 from .config import SwitchConfig
 from .coredb import CoreDB
 from .events import Event, Identity, Sequencer, has_variables, profile, render
@@ -277,11 +269,17 @@ class Switch:
             if ch.job is not None:
                 ch.job(f"+OK {ch.uuid}\n")
             self._run_target(ch, target)
+            if beh.press:
+                gevent.spawn_later(max(beh.press_after * self.time_scale, 0),
+                                   lambda: [self.deliver_dtmf(ch, d) for d in beh.press])
             if beh.hangup_after is not None:
                 if not ch.hungup_event.wait(max(beh.hangup_after * self.time_scale, 0)):
                     self.hangup(ch, "NORMAL_CLEARING")
         except gevent.GreenletExit:
             pass
+
+    def deliver_dtmf(self, ch: Channel, digit: str) -> None:
+        deliver_dtmf(self, ch, digit)
 
     def _run_target(self, ch: Channel, target: str) -> None:
         m = re.match(r"&([\w:]+)\((.*)\)$", target.strip())

@@ -17,7 +17,7 @@ BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
-    op.add_column("contacts", sa.Column("policy_override", sa.Boolean(), nullable=False, server_default="false"))
+    op.add_column("contacts", sa.Column("policy_override", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_index("ix_contacts_number_requested", "contacts", ["callback_number", "callback_requested_at"])
     op.create_index("ix_contacts_ani_requested", "contacts", ["original_ani", "callback_requested_at"])
     op.create_table(

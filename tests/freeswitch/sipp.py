@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent / "sipp"
 PCAP_DIR = Path("/usr/share/sip-tester")
 
 # phones.xml behaviours, by the last character of the called number or user
-ANSWER, BUSY, NO_ANSWER, REJECT, SLOW_ANSWER, HANGS_UP_SOON, HANGS_UP_LATER = "1234567"
+ANSWER, BUSY, NO_ANSWER, REJECT, SLOW_ANSWER, HANGS_UP_SOON, HANGS_UP_LATER, PRESSES_ONE = "12345678"
 
 
 @dataclass(frozen=True)
