@@ -36,6 +36,8 @@ from .policy import policy_options
 @click.option("--max-attempts", type=int, help="Callback attempts before giving up. [default: 3]")
 @click.option("--agent-ring-timeout", type=int, help="Seconds an agent's phone rings. [default: 20]")
 @click.option("--callback-ring-timeout", type=int, help="Seconds the customer's phone rings. [default: 30]")
+@click.option("--confirm-timeout", type=float,
+              help="Seconds after answering for the customer's ConfirmKey. [default: 15]")
 @click.option("--refused-reset", type=float, help="Seconds before a Refused agent is Available again (0: never).")
 @click.option("--region", help="Country for numbers written without + (ISO code). [default: US]")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).")

@@ -16,8 +16,9 @@ only with `==` and `!=`. `{X}` inside quotes is substituted too ("{Area}-x").
 
 A condition that does not parse with its variables as operands may take its shape from them
 (`{EWTSec} {Op} 120` with `Op` assigned `>`, or `{Rule}` holding `3 > 2`): it is then substituted
-once (a value holding `{...}` is refused) and parsed when it runs. When the script loads, a condition is rejected unless it parses, or would parse with some of
-its variables standing for an operator, a comparison or and/or.
+once (a value holding `{...}` is refused) and parsed when it runs. When the script loads, a condition
+is rejected unless it parses, or would parse with some of its variables standing for an operator, a
+comparison or and/or.
 """
 from __future__ import annotations
 
@@ -178,7 +179,8 @@ class _Parser:
                 node = self.or_()
                 t = self.peek()
                 if not t or t[1] != ")":
-                    raise ConditionError("missing ')' for the '(' " + (f"before character {t[2]}" if t else "at the end"))
+                    where = f"before character {t[2]}" if t else "at the end"
+                    raise ConditionError(f"missing ')' for the '(' {where}")
                 self.i += 1
                 return node
             return self.comparison()
