@@ -17,7 +17,7 @@ from esl_cb.domain.states import AgentState
 
 from .freeswitch.rig import RealRig, SwitchRig, fs_rig, switch_rig, until  # noqa: F401  (fs_rig: a fixture)
 from .procs import ControllerProcess
-from .test_real_flows import digits, example, quick
+from .test_real_flows import digits, example, quick, quick_yaml
 
 pytestmark = pytest.mark.freeswitch
 
@@ -55,34 +55,10 @@ class Killable:
         self.proc.stop()
 
 
-QUICK_FILE = """
-name: quick
-actions:
-  - action: Begin
-    Default: Queue
-  - action: Reqagent
-    Caption: Queue
-    Skill: support
-    Default: Offer
-  - action: Menu
-    Caption: Offer
-    Prompt: digits/1.wav
-    TimeoutSec: 3
-    "1": Callback
-    Default: Offer
-  - action: Callback
-    CallDelaySec: 3
-    CallerID: "+13125557000"
-    Default: Hangup
-    OnError: Offer
-  - action: Hangup
-"""
-
-
 @pytest.fixture
 def killable(rig, tmp_path):
     script_file = tmp_path / "quick.yaml"
-    script_file.write_text(QUICK_FILE)
+    script_file.write_text(quick_yaml(delay=3))
     r = rig(scripts.load(script_file), start=False)
     k = Killable(r, tmp_path, script_file)
     yield r, k

@@ -28,7 +28,11 @@ def example(music_seconds: float = 2) -> scripts.Script:
 
 def quick(delay: int = 0, menu_timeout: float = 3, extra: str = "") -> scripts.Script:
     """The example's shape with short prompts (stock files the rig's switch has)."""
-    return scripts.parse(f"""
+    return scripts.parse(quick_yaml(delay, menu_timeout, extra), "quick.yaml")
+
+
+def quick_yaml(delay: int = 0, menu_timeout: float = 3, extra: str = "") -> str:
+    return f"""
 name: quick
 actions:
   - action: Begin
@@ -54,7 +58,7 @@ actions:
     OnError: Offer
   - action: Hangup
 {extra}
-""", "quick.yaml")
+"""
 
 
 @pytest.fixture
@@ -175,7 +179,8 @@ def test_caller_who_hangs_up_before_callback_gets_no_callback(rig):
     # Presses 1 (an RFC 2833 key lasts ~0.3 s on the wire), hangs up 0.45 s after it started: during
     # the thank-you prompt (0.4 s), before the Callback action.
     keys: list[str] = []
-    r.controller.observer = lambda kind, name, app: keys.append(name) if name == "DTMF" else None
+    r.controller.observer = lambda kind, name, app: keys.append(name) if (kind, name) == ("caller-socket", "DTMF") \
+        else None
     r.call(CUSTOMER, key="1", key_after=0.5, hangup_after=0.45)
     ended = r.wait_state("ended", timeout=15)
     assert ended.outcome == "abandoned" and not ended.callback_requested

@@ -13,35 +13,11 @@ from esl_cb.domain import script as scripts
 from .fixtures import wait_until
 from .freeswitch.rig import RealRig, fs_rig  # noqa: F401  (a fixture)
 from .harness import Harness
+from .test_real_flows import quick_yaml
 
 pytestmark = pytest.mark.freeswitch
 
-SCRIPT = """
-name: compare
-actions:
-  - action: Begin
-    Default: Queue
-  - action: Reqagent
-    Caption: Queue
-    Skill: support
-    Default: Offer
-  - action: Menu
-    Caption: Offer
-    Prompt: digits/1.wav
-    TimeoutSec: 3
-    "1": Thanks
-    Default: Offer
-  - action: Play
-    Caption: Thanks
-    Prompt: ivr/ivr-thank_you.wav
-    Default: Callback
-  - action: Callback
-    CallDelaySec: 1
-    CallerID: "+13125557000"
-    Default: Hangup
-    OnError: Offer
-  - action: Hangup
-"""
+SCRIPT = quick_yaml(delay=1)
 # What the controller acts on, per leg kind. The caller's own socket also carries the switch's
 # bookkeeping (CHANNEL_STATE, CALL_UPDATE...), which the controller ignores.
 SOCKET_EVENTS = {"CHANNEL_EXECUTE_COMPLETE", "DTMF", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE"}
@@ -148,4 +124,5 @@ def test_the_controller_sees_the_same_events_on_the_simulator_and_the_real_switc
     sim_legs, real_legs = sim_rec.by_leg(), real_rec.by_leg()
     assert sim_legs.keys() == real_legs.keys()
     for kind in real_legs:
-        assert sim_legs[kind] == real_legs[kind], f"{scenario}: the {kind} leg differs\nsim:  {sim_legs}\nreal: {real_legs}"
+        assert sim_legs[kind] == real_legs[kind], \
+            f"{scenario}: the {kind} leg differs\nsim:  {sim_legs}\nreal: {real_legs}"
