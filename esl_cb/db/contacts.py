@@ -7,7 +7,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, text, update
 
 from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.hours import parse_when
@@ -20,6 +20,27 @@ from .base import NotFound, PolicyRefused, StaleState, StoreBase, StoreError, as
 from .models import Agent, Contact, Controller, Leg, Skill
 
 log = logging.getLogger(__name__)
+# A caller arrived: the contact, its leg and a callback of theirs still waiting, in one statement.
+_PG_ARRIVE = text("""
+WITH c AS (
+    INSERT INTO contacts (direction, state, script, caller_uuid, original_ani, original_dnis, ani, dnis,
+                          priority_initial, priority_acceleration, priority_max, callback_requested, call_delay_sec,
+                          attempts, arrived_at, controller_id)
+    VALUES ('inbound', 'arrived', :script, :uuid, :ani, :dnis, :ani, :dnis, 0, 0, 0, false, 0, 0, :now, :ctl)
+    RETURNING id),
+l AS (
+    INSERT INTO legs (uuid, contact_id, kind, direction, from_number, to_number, started_at, answered_at)
+    SELECT :uuid, c.id, 'caller', 'inbound', :frm, :to, :now, :now FROM c)
+SELECT c.id, (SELECT p.id FROM contacts p WHERE p.callback_number = :number AND p.callback_requested
+              AND p.state <> 'ended' ORDER BY p.queued_at LIMIT 1) AS pending
+FROM c
+""")
+# Reqagent for a contact that just arrived, to a skill that exists: one statement.
+_PG_QUEUE = text("""
+UPDATE contacts SET state = 'queued', skill_id = s.id, queued_at = :now, priority_initial = :pi,
+       priority_acceleration = :pa, priority_max = :pm
+FROM skills s WHERE s.name = :skill AND contacts.id = :cid AND contacts.state = 'arrived'
+""")
 
 
 class ContactsStore(StoreBase):
@@ -34,6 +55,13 @@ class ContactsStore(StoreBase):
         """A caller arrived: store the contact and its leg, and (with `callback_number`) find a
         callback of theirs still waiting, in one transaction. Returns (contact id, pending id)."""
         now = utcnow()
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                row = conn.execute(_PG_ARRIVE, {"script": script, "uuid": caller_uuid, "ani": ani, "dnis": dnis,
+                                                "now": now, "ctl": self.controller_id, "frm": from_number,
+                                                "to": to_number, "number": callback_number}).one()
+            log.info("contact %s created for call %s from %s to %s", row.id, caller_uuid, ani, dnis)
+            return row.id, row.pending
         with self.engine.begin() as conn:
             pending = conn.execute(self._pending_query(callback_number)).scalar() if callback_number else None
             cid = conn.execute(insert(Contact).values(
@@ -48,6 +76,13 @@ class ContactsStore(StoreBase):
         return cid, pending
 
     def queue_contact(self, contact_id: int, skill: str, priority: Priority) -> None:
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                done = conn.execute(_PG_QUEUE, {"now": utcnow(), "pi": priority.initial, "pa": priority.acceleration,
+                                                "pm": priority.maximum, "skill": skill, "cid": contact_id}).rowcount
+            if done == 1:
+                log.info("contact %s arrived -[reqagent]-> queued", contact_id)
+                return
         with self.engine.begin() as conn:
             sid = self.skill_id(conn, skill)
             ok = self._move(conn, contact_id, [C.ARRIVED], C.QUEUED, "reqagent", skill_id=sid, queued_at=utcnow(),
@@ -196,13 +231,13 @@ class ContactsStore(StoreBase):
                   (limits.per_caller_per_hour, Contact.original_ani == calling, timedelta(hours=1), "per_caller",
                    f"the calling number {calling or '(none)'} asked for {{n}} callbacks in the last hour (at most "
                    f"{limits.per_caller_per_hour})"))
-        for limit, who, window, rule, text in checks:
+        for limit, who, window, rule, message in checks:
             if not limit:
                 continue
             n = conn.execute(select(func.count()).select_from(Contact).where(
                 who, counted, Contact.callback_requested_at >= now - window)).scalar()
             if n >= limit:
-                raise PolicyRefused(text.format(n=n), rule, calling)
+                raise PolicyRefused(message.format(n=n), rule, calling)
 
     @staticmethod
     def _pending_query(number: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
@@ -14,6 +14,21 @@ from .base import DialPlan, StoreBase, as_utc, utcnow
 from .models import CallbackAttempt, Contact, Leg, PolicyRefusal
 
 log = logging.getLogger(__name__)
+# The customer answered: connected, the leg's answer billed, the attempt marked, in one statement.
+_PG_ANSWERED = text("""
+WITH c AS (
+    UPDATE contacts SET state = 'connected', connected_at = :now, confirmed = :confirmed
+    WHERE id = :cid AND callback_leg_uuid = :leg AND state IN ('dialling', 'accepted')
+    RETURNING id, agent_id, callback_caller_id, callback_number),
+l AS (
+    INSERT INTO legs (uuid, contact_id, kind, direction, agent_id, from_number, to_number, started_at, answered_at)
+    SELECT :leg, c.id, 'callback', 'outbound', c.agent_id, c.callback_caller_id, c.callback_number, :now, :now FROM c
+    ON CONFLICT (uuid) DO UPDATE SET answered_at = EXCLUDED.answered_at),
+a AS (
+    UPDATE callback_attempts SET result = 'answered', confirmed = :confirmed
+    WHERE leg_uuid = :leg AND EXISTS (SELECT 1 FROM c))
+SELECT count(*) AS n FROM c
+""")
 
 
 class DiallingStore(StoreBase):
@@ -69,6 +84,13 @@ class DiallingStore(StoreBase):
     def dial_answered(self, contact_id: int, leg_uuid: str, confirmed: bool | None = None) -> bool:
         """The customer answered (and, with a confirmation, pressed the key): connected."""
         now = utcnow()
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                n = conn.execute(_PG_ANSWERED, {"cid": contact_id, "leg": leg_uuid, "now": now,
+                                                "confirmed": confirmed}).scalar()
+            if n == 1:
+                log.info("contact %s dialling -[customer answered]-> connected", contact_id)
+            return n == 1
         with self.engine.begin() as conn:
             res = conn.execute(update(Contact).where(
                 Contact.id == contact_id, Contact.callback_leg_uuid == leg_uuid,
