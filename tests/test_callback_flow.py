@@ -333,3 +333,32 @@ def test_agent_hangs_up_while_the_customer_rings(pg_url):
         assert [r["result"] for r in rows] == ["agent_hangup"]
     finally:
         h.close()
+
+
+def test_a_database_error_after_the_originate_never_dials_twice(pg_url):
+    """The originate went out but 'dialling' could not be stored: the record is retried, the dial is not."""
+    from sqlalchemy.exc import OperationalError
+
+    h = Harness(pg_url, quick_script(delay="0"))
+    try:
+        real = h.store.mark_dialling
+        failures = []
+
+        def flaky(plan):
+            if not failures:
+                failures.append(plan)
+                raise OperationalError("UPDATE contacts", {}, Exception("server closed the connection"))
+            return real(plan)
+        h.store.mark_dialling = flaky
+        h.agent("ann", "1001", answer=0.1)
+        h.sim_api("endpoint +13125550100 answer 2.0")    # still ringing when a re-sent dial would go
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        h.wait_state("callback_queued")
+        h.available("ann")
+        connected = h.wait_state("connected", timeout=15)
+        first = h.originates_to("+13125550100")[0]
+        assert len(failures) == 1 and connected.callback_leg_uuid == first["uuid"]
+        gevent_sleep(1.0)
+        assert len(h.originates_to("+13125550100")) == 1 and h.contact().state == "connected"
+    finally:
+        h.close()

@@ -81,11 +81,11 @@ class Dialler:
             self.switch.kill(watch.uuid)
             self.wake()
             return
-        due = self.store.accept_callback(offer, contact.call_delay_sec, answered_at)
-        if due is None:
+        accepted = self.store.accept_and_prepare(offer, contact.call_delay_sec, answered_at, str(uuidlib.uuid4()))
+        if accepted is None:
             self.switch.kill(watch.uuid)
             return
-        plan = self.store.prepare_dial(contact.id, str(uuidlib.uuid4()))
+        due, plan = accepted
         if plan is None:
             return
         self.plans[contact.id] = plan
@@ -184,7 +184,21 @@ class Dialler:
             return
         log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
                  plan.caller_id, leg)
-        self.store.mark_dialling(plan)
+        self._record_dialling(plan)
+
+    def _record_dialling(self, plan: DialPlan) -> None:
+        """The originate has gone: store 'dialling', retrying on its own if the database is away. A
+        retry of the whole dial would send the originate again (a customer rung twice)."""
+        backoff = 0.2
+        while True:
+            try:
+                self.store.mark_dialling(plan)
+                return
+            except SQLAlchemyError as e:
+                log.error("contact %s: dialled, but 'dialling' could not be stored (%s); retrying in %.1fs, not "
+                          "dialling again", plan.contact_id, type(e).__name__, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _observe_lateness(self, contact_id: int) -> None:
         due = self.due.pop(contact_id, None)
