@@ -41,6 +41,9 @@ class DemoOptions:
     db: str | None = None
 
 
+DEMO_OFFER_AFTER = 30.0        # demo seconds of estimated wait past which callers are offered a callback
+
+
 def scaled_script(speed: float) -> scripts.Script:
     s = scripts.load(scripts.DEFAULT_SCRIPT)
     # Our own waits (music, CallDelaySec) run on the controller's clock: divide them. A menu's
@@ -51,10 +54,13 @@ def scaled_script(speed: float) -> scripts.Script:
                 action.props[key] = max(float(action.props[key]) / speed, 0.05)
         if action.kind == "If":
             # The estimated wait is in real seconds, from handle times `speed` times shorter: so is
-            # the threshold it is compared with ("{EWTSec} > 120" becomes "> 12" at x10).
+            # the threshold it is compared with. The demo's queue is short (a few agents, a minute of
+            # callers), so it offers the callback past 30 s of estimated wait rather than the
+            # script's 120 s: otherwise whether anyone is offered one depends on the timing of a run.
             action.props["Condition"] = re.sub(
                 r"(\{EWTSec\}\s*[<>]=?\s*)(\d+(?:\.\d+)?)",
-                lambda m: f"{m.group(1)}{float(m.group(2)) / speed:g}", str(action.props["Condition"]))
+                lambda m: f"{m.group(1)}{min(float(m.group(2)), DEMO_OFFER_AFTER) / speed:g}",
+                str(action.props["Condition"]))
     return s
 
 
