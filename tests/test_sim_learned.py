@@ -10,13 +10,12 @@ import time
 import uuid as uuidlib
 
 import gevent
-import pytest
 from gevent.event import AsyncResult
 
 from esl_cb.esl.inbound import InboundConnection
 from esl_cb.sim import api
 
-from .replay import SocketCall, capture_path, differences, load, replay
+from .replay import SocketCall, differences, load, replay
 
 CALL_COLUMNS = ("uuid,direction,created,created_epoch,name,state,cid_name,cid_num,ip_addr,dest,presence_id,"
                 "presence_data,accountcode,callstate,callee_name,callee_num,callee_direction,call_uuid,hostname,"
@@ -362,8 +361,6 @@ def test_the_sim_clock_can_run_off_the_hosts(sim):
     assert abs(sim.switch.clock() - time.time()) < 0.01
 
 
-@pytest.mark.skipif(capture_path("12-outbound-missing-prompt.jsonl") is None,
-                    reason="capture 12 is not beside the repository (../shared/esl-captures)")
 def test_capture_12_missing_prompt_replays_identically(sim):
     from .test_sim_replay import setup_lab
 
