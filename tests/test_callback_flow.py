@@ -362,3 +362,43 @@ def test_a_database_error_after_the_originate_never_dials_twice(pg_url):
         assert len(h.originates_to("+13125550100")) == 1 and h.contact().state == "connected"
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("gone", ["customer", "agent"])
+def test_a_leg_gone_between_the_customers_answer_and_the_bridge(h, monkeypatch, gone):
+    """'connected' is stored before the bridge; a leg that hangs up in between (seen in CI on the real
+    switch) makes uuid_bridge answer '-ERR Invalid uuid' for either leg. A customer who hung up as
+    they answered is a counted attempt, retried, and the waiting agent is released; an agent who left
+    first puts the callback back in the queue, not counted, and the answered customer is hung up."""
+    h.agent("alice", "1001", answer=0.3)
+    h.call("3125550100", "3125557000", "dtmf 1 4.0")
+    h.wait_state("callback_queued")
+    stored = h.store.dial_answered
+    hung: list[str] = []
+
+    def answered_then_gone(contact_id, leg_uuid, confirmed=None):
+        ok = stored(contact_id, leg_uuid, confirmed)
+        if not hung:                      # the first answer only: the retry is connected normally
+            uuid = leg_uuid if gone == "customer" else h.store.contact(contact_id).agent_leg_uuid
+            h.sim.switch.hangup(h.sim.switch.channels[uuid], "NORMAL_CLEARING")
+            hung.append(uuid)
+        return ok
+    monkeypatch.setattr(h.store, "dial_answered", answered_then_gone)
+
+    h.available("alice")
+    first = "SELECT result FROM callback_attempts WHERE attempt_no = 1"
+    wait_until(lambda: hung and h.rows(first) and h.rows(first)[0]["result"] not in (None, "answered"),
+               timeout=20, what="the failed bridge")
+    expected = {"customer": "hung_up_at_answer", "agent": "agent_gone"}[gone]
+    assert h.rows(first)[0]["result"] == expected
+    first_agent_leg = h.originates_to("1001")[0]["uuid"]
+    wait_until(lambda: not h.sim.switch.channels.get(first_agent_leg) or not h.sim.switch.channels[first_agent_leg].alive,
+               what="the first agent leg released")
+    connected = h.wait_state("connected", timeout=20)
+    customer = h.originates_to("+13125550100")
+    assert len(customer) == 2 and connected.callback_leg_uuid == customer[1]["uuid"]
+    wait_until(lambda: h.sim.switch.channels[customer[1]["uuid"]].peer is not None, what="the bridge")
+    h.sim_api(f"hangup {customer[1]['uuid']}")
+    ended = h.wait_state("ended")
+    assert ended.outcome == "callback_completed"
+    assert ended.attempts == (2 if gone == "customer" else 1)       # the agent's leaving is not counted

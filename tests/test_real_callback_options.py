@@ -41,7 +41,7 @@ def test_a_person_confirms_with_a_key(rig):
     r.agent("ann", "agent1")
     _queue_callback(r, "+13125550608")                 # phones.xml: ends in 8, answers and presses 1
     r.available("ann")
-    connected = r.wait_state("connected", timeout=20)
+    connected = r.wait_connected(timeout=20)
     assert connected.confirmed is True
     dump = r.api(f"uuid_dump {connected.callback_leg_uuid} json")
     assert f'"Other-Leg-Unique-ID":"{connected.agent_leg_uuid}"' in dump
@@ -87,9 +87,9 @@ def test_closed_hours_expiry_and_a_scheduled_callback(rig, pg_url):
                                     "--db", pg_url])
     assert out.exit_code == 0, out.output
     r.store.set_skill_hours("support", closed="")                                       # open: both go
-    first = r.wait_state("connected", 1, timeout=15)
+    first = r.wait_connected(1, timeout=15)
     r.api(f"uuid_kill {first.callback_leg_uuid}")
-    second = r.wait_state("connected", 2, timeout=15)
+    second = r.wait_connected(2, timeout=15)
     assert second.not_before is not None and len(r.invites_to("13125550641")) == 1
     r.api(f"uuid_kill {second.callback_leg_uuid}")
     r.wait_state("ended", 2)

@@ -89,7 +89,7 @@ def test_kill_9_with_a_call_in_the_air_then_restart(killable, step):
               timeout=10, what="the customer to answer while the controller is down")
         answered_at = time.time()
     k.start()
-    connected = r.wait_state("connected", timeout=30)
+    connected = r.wait_connected(timeout=30)
     if step == "dialling-answered-meanwhile":
         bridged = until(lambda: f'"Other-Leg-Unique-ID":"{before.agent_leg_uuid}"' in
                         r.api(f"uuid_dump {before.callback_leg_uuid} json") and time.time(), timeout=10,
@@ -117,7 +117,7 @@ def test_esl_connection_dropped_during_call_delay_the_dial_still_goes_out(rig):
                      what="the agent to accept and the dial to be prepared")
     r.controller.esl.sock.shutdown(socket.SHUT_RDWR)           # the connection drops under us
     until(lambda: r.controller.reconnects >= 1, what="the controller to reconnect")
-    connected = r.wait_state("connected", timeout=15)
+    connected = r.wait_connected(timeout=15)
     assert connected.callback_leg_uuid == accepted.callback_leg_uuid
     invite = r.invites_to("13125550411")
     assert len(invite) == 1
@@ -140,14 +140,14 @@ def test_freeswitch_restarted_nothing_is_lost(tmp_path_factory, pg_url, rig):
         dialling = r.wait_state("dialling", 1, timeout=15)    # contact 1's customer rings (3 s)
         own.switch.restart()                                    # every call on the switch is gone
         until(lambda: r.controller.reconnects >= 1, timeout=20, what="the controller to reconnect")
-        first = r.wait_state("connected", 1, timeout=40)       # offered again, dialled again, answered
+        first = r.wait_connected(1, timeout=40)       # offered again, dialled again, answered
         assert first.queued_at == dialling.queued_at and first.callback_leg_uuid != dialling.callback_leg_uuid
         results = [a["result"] for a in r.rows("SELECT result FROM callback_attempts WHERE contact_id = 1 "
                                                "ORDER BY attempt_no")]
         assert results == ["interrupted", "answered"] and first.attempts == 1     # the cut one not counted
         r.api(f"uuid_kill {first.callback_leg_uuid}")
         r.wait_state("ended", 1)
-        second = r.wait_state("connected", 2, timeout=30)
+        second = r.wait_connected(2, timeout=30)
         r.api(f"uuid_kill {second.callback_leg_uuid}")
         assert r.wait_state("ended", 2).outcome == "callback_completed"
         assert len(r.invites_to(digits(SLOW_CUSTOMER))) == 2 and len(r.invites_to("13125550421")) == 1

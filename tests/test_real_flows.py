@@ -92,7 +92,7 @@ def test_seed_flow_example_script_on_the_real_switch(rig):
     assert r.invites_to(digits(CUSTOMER)) == []                      # agent first (rule 3)
 
     r.available("alice")
-    connected = r.wait_state("connected", timeout=20)
+    connected = r.wait_connected(timeout=20)
     assert connected.queued_at == queued.queued_at                          # the place was kept
     # On the wire: the customer's INVITE left CallDelaySec (5 s) after the agent's phone answered.
     agent_invite = r.invites_to("agent1")[-1]
@@ -130,7 +130,7 @@ def test_live_caller_is_bridged_to_an_agent_and_the_script_stops(rig):
     r.call("+13125550201", key=None, hangup_after=6.0)        # never presses; hangs up after 6 s
     r.wait_state("queued")
     r.available("bob")
-    connected = r.wait_state("connected", timeout=10)
+    connected = r.wait_connected(timeout=10)
     assert not connected.callback_requested
     dump = r.api(f"uuid_dump {connected.caller_uuid} json")
     assert f'"Other-Leg-Unique-ID":"{connected.agent_leg_uuid}"' in dump
@@ -166,7 +166,7 @@ def test_agent_who_rejects_or_does_not_answer_is_refused_and_the_contact_keeps_i
     r.available("dave")
     gevent.sleep(0.05)                                        # dave has waited longer: offered first
     r.available("erin")
-    connected = r.wait_state("connected", timeout=20)
+    connected = r.wait_connected(timeout=20)
     assert r.store.agent("dave").state == "Refused"
     assert connected.agent_id == r.store.agent("erin").id
     assert connected.queued_at == queued.queued_at

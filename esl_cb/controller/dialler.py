@@ -62,6 +62,9 @@ class Dialler:
         self.metrics = None
         self.guard: CallbackGuard | None = None    # the destination policy, asked again before every dial
         self.confirming: dict[str, gevent.Greenlet] = {}   # customer leg -> its confirmation timeout
+        # Contacts stored as connected whose uuid_bridge has not answered yet -> the agent's hangup
+        # cause if it came meanwhile (then 'connected' does not mean they ever talked).
+        self.bridging: dict[int, str | None] = {}
         legs.handlers["callback"] = self.callback_event
 
     def stop(self) -> None:
@@ -307,22 +310,55 @@ class Dialler:
         except (ESLError, commands.UnsafeDialString) as e:
             log.warning("contact %s: could not play %s on %s: %s", contact_id, sounds, uuid, e)
 
+    def agent_hung_up_while_bridging(self, contact_id: int, cause: str) -> bool:
+        """From the agent's leg: True when this contact's bridge is under way (the dialler decides,
+        once the switch answers, whether a conversation took place)."""
+        if contact_id not in self.bridging:
+            return False
+        self.bridging[contact_id] = cause
+        return True
+
     def _connect(self, watch: LegWatch, confirmed: bool | None) -> None:
         plan = watch.plan
-        if not self.store.dial_answered(plan.contact_id, watch.uuid, confirmed):
+        cid = plan.contact_id
+        if not self.store.dial_answered(cid, watch.uuid, confirmed):
             self.switch.kill(watch.uuid)
             return
-        reply = self.switch.bridge(plan.agent_leg_uuid, watch.uuid)
-        if not reply.startswith("+OK"):
+        self.bridging[cid] = None
+        try:
+            reply = self.switch.bridge(plan.agent_leg_uuid, watch.uuid)
+        finally:
+            agent_cause = self.bridging.pop(cid, None)
+        if reply.startswith("+OK"):
+            log.info("contact %s: customer answered and is connected to the agent", cid)
+            self._count("answered")
+            if agent_cause is not None:      # the agent hung up just after the bridge
+                self.conversation_ended(cid, f"agent hung up ({agent_cause})")
+            return
+        # uuid_bridge says "-ERR Invalid uuid" for either leg: ask which one is gone.
+        if agent_cause is not None or not self.switch.leg_exists(plan.agent_leg_uuid):
             log.warning("contact %s: the agent left before the customer answered (%s); back to the queue",
                         plan.contact_id, reply.strip())
             watch.answered = False            # its hangup is not the end of a conversation
             self.store.bridge_failed(plan.contact_id, watch.uuid, "agent gone before the bridge")
             self.switch.kill(watch.uuid)
             self.wake()
-        else:
-            log.info("contact %s: customer answered and is connected to the agent", plan.contact_id)
-            self._count("answered")
+            return
+        # The customer hung up as they answered, before they could hear the agent: counted as not
+        # reached and retried; the agent, who waited on the line, is released.
+        result = "bridge_failed" if self.switch.leg_exists(watch.uuid) else "hung_up_at_answer"
+        log.warning("contact %s attempt %d: %s before the bridge (%s)", plan.contact_id, plan.attempt_no,
+                    "the bridge failed" if result == "bridge_failed" else "the customer hung up as they answered",
+                    reply.strip())
+        watch.answered = False                # its hangup is not the end of a conversation
+        self._count(result)
+        outcome = self.store.dial_failed(plan.contact_id, watch.uuid, result, self.settings.retry_interval,
+                                         self.settings.max_attempts, confirmed=confirmed, answered=True)
+        if outcome is Outcome.CALLBACK_FAILED:
+            log.info("contact %s: callback failed after %d attempts", plan.contact_id, self.settings.max_attempts)
+        self.switch.kill(watch.uuid)
+        self.switch.kill(plan.agent_leg_uuid)
+        self.wake()
 
     def _not_reached(self, watch: LegWatch, cause: str) -> None:
         plan = watch.plan

@@ -218,6 +218,8 @@ class Dispatcher:
 
     def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
         cid = watch.contact_id
+        if self.dialler.agent_hung_up_while_bridging(cid, cause):
+            return        # stored as connected, not yet bridged: not a conversation that ended
         # The common case first: a conversation ended and the agent is free (with the next offer).
         if self.conversation_ended(cid, f"agent hung up ({cause})"):
             return

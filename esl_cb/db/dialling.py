@@ -111,13 +111,16 @@ class DiallingStore(StoreBase):
             return True
 
     def dial_failed(self, contact_id: int, leg_uuid: str, result: str, retry_after: float, max_attempts: int,
-                    counts: bool = True, confirmed: bool | None = None) -> Outcome | None:
+                    counts: bool = True, confirmed: bool | None = None,
+                    answered: bool = False) -> Outcome | None:
         """The customer did not answer (or the agent hung up while it rang): release the agent,
-        retry later or give up. Returns CALLBACK_FAILED when it gave up."""
+        retry later or give up. Returns CALLBACK_FAILED when it gave up. `answered`: the customer
+        answered but hung up before the bridge (stored as connected by then)."""
         now = utcnow()
+        states = (C.CONNECTED.value,) if answered else (C.DIALLING.value, C.ACCEPTED.value)
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state not in (C.DIALLING.value, C.ACCEPTED.value) or c.callback_leg_uuid != leg_uuid:
+            if c is None or c.state not in states or c.callback_leg_uuid != leg_uuid:
                 return None     # an older attempt reporting late: the contact has moved on
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
                 result=result, ended_at=now, confirmed=confirmed))
@@ -126,12 +129,12 @@ class DiallingStore(StoreBase):
             if attempts >= max_attempts:
                 self._move(conn, contact_id, [C(c.state)], C.ENDED, f"{result}, attempt {attempts} of {max_attempts}",
                            outcome=Outcome.CALLBACK_FAILED.value, ended_at=now, attempts=attempts,
-                           last_error=result, agent_leg_uuid=None)
+                           last_error=result, agent_leg_uuid=None, connected_at=None)
                 return Outcome.CALLBACK_FAILED
             self._move(conn, contact_id, [C(c.state)], C.CALLBACK_QUEUED, f"{result}, retry in {retry_after:g}s",
                        retry_at=now + timedelta(seconds=retry_after) if counts else None, attempts=attempts,
                        agent_id=None, agent_leg_uuid=None, dial_due_at=None, callback_leg_uuid=None,
-                       last_error=result)
+                       connected_at=None, last_error=result)
             return None
 
     def bridge_failed(self, contact_id: int, leg_uuid: str, reason: str) -> bool:

@@ -112,6 +112,15 @@ class RealRig(Looking):
     def api(self, cmd: str) -> str:
         return self.switch.api(cmd)
 
+    def wait_connected(self, contact_id: int = 1, timeout: float = 15.0):
+        """Connected and bridged. 'connected' is stored before the bridge: a test that hangs up a leg
+        the moment it reads 'connected' races the bridge (and the retry that follows a failed one)."""
+        c = self.wait_state("connected", contact_id, timeout)
+        leg = c.callback_leg_uuid if c.callback_requested else c.caller_uuid
+        until(lambda: f'"Other-Leg-Unique-ID":"{c.agent_leg_uuid}"' in self.api(f"uuid_dump {leg} json"),
+              timeout=5, what=f"contact {contact_id}'s leg {leg} to be bridged to agent leg {c.agent_leg_uuid}")
+        return c
+
     def invites_to(self, user: str) -> list:
         """INVITEs that reached a phone during this test (SIPp's trace: the time on the wire)."""
         return [m for m in self.phones.invites_to(user) if m.at >= self.t0]
