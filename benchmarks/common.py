@@ -102,3 +102,82 @@ def pct(values: list[float], p: float) -> float:
     v = sorted(values)
     k = min(int(round(p / 100 * (len(v) - 1))), len(v) - 1)
     return v[k]
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto these CPUs (threads it starts later inherit their creator's)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, FileNotFoundError):
+            pass               # a thread that ended meanwhile
+
+
+def postgres_pids() -> list[int]:
+    """The local PostgreSQL server's postmaster and its children (backends fork from it)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() in ("postgres", "postmaster"):
+                    pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def renice_process(pid: int, nice: int) -> None:
+    """Every thread of a process to this nice value (Linux: niceness is per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
+
+def schedule_process(pid: int, policy: int, priority: int = 0) -> None:
+    """Every thread of a process to this scheduling policy (SCHED_RR 20, or back to SCHED_OTHER 0)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
+
+class CorePlan:
+    """--pin: one core for the controller and PostgreSQL, the other(s) for FreeSWITCH, SIPp and the
+    driver; --nice N: the controller and PostgreSQL at that nice value (FreeSWITCH at 0); --realtime P:
+    both SCHED_RR at priority P (above FreeSWITCH's own SCHED_FIFO 10 with P > 10). What an
+    operator does with taskset/cgroups or systemd's Nice= to keep the switch's media threads from
+    taking the CPU the time-critical path needs. PostgreSQL (a system service) is put back at the end."""
+
+    def __init__(self, pin: bool = True, nice: int = 0, realtime: int = 0, database: bool = True) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if pin and len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        self.pin, self.nice, self.realtime, self.database = pin, nice, realtime, database
+        self.all = set(cpus)
+        self.ours = {cpus[0]} if pin else self.all
+        self.switch = set(cpus[1:]) if pin else self.all
+
+    def start(self) -> None:
+        os.sched_setaffinity(0, self.switch)          # the driver; what it starts inherits this
+        for pid in postgres_pids() if self.database else []:
+            self.controller(pid)
+            if self.realtime:
+                schedule_process(pid, os.SCHED_RR, self.realtime)
+
+    def controller(self, pid: int) -> None:
+        """The controller runs SCHED_RR by its own --realtime-priority; here only its core and nice."""
+        pin_process(pid, self.ours)
+        renice_process(pid, self.nice)
+
+    def close(self) -> None:
+        for pid in postgres_pids() if self.database else []:
+            pin_process(pid, self.all)
+            renice_process(pid, 0)
+            if self.realtime:
+                schedule_process(pid, os.SCHED_OTHER, 0)
+        os.sched_setaffinity(0, self.all)

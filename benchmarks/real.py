@@ -50,6 +50,7 @@ patch_psycopg()
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
+from benchmarks.common import CorePlan  # noqa: E402
 from benchmarks.real_report import table  # noqa: E402
 from benchmarks.realswitch import CC_DID, DID, GREETING, RealRig, Usage, event_stamp  # noqa: E402
 
@@ -306,7 +307,7 @@ class Run:
 
 
 def one_run(tmp: Path, args) -> dict:
-    rig = RealRig(tmp, realtime=args.switch_realtime)
+    rig = RealRig(tmp, realtime=args.switch_realtime, cores=args.cores)
     run = None
     try:
         run = Run(rig, args.profile and f"{args.profile}.{time.strftime('%H%M%S')}.txt")
@@ -342,10 +343,30 @@ def main() -> None:
     ap.add_argument("--only", choices=SCENARIOS, action="append", help="run only this scenario (repeatable)")
     ap.add_argument("--switch-realtime", action="store_true",
                     help="FreeSWITCH's threads real-time (its own default), not -np as the tests run it")
+    ap.add_argument("--pin", action="store_true",
+                    help="one core for the controller and PostgreSQL, the rest for FreeSWITCH, SIPp and the driver")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="the controller and PostgreSQL at this nice value (-10: ahead of FreeSWITCH at 0)")
+    ap.add_argument("--realtime", type=int, default=0,
+                    help="the controller and PostgreSQL SCHED_RR at this priority (1-99; 0: normal)")
+    ap.add_argument("--leave-database", action="store_true",
+                    help="--pin/--nice/--realtime for the controller only, PostgreSQL left as it is")
     ap.add_argument("--json", help="also write every sample here")
     ap.add_argument("--profile", help="py-spy the controller during each burst into PROFILE.<time>.txt (folded)")
     ap.add_argument("--keep", help="keep each run's files (switch log, capture, controller log) under this folder")
     args = ap.parse_args()
+    args.cores = (CorePlan(pin=args.pin, nice=args.nice, realtime=args.realtime, database=not args.leave_database)
+                  if args.pin or args.nice or args.realtime else None)
+    if args.cores is not None:
+        args.cores.start()
+    try:
+        run_all(args)
+    finally:
+        if args.cores is not None:
+            args.cores.close()
+
+
+def run_all(args) -> None:
     runs = 1 if args.smoke else args.runs
     results = []
     for i in range(runs):

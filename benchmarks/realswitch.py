@@ -22,8 +22,8 @@ import psycopg2
 from sqlalchemy import text
 
 from benchmarks import sniff
-from benchmarks.common import (cpu_by_command, cpu_by_process, esl_cb, free_port, machine_cpu, proc_stats, schedstat,
-                               wait_port)
+from benchmarks.common import (CorePlan, cpu_by_command, cpu_by_process, esl_cb, free_port, machine_cpu, proc_stats,
+                               schedstat, wait_port)
 from esl_cb.db.migrate import upgrade
 from esl_cb.db.store import Store
 from esl_cb.domain.queue import Priority
@@ -92,7 +92,8 @@ class Wire:
 
 
 class RealRig:
-    def __init__(self, root: Path, log_level: str = "INFO", realtime: bool = False) -> None:
+    def __init__(self, root: Path, log_level: str = "INFO", realtime: bool = False,
+                 cores: CorePlan | None = None) -> None:
         reason = missing_tools()
         if reason:
             raise SystemExit(f"cannot run the real-switch benchmark: {reason}")
@@ -128,7 +129,11 @@ class RealRig:
                           "--agent-ring-timeout", "5", "--callback-ring-timeout", "5", "--ports", "1000",
                           # The switch here allows 200 sessions a second; the callers use 40 of them.
                           "--originate-rate", "50", "--log-level", log_level,
+                          # The controller's own option (the database is made real-time by CorePlan).
+                          *(["--realtime-priority", str(cores.realtime)] if cores and cores.realtime else []),
                           log=self.ctl_log.open("wb"))
+        if cores is not None:
+            cores.controller(self.ctl.pid)
         wait_port(self.ctl_port)
         wait_port(self.metrics_port)
         self.esl = InboundConnection("127.0.0.1", self.switch.esl_port, PASSWORD, lambda e: None, timeout=10)

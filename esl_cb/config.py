@@ -46,6 +46,7 @@ class Settings:
     db_wait: float = 60.0             # how long a new caller hears music while the database is away
     arrival_db_connections: int = 4   # database connections for callers' arrivals (the rest keep theirs)
     metrics_port: int = 0
+    realtime_priority: int = 0        # run SCHED_RR at this priority (1-99), above FreeSWITCH's 10; 0: normal
     # Who may be called back (esl_cb/domain/policy.py): toll fraud and flooding.
     allowed_countries: str = ""       # ISO codes, comma-separated; empty: the --region country only; * any
     refused_number_types: str = ",".join(DEFAULT_REFUSED_TYPES)
@@ -78,6 +79,9 @@ class Settings:
             raise ConfigError(f"originate_rate must be above 0 (originates per second), not {self.originate_rate}")
         if self.retry_interval < 0:
             raise ConfigError("retry_interval cannot be negative")
+        if not 0 <= self.realtime_priority <= 99:
+            raise ConfigError(f"realtime_priority must be 0 (normal) or a SCHED_RR priority 1-99, not "
+                              f"{self.realtime_priority}")
         self.policy()
         networks = self.allowed_networks()
         listen_host = parse_hostport(self.listen)[0]

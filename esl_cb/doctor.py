@@ -11,7 +11,9 @@ checks rely on was measured on FreeSWITCH 1.11 (see FREESWITCH-FACTS and tests/t
 - `user_exists id USER DOMAIN` is `true`/`false`; `sofia status gateway NAME` / `sofia status profile
   NAME` answer `Invalid Gateway!` / `Invalid Profile!` for what the switch does not have;
 - the switch's clock: `Event-Date-Timestamp` of a BACKGROUND_JOB (microseconds, but it moves in 20 ms
-  steps and reads up to 20 ms behind), several samples.
+  steps and reads up to 20 ms behind), several samples;
+- `global_getvar run_dir` names the folder of `freeswitch.pid`: a switch on this host is found by it
+  (FreeSWITCH runs SCHED_FIFO 10 unless started with -np).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .esl.commands import UnsafeDialString, dial_for
 from .esl.inbound import ConnectionLost, ESLError, Event, InboundConnection
 from .esl.prompts import check_prompts
 from .netaddr import parse_hostport
+from .scheduling import pid_from_file, priority_of, verdict
 
 log = logging.getLogger(__name__)
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -123,6 +126,7 @@ def diagnose(settings: Settings, script: Script | None, script_error: str = "",
             results.append(_agents(switch, db, agents))
             results.append(_dial_template(switch, settings))
         results.append(_clocks(switch, db))
+        results.append(_scheduling(switch, db, settings))
     finally:
         if switch is not None:
             switch.close()
@@ -398,3 +402,37 @@ def _clocks(switch: _Switch | None, db) -> Result:
     if worst > CLOCK_WARN:
         return Result("clocks", WARN, found, todo)
     return Result("clocks", OK, found)
+
+
+# -- 9. who gets a CPU first -------------------------------------------------------
+def _scheduling(switch: _Switch | None, db, settings: Settings) -> Result:
+    """The controller's priority against FreeSWITCH's and PostgreSQL's when they run on this host
+    (their pid file / backend pid name a process here)."""
+    switch_prio = db_prio = None
+    try:
+        if switch is not None and _is_local(settings.esl):
+            run_dir = switch.api("global_getvar run_dir").strip()
+            pid = pid_from_file(f"{run_dir}/freeswitch.pid") if run_dir.startswith("/") else None
+            switch_prio = priority_of(pid) if pid else None
+        if db is not None and db.dialect.name == "postgresql":
+            from sqlalchemy import text
+            with db.connect() as conn:
+                backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+                db_prio = priority_of(backend) if _is_postgres(backend) else None
+    except Exception as e:                          # noqa: BLE001 - informative only: say so, go on
+        return Result("scheduling", WARN, f"could not read the processes' priorities ({type(e).__name__})")
+    fine, found, todo = verdict(switch_prio, settings.realtime_priority, db_prio)
+    return Result("scheduling", OK if fine else WARN, found, todo)
+
+
+def _is_local(hostport: str) -> bool:
+    host = parse_hostport(hostport)[0]
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _is_postgres(pid: int | None) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() in ("postgres", "postmaster")
+    except OSError:
+        return False

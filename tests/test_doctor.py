@@ -82,7 +82,7 @@ def test_a_healthy_installation_passes_every_check(doctor):
     result, lines = doctor()
     assert result.exit_code == 0, result.output
     assert list(lines) == ["esl", "database", "version", "max-sessions", "sessions/s", "prompts", "agents", "dial",
-                           "clocks"]
+                           "clocks", "scheduling"]
     assert all(status(lines, c) == "OK" for c in lines), result.output
     assert "all 3 prompts of script 'doctor' are on the switch" in lines["prompts"]
     assert "all 1 agents' dial strings resolve" in lines["agents"]

@@ -2,6 +2,8 @@
 agent the switch's directory lacks are named."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -52,3 +54,30 @@ def test_a_missing_prompt_and_an_unknown_user_are_named(doctor):
     assert lines["prompts"].startswith("FAIL") and "lacks ivr/ivr-callback_offer.wav" in result.output
     assert lines["agents"].startswith("FAIL")
     assert "agent carol: user/9999: no user 9999 in the switch's directory for domain 127.0.0.1" in result.output
+
+
+def test_a_realtime_switch_above_the_controller_is_named(doctor, fs_rig):  # noqa: F811
+    """FreeSWITCH runs SCHED_FIFO 10 by default (the tests start it -np): the doctor finds its process
+    through its pid file and says the controller needs --realtime-priority above it."""
+    pid = fs_rig.switch.proc.pid
+    _, lines = doctor()
+    assert lines["scheduling"].startswith("OK") and "FreeSWITCH normal" in lines["scheduling"]
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    try:
+        for tid in tids:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(10))
+    except PermissionError:                   # not root: the switch stays normal, and the doctor says so
+        _, lines = doctor()
+        assert "FreeSWITCH normal" in lines["scheduling"]
+        return
+    try:
+        result, lines = doctor()
+        assert lines["scheduling"].startswith("WARN") and "FreeSWITCH SCHED_FIFO 10" in lines["scheduling"]
+        assert "--realtime-priority 20" in result.output
+        assert result.exit_code == 0                  # a warning, not a failure
+    finally:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+            except ProcessLookupError:
+                pass

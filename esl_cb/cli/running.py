@@ -41,6 +41,9 @@ from .policy import policy_options
 @click.option("--refused-reset", type=float, help="Seconds before a Refused agent is Available again (0: never).")
 @click.option("--region", help="Country for numbers written without + (ISO code). [default: US]")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).")
+@click.option("--realtime-priority", type=int,
+              help="Run SCHED_RR at this priority (1-99), above FreeSWITCH's real-time 10, so the switch's media "
+                   "threads never delay an answer or a due dial; needs CAP_SYS_NICE. [default: 0, normal]")
 @click.option("--allow-from", help="Addresses or networks FreeSWITCH connects from (comma-separated). "
                                    "[default: 127.0.0.0/8,::1]")
 @policy_options
@@ -73,6 +76,14 @@ def run(config_file, log_level, log_format, **options) -> None:
         fail(f"the script is invalid:\n{e}", EXIT_USAGE)
     for w in script.warnings:
         click.secho(str(w), fg="yellow", err=True)
+    if settings.realtime_priority:
+        from esl_cb.scheduling import SchedulingError, become_realtime
+
+        try:
+            become_realtime(settings.realtime_priority)
+        except SchedulingError as e:
+            fail(f"--realtime-priority: {e}", EXIT_FAILED)
+        logging.getLogger("esl_cb").info("running SCHED_RR %d", settings.realtime_priority)
     store = open_store(settings.db)
     store.controller_id = settings.controller_id
     controller = Controller(settings, store, script)
@@ -102,7 +113,8 @@ def doctor(config_file, log_level, **options) -> None:
     One line per check, OK / WARN / FAIL, with what to do for each problem: FreeSWITCH's event socket
     and password, its version, max-sessions and sessions-per-second against --originate-rate, every
     prompt of the script, the database and its migrations, every agent's dial string and the dial
-    template, and the clocks of this host, the switch and the database. Exit code 0 when nothing
+    template, the clocks of this host, the switch and the database, and the controller's CPU priority
+    against a FreeSWITCH and a PostgreSQL on this host. Exit code 0 when nothing
     FAILs (warnings allowed), 1 otherwise. Takes the same options (and ESL_CB_* variables, --config)
     as `run`.
 
