@@ -152,8 +152,7 @@ class Rig:
 
     def available(self, name: str) -> float:
         t0 = time.time()
-        self.store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))
-        self.store.notify(name)
+        self.store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))    # NOTIFY at its commit
         return t0
 
     def ended(self, skill: str) -> int:

@@ -65,6 +65,7 @@ class Run:
         self.out: dict = {"offer_quiet": {"ours": [], "cc": []}, "offer_burst": {"ours": [], "cc": []},
                           "after": {"ours": [], "cc": []}}
         self.samples: dict[str, list[tuple[str, str, float]]] = {"offer_quiet": [], "offer_burst": []}
+        self.notified: dict[tuple[str, float], float] = {}     # (agent, t0) -> when its NOTIFY was committed
         self.ours_offer, self.cc_offer = ["eo14", "eo24"], ["co14", "co24"]
         for a in self.ours_offer:
             rig.agent(a, "offer")
@@ -101,6 +102,7 @@ class Run:
         rig = self.rig
         t0 = rig.available(agent)
         self.samples[key].append(("ours", agent, t0))
+        self.notified[(agent, t0)] = rig.notified
         deadline = time.time() + 10
         while rig.agent_state(agent) != "Refused" and time.time() < deadline:
             gevent.sleep(0.05)
@@ -143,6 +145,9 @@ class Run:
                         and r["dial"].split("/")[-1].startswith(agent + "@")]
                 if sent:
                     self.out[key].setdefault("ours_sent", []).append((min(sent) - t0) * 1000)
+                    notified = self.notified.get((agent, t0))
+                    if notified:
+                        self.out[key].setdefault("ours_notified", []).append((min(sent) - notified) * 1000)
 
     # -- after-call offers, ours and mod_callcenter's at once -------------------------------
     def after_call(self, n: int) -> None:

@@ -219,8 +219,8 @@ class RealRig:
 
     def available(self, name: str) -> float:
         t0 = time.time()
-        self.store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))
-        self.store.notify(name)
+        self.store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))    # NOTIFY at its commit
+        self.notified = time.time()          # the operator's part ends: the NOTIFY is committed
         return t0
 
     def sql(self, query: str, **params):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from esl_cb.domain import script as scripts
+from esl_cb.domain.states import AgentState
 
 from .fixtures import wait_until
 from .harness import Harness
@@ -402,3 +403,17 @@ def test_a_leg_gone_between_the_customers_answer_and_the_bridge(h, monkeypatch, 
     ended = h.wait_state("ended")
     assert ended.outcome == "callback_completed"
     assert ended.attempts == (2 if gone == "customer" else 1)       # the agent's leaving is not counted
+
+
+def test_making_an_agent_available_wakes_the_controller_at_once(pg_url, example_script):
+    """The operator's state change carries its NOTIFY in the same commit: with the backstop poll at
+    30 s, the offer still goes out at once."""
+    h = Harness(pg_url, example_script, poll_interval=30.0)
+    try:
+        h.agent("alice", "1001", answer=0.3)
+        h.call("3125550100", "3125557000", "dtmf 1 4.0")
+        h.wait_state("callback_queued")
+        h.store.set_agent_state("alice", AgentState.AVAILABLE, list(AgentState))    # no wake_dispatcher()
+        wait_until(lambda: h.originates_to("1001"), timeout=3, what="the offer, woken by the NOTIFY")
+    finally:
+        h.close()

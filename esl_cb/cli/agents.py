@@ -51,8 +51,7 @@ def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: s
 
     store = open_store(db)
     before = store_call(store.set_agent_state, name, AgentState(to), [AgentState(a) for a in allowed],
-                        operator=operator)
-    store_call(store.notify, f"agent {name}")
+                        operator=operator)                 # wakes the controllers at its commit
     click.echo(f"agent {name}: {before.value} -> {to}")
 
 

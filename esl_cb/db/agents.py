@@ -108,7 +108,8 @@ class AgentsStore(StoreBase):
                  "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
-        """Operator-driven agent state change (CLI); refused with the reason when not allowed."""
+        """Operator-driven agent state change (CLI); refused with the reason when not allowed. The
+        controllers are woken (NOTIFY) by the same commit."""
         allowed = [s.value for s in allowed_from]
         with self.engine.begin() as conn:
             row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
@@ -125,6 +126,7 @@ class AgentsStore(StoreBase):
             if res.rowcount != 1:
                 raise StaleState(f"agent {name!r} changed state meanwhile; try again")
             self._audit(conn, operator, "agent state", name, f"{row.state} -> {to.value}")
+            self._notify(conn, f"agent {name}")          # the controllers hear of it at commit
             log.info("agent %s %s -[operator %s]-> %s", name, row.state, operator or "", to.value)
             return A(row.state)
 

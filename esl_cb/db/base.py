@@ -324,4 +324,10 @@ class StoreBase(object):
         if self.engine.dialect.name != "postgresql":
             return
         with self.engine.begin() as conn:
+            self._notify(conn, what)
+
+    def _notify(self, conn, what: str) -> None:
+        """The same, inside a transaction: PostgreSQL delivers it when that transaction commits (one
+        round trip instead of a transaction of its own)."""
+        if self.engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_notify(:c, :w)"), {"c": self.NOTIFY_CHANNEL, "w": what[:100]})
