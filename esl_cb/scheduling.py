@@ -2,9 +2,9 @@
 
 Measured on the real switch (issue 12, benchmarks/RESULTS.md): FreeSWITCH runs its threads real-time
 (SCHED_FIFO 10) by default. With 240 callers arriving on a 2-core host, a controller and a
-PostgreSQL at normal priority waited for a CPU 40% of the time and acted on an agent's answer up to
-0.6 s late (p99); at SCHED_RR 20, above the switch, 14 ms, and the customer's INVITE left within
-13 ms (p99) of its due time. Linux only; elsewhere everything here says "unknown".
+PostgreSQL at normal priority waited for a CPU 27-45% of the time and acted on an agent's answer
+419 ms late (p99); at SCHED_RR 20, above the switch, 12.7 ms, and the customer's INVITE left within
+12.3 ms of its due time. Linux only; elsewhere everything here says "unknown".
 """
 from __future__ import annotations
 
