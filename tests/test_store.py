@@ -143,3 +143,26 @@ def test_two_hangups_of_one_conversation_race_and_only_one_acts(pg_url):
         alice = conn.execute(text("SELECT state, contact_id, leg_uuid FROM agents")).one()
     assert tuple(alice) == ("Offered", second, leg)
     store.close()
+
+
+def test_an_operators_agent_state_change_is_checked_stored_and_audited(store):
+    """PostgreSQL does it in one statement (with the audit row and the NOTIFY), SQLite in a transaction:
+    the same answers either way."""
+    from esl_cb.db.base import NotFound, StoreError
+    store.add_agent("ann", "user/7001", ["support"])
+    with pytest.raises(NotFound, match="no agent named 'nobody'"):
+        store.set_agent_state("nobody", AgentState.AVAILABLE, [AgentState.LOGGED_OUT])
+    with pytest.raises(StoreError, match="agent 'ann' is LoggedOut; it cannot go to Available now"):
+        store.set_agent_state("ann", AgentState.AVAILABLE, [AgentState.UNAVAILABLE])
+    assert store.agent("ann").state == "LoggedOut" and store.audit_log() == []       # nothing changed
+    assert store.set_agent_state("ann", AgentState.AVAILABLE, [AgentState.LOGGED_OUT], operator="dave") \
+        == AgentState.LOGGED_OUT
+    ann = store.agent("ann")
+    assert ann.state == "Available" and ann.available_since is not None
+    with pytest.raises(StoreError, match="agent 'ann' is already Available"):
+        store.set_agent_state("ann", AgentState.AVAILABLE, list(AgentState), operator="dave")
+    assert store.set_agent_state("ann", AgentState.UNAVAILABLE, list(AgentState)) == AgentState.AVAILABLE
+    assert store.agent("ann").available_since == ann.available_since               # kept when not made available
+    log = store.audit_log()
+    assert [(e["operator"], e["action"], e["target"], e["detail"]) for e in log] == [
+        ("dave", "agent state", "ann", "LoggedOut -> Available")]                     # no operator: not audited
