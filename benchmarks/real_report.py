@@ -17,11 +17,11 @@ ROWS = [
     # (label, path into a run's results, target)
     ("offer latency, quiet: esl-cb", ("offer_quiet", "ours"), "p50 <= 12, p95 <= 25"),
     ("  of which esl-cb's (made available -> our originate on the wire)", ("offer_quiet", "ours_sent"), ""),
-    ("    of which the controller's (the operator's NOTIFY committed -> our originate)", ("offer_quiet", "ours_notified"), ""),
+    ("    of which the controller's (the operator's call returned -> our originate; may read < 0)", ("offer_quiet", "ours_notified"), ""),
     ("  mod_callcenter, same switch, same run", ("offer_quiet", "cc"), ""),
     ("offer latency, during the burst: esl-cb", ("offer_burst", "ours"), "p50 <= 12, p95 <= 25"),
     ("  of which esl-cb's (made available -> our originate on the wire)", ("offer_burst", "ours_sent"), ""),
-    ("    of which the controller's (the operator's NOTIFY committed -> our originate)", ("offer_burst", "ours_notified"), ""),
+    ("    of which the controller's (the operator's call returned -> our originate; may read < 0)", ("offer_burst", "ours_notified"), ""),
     ("  mod_callcenter, same switch, same burst", ("offer_burst", "cc"), ""),
     ("after-call offer (agent's BYE -> next INVITE): esl-cb", ("after", "ours"), ""),
     ("  mod_callcenter, same switch, same time", ("after", "cc"), ""),

@@ -131,42 +131,27 @@ class AgentsStore(StoreBase):
         controllers are woken (NOTIFY) by the same commit."""
         allowed = [s.value for s in allowed_from]
         if self._pg:
-            return self._set_agent_state_pg(name, to, allowed, operator)
-        with self.engine.begin() as conn:
-            row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
-            if row is None:
-                raise NotFound(f"no agent named {name!r}")
-            if row.state == to.value:
-                raise StoreError(f"agent {name!r} is already {to.value}")
-            if row.state not in allowed:
-                raise StoreError(f"agent {name!r} is {row.state}; it cannot go to {to.value} now")
-            values = dict(state=to.value, state_changed_at=utcnow())
-            if to is A.AVAILABLE:
-                values["available_since"] = utcnow()
-            res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))
-            if res.rowcount != 1:
-                raise StaleState(f"agent {name!r} changed state meanwhile; try again")
-            self._audit(conn, operator, "agent state", name, f"{row.state} -> {to.value}")
-            self._notify(conn, f"agent {name}")          # the controllers hear of it at commit
-            log.info("agent %s %s -[operator %s]-> %s", name, row.state, operator or "", to.value)
-            return A(row.state)
-
-    def _set_agent_state_pg(self, name: str, to: A, allowed: list[str], operator: str | None) -> A:
-        with self._autocommit.connect() as conn:
-            row = conn.execute(_PG_SET_STATE, {
-                "name": name, "to": to.value, "now": utcnow(), "allowed": allowed,
-                "operator": operator[:64] if operator else None, "target": name[:255],
-                "channel": self.NOTIFY_CHANNEL, "what": f"agent {name}"[:100]}).first()
-        if row is None:
-            raise NotFound(f"no agent named {name!r}")
-        if row.before == to.value:
-            raise StoreError(f"agent {name!r} is already {to.value}")
-        if row.before not in allowed:
-            raise StoreError(f"agent {name!r} is {row.before}; it cannot go to {to.value} now")
-        if not row.changed:
-            raise StaleState(f"agent {name!r} changed state meanwhile; try again")
-        log.info("agent %s %s -[operator %s]-> %s", name, row.before, operator or "", to.value)
-        return A(row.before)
+            with self._autocommit.connect() as conn:
+                row = conn.execute(_PG_SET_STATE, {
+                    "name": name, "to": to.value, "now": utcnow(), "allowed": allowed,
+                    "operator": operator[:64] if operator else None, "target": name[:255],
+                    "channel": self.NOTIFY_CHANNEL, "what": f"agent {name}"[:100]}).first()
+            _check_change(name, row.before if row else None, to, allowed, bool(row and row.changed))
+            before = row.before
+        else:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
+                _check_change(name, row.state if row else None, to, allowed, True)
+                values = dict(state=to.value, state_changed_at=utcnow())
+                if to is A.AVAILABLE:
+                    values["available_since"] = utcnow()
+                res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))
+                _check_change(name, row.state, to, allowed, res.rowcount == 1)
+                self._audit(conn, operator, "agent state", name, f"{row.state} -> {to.value}")
+                self._notify(conn, f"agent {name}")          # the controllers hear of it at commit
+                before = row.state
+        log.info("agent %s %s -[operator %s]-> %s", name, before, operator or "", to.value)
+        return A(before)
 
     def reset_refused(self, after_seconds: float) -> int:
         """Refused agents become Available again after a while (if the operator configured it)."""
@@ -176,3 +161,15 @@ class AgentsStore(StoreBase):
                 Agent.state == A.REFUSED.value, Agent.state_changed_at <= now - timedelta(seconds=after_seconds)
             ).values(state=A.AVAILABLE.value, state_changed_at=now, available_since=now))
             return res.rowcount
+
+
+def _check_change(name: str, before: str | None, to: A, allowed: list[str], changed: bool) -> None:
+    """Why an operator's state change was refused (nothing was changed then)."""
+    if before is None:
+        raise NotFound(f"no agent named {name!r}")
+    if before == to.value:
+        raise StoreError(f"agent {name!r} is already {to.value}")
+    if before not in allowed:
+        raise StoreError(f"agent {name!r} is {before}; it cannot go to {to.value} now")
+    if not changed:
+        raise StaleState(f"agent {name!r} changed state meanwhile; try again")
