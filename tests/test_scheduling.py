@@ -70,3 +70,10 @@ def test_run_with_a_realtime_priority_runs_sched_rr(tmp_path, pg_url):
             ctl.stop()
     finally:
         sim.stop()
+
+
+def test_the_priority_comes_from_the_environment_as_the_readme_shows():
+    from esl_cb.config import load_settings
+    assert load_settings(environ={"ESL_CB_REALTIME_PRIORITY": "20"}).realtime_priority == 20
+    with pytest.raises(ConfigError, match="setting realtime_priority: 'high' is not a valid int"):
+        load_settings(environ={"ESL_CB_REALTIME_PRIORITY": "high"})
