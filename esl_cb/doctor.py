@@ -414,20 +414,26 @@ def _scheduling(switch: _Switch | None, db, settings: Settings) -> Result:
             run_dir = switch.api("global_getvar run_dir").strip()
             pid = pid_from_file(f"{run_dir}/freeswitch.pid") if run_dir.startswith("/") else None
             switch_prio = priority_of(pid) if pid else None
-        if db is not None and db.dialect.name == "postgresql":
+        where = "not used" if db is not None and db.dialect.name != "postgresql" else "on another host"
+        if db is not None and db.dialect.name == "postgresql" and _is_local_db(db.url.host):
             from sqlalchemy import text
             with db.connect() as conn:
                 backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
                 db_prio = priority_of(backend) if _is_postgres(backend) else None
     except Exception as e:                          # noqa: BLE001 - informative only: say so, go on
         return Result("scheduling", WARN, f"could not read the processes' priorities ({type(e).__name__})")
-    fine, found, todo = verdict(switch_prio, settings.realtime_priority, db_prio)
+    fine, found, todo = verdict(switch_prio, settings.realtime_priority, db_prio, where)
     return Result("scheduling", OK if fine else WARN, found, todo)
 
 
 def _is_local(hostport: str) -> bool:
     host = parse_hostport(hostport)[0]
     return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _is_local_db(host: str | None) -> bool:
+    """A backend pid means a process here only when the server is here (not a container's namespace)."""
+    return not host or host.startswith("/") or host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _is_postgres(pid: int | None) -> bool:

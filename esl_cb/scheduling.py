@@ -69,16 +69,20 @@ def pid_from_file(path: str) -> int | None:
         return None
 
 
-def verdict(switch: Priority | None, controller: int, database: Priority | None) -> tuple[bool, str, str]:
+def verdict(switch: Priority | None, controller: int, database: Priority | None,
+            database_where: str = "on another host") -> tuple[bool, str, str]:
     """(fine, what was found, what to do) for the controller's priority against the switch's and the
-    database's on this host (None: on another host, or unknown)."""
+    database's on this host (None: on another host, or unknown; `database_where` says which)."""
     ours = f"SCHED_RR {controller}" if controller else "normal"
-    found = f"controller {ours}, FreeSWITCH {switch or 'on another host'}, PostgreSQL {database or 'on another host'}"
+    found = f"controller {ours}, FreeSWITCH {switch or 'on another host'}, PostgreSQL {database or database_where}"
     if switch is not None and switch.realtime and controller <= switch.priority:
+        if switch.priority >= 99:
+            return False, found, ("FreeSWITCH runs at the highest real-time priority (99): nothing can run above "
+                                  "it; start it with -rp or -np instead, or give the controller a host of its own")
+        above = max(RECOMMENDED, switch.priority + 1)
         return False, found, (f"FreeSWITCH runs real-time and takes the CPU first under load: run the controller "
-                              f"with --realtime-priority {max(RECOMMENDED, switch.priority + 1)}, and PostgreSQL "
-                              "on this host above the switch too (systemd: CPUSchedulingPolicy=rr, "
-                              f"CPUSchedulingPriority={max(RECOMMENDED, switch.priority + 1)})")
+                              f"with --realtime-priority {above}, and PostgreSQL on this host above the switch too "
+                              f"(systemd: CPUSchedulingPolicy=rr, CPUSchedulingPriority={above})")
     if controller and database is not None and not (database.realtime and database.priority >= controller):
         return False, found, ("the controller waits for PostgreSQL on every answer: run PostgreSQL on this host "
                               f"SCHED_RR {controller} too (systemd: CPUSchedulingPolicy=rr, "

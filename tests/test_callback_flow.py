@@ -1,6 +1,7 @@
 """Queued callbacks end to end (issue 3), against the simulator and a real PostgreSQL."""
 from __future__ import annotations
 
+import gevent
 import pytest
 
 from esl_cb.domain import script as scripts
@@ -365,7 +366,7 @@ def test_a_database_error_after_the_originate_never_dials_twice(pg_url):
         h.close()
 
 
-@pytest.mark.parametrize("gone", ["customer", "agent"])
+@pytest.mark.parametrize("gone", ["customer", "agent", "agent-while-storing"])
 def test_a_leg_gone_between_the_customers_answer_and_the_bridge(h, monkeypatch, gone):
     """'connected' is stored before the bridge; a leg that hangs up in between (seen in CI on the real
     switch) makes uuid_bridge answer '-ERR Invalid uuid' for either leg. A customer who hung up as
@@ -378,11 +379,17 @@ def test_a_leg_gone_between_the_customers_answer_and_the_bridge(h, monkeypatch, 
     hung: list[str] = []
 
     def answered_then_gone(contact_id, leg_uuid, confirmed=None):
-        ok = stored(contact_id, leg_uuid, confirmed)
-        if not hung:                      # the first answer only: the retry is connected normally
+        first = not hung                  # the first answer only: the retry is connected normally
+        if first:
             uuid = leg_uuid if gone == "customer" else h.store.contact(contact_id).agent_leg_uuid
-            h.sim.switch.hangup(h.sim.switch.channels[uuid], "NORMAL_CLEARING")
             hung.append(uuid)
+        if first and gone == "agent-while-storing":
+            # The agent's hangup is handled while 'connected' is being stored (a round trip away).
+            h.sim.switch.hangup(h.sim.switch.channels[uuid], "NORMAL_CLEARING")
+            gevent.sleep(0.1)
+        ok = stored(contact_id, leg_uuid, confirmed)
+        if first and gone != "agent-while-storing":
+            h.sim.switch.hangup(h.sim.switch.channels[uuid], "NORMAL_CLEARING")
         return ok
     monkeypatch.setattr(h.store, "dial_answered", answered_then_gone)
 
@@ -390,7 +397,7 @@ def test_a_leg_gone_between_the_customers_answer_and_the_bridge(h, monkeypatch, 
     first = "SELECT result FROM callback_attempts WHERE attempt_no = 1"
     wait_until(lambda: hung and h.rows(first) and h.rows(first)[0]["result"] not in (None, "answered"),
                timeout=20, what="the failed bridge")
-    expected = {"customer": "hung_up_at_answer", "agent": "agent_gone"}[gone]
+    expected = "hung_up_at_answer" if gone == "customer" else "agent_gone"
     assert h.rows(first)[0]["result"] == expected
     first_agent_leg = h.originates_to("1001")[0]["uuid"]
     wait_until(lambda: not h.sim.switch.channels.get(first_agent_leg) or not h.sim.switch.channels[first_agent_leg].alive,
@@ -417,3 +424,28 @@ def test_making_an_agent_available_wakes_the_controller_at_once(pg_url, example_
         wait_until(lambda: h.originates_to("1001"), timeout=3, what="the offer, woken by the NOTIFY")
     finally:
         h.close()
+
+
+def test_a_restart_between_storing_connected_and_the_bridge_bridges_them(h, example_script, monkeypatch):
+    """A crash after 'connected' was stored and before uuid_bridge went: the restarted controller finds
+    both legs up and not bridged, and bridges them through the same verdict as a live answer."""
+    from esl_cb.controller.service import Controller
+    h.agent("alice", "1001", answer=0.3)
+    h.call("3125550100", "3125557000", "dtmf 1 4.0")
+    h.wait_state("callback_queued")
+    crashed: list[str] = []
+    monkeypatch.setattr(h.controller.dialler, "_bridge", lambda watch, confirmed: crashed.append(watch.uuid))
+    h.available("alice")
+    wait_until(lambda: crashed, timeout=20, what="'connected' stored and the bridge about to go")
+    h.controller.stop()                              # the process dies here: no bridge was sent
+    connected = h.contact()
+    assert connected.state == "connected" and h.sim.switch.channels[connected.callback_leg_uuid].peer is None
+    h.controller = Controller(h.settings, h.store, example_script).start()
+    h.sim.switch.socket_target = ("127.0.0.1", h.controller.listen_port)
+    wait_until(lambda: h.sim.switch.channels[connected.callback_leg_uuid].peer is not None, timeout=10,
+               what="the legs bridged after the restart")
+    assert h.sim.switch.channels[connected.callback_leg_uuid].peer.uuid == connected.agent_leg_uuid
+    h.sim_api(f"hangup {connected.callback_leg_uuid}")
+    ended = h.wait_state("ended")
+    assert ended.outcome == "callback_completed" and ended.attempts == 1
+    assert len(h.originates_to("+13125550100")) == 1                  # connected, never dialled again

@@ -34,10 +34,16 @@ def test_a_realtime_controller_waiting_for_a_normal_database_is_a_warning():
     assert verdict(FIFO10, 20, None)[0]                          # the database on another host
 
 
+def test_a_switch_at_the_top_priority_cannot_be_outrun():
+    fine, _, todo = verdict(Priority("SCHED_FIFO", 99), 20, RR20)
+    assert not fine and "highest real-time priority (99)" in todo and "--realtime-priority 100" not in todo
+
+
 def test_normal_everywhere_or_a_remote_switch_is_fine():
     assert verdict(NORMAL, 0, NORMAL) == (True, "controller normal, FreeSWITCH normal, PostgreSQL normal", "")
     assert verdict(None, 0, None) == (True, "controller normal, FreeSWITCH on another host, "
                                             "PostgreSQL on another host", "")
+    assert verdict(None, 0, None, "not used")[1] == "controller normal, FreeSWITCH on another host, PostgreSQL not used"
 
 
 @pytest.mark.parametrize("value", [-1, 100])

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 import gevent
 from gevent.event import Event as GEvent
@@ -62,9 +63,9 @@ class Dialler:
         self.metrics = None
         self.guard: CallbackGuard | None = None    # the destination policy, asked again before every dial
         self.confirming: dict[str, gevent.Greenlet] = {}   # customer leg -> its confirmation timeout
-        # Contacts stored as connected whose uuid_bridge has not answered yet -> the agent's hangup
-        # cause if it came meanwhile (then 'connected' does not mean they ever talked).
-        self.bridging: dict[int, str | None] = {}
+        # Contacts being connected (from storing 'connected' to the bridge's verdict) -> set when done:
+        # an agent's hangup meanwhile waits for it (then 'connected' says whether they talked).
+        self.bridging: dict[int, GEvent] = {}
         legs.handlers["callback"] = self.callback_event
 
     def stop(self) -> None:
@@ -246,6 +247,10 @@ class Dialler:
             watch.answered = True
             self._customer_answered(watch)
             return False
+        if name == "RESUME_BRIDGE":       # recovery: stored as connected, never bridged (a crash between)
+            with self._connecting(plan.contact_id):
+                self._bridge(watch, None)
+            return False
         if name in ("DTMF", "CONFIRM_TIMEOUT"):
             self._confirmation(watch, ev)
             return False
@@ -310,33 +315,42 @@ class Dialler:
         except (ESLError, commands.UnsafeDialString) as e:
             log.warning("contact %s: could not play %s on %s: %s", contact_id, sounds, uuid, e)
 
-    def agent_hung_up_while_bridging(self, contact_id: int, cause: str) -> bool:
-        """From the agent's leg: True when this contact's bridge is under way (the dialler decides,
-        once the switch answers, whether a conversation took place)."""
-        if contact_id not in self.bridging:
-            return False
-        self.bridging[contact_id] = cause
-        return True
+    def wait_for_bridge(self, contact_id: int, timeout: float = 10.0) -> None:
+        """From the agent's leg, before it acts on a hangup: while this contact is being connected
+        ('connected' stored, uuid_bridge not yet answered and judged) 'connected' does not yet say
+        whether anyone talked; wait for the dialler's verdict, then act on what is stored."""
+        settled = self.bridging.get(contact_id)
+        if settled is not None:
+            settled.wait(timeout)
+
+    @contextmanager
+    def _connecting(self, contact_id: int) -> Iterator[None]:
+        """Marks the window from before 'connected' is stored to the bridge's verdict."""
+        settled = self.bridging[contact_id] = GEvent()
+        try:
+            yield
+        finally:
+            if self.bridging.get(contact_id) is settled:
+                del self.bridging[contact_id]
+            settled.set()
 
     def _connect(self, watch: LegWatch, confirmed: bool | None) -> None:
+        """Store 'connected', then bridge."""
+        with self._connecting(watch.plan.contact_id):
+            if not self.store.dial_answered(watch.plan.contact_id, watch.uuid, confirmed):
+                self.switch.kill(watch.uuid)
+                return
+            self._bridge(watch, confirmed)
+
+    def _bridge(self, watch: LegWatch, confirmed: bool | None) -> None:
         plan = watch.plan
-        cid = plan.contact_id
-        if not self.store.dial_answered(cid, watch.uuid, confirmed):
-            self.switch.kill(watch.uuid)
-            return
-        self.bridging[cid] = None
-        try:
-            reply = self.switch.bridge(plan.agent_leg_uuid, watch.uuid)
-        finally:
-            agent_cause = self.bridging.pop(cid, None)
+        reply = self.switch.bridge(plan.agent_leg_uuid, watch.uuid)
         if reply.startswith("+OK"):
-            log.info("contact %s: customer answered and is connected to the agent", cid)
+            log.info("contact %s: customer answered and is connected to the agent", plan.contact_id)
             self._count("answered")
-            if agent_cause is not None:      # the agent hung up just after the bridge
-                self.conversation_ended(cid, f"agent hung up ({agent_cause})")
             return
         # uuid_bridge says "-ERR Invalid uuid" for either leg: ask which one is gone.
-        if agent_cause is not None or not self.switch.leg_exists(plan.agent_leg_uuid):
+        if not self.switch.leg_exists(plan.agent_leg_uuid):
             log.warning("contact %s: the agent left before the customer answered (%s); back to the queue",
                         plan.contact_id, reply.strip())
             watch.answered = False            # its hangup is not the end of a conversation

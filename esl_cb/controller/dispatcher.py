@@ -218,8 +218,7 @@ class Dispatcher:
 
     def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
         cid = watch.contact_id
-        if self.dialler.agent_hung_up_while_bridging(cid, cause):
-            return        # stored as connected, not yet bridged: not a conversation that ended
+        self.dialler.wait_for_bridge(cid)   # 'connected' stored, bridge under way: wait for its verdict
         # The common case first: a conversation ended and the agent is free (with the next offer).
         if self.conversation_ended(cid, f"agent hung up ({cause})"):
             return

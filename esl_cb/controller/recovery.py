@@ -197,7 +197,7 @@ class Recovery:
         if connected:
             if leg is not None and leg.bridged_to != c.agent_leg_uuid:
                 log.warning("contact %s: connected but its legs are not bridged; bridging them", c.id)
-                self.switch.bridge(c.agent_leg_uuid, c.callback_leg_uuid)
+                self.legs.deliver(watch, synthetic("RESUME_BRIDGE", c.callback_leg_uuid))
         elif leg is not None and leg.answered:
             log.warning("contact %s: the customer answered leg %s while we were away; connecting them now",
                         c.id, c.callback_leg_uuid)

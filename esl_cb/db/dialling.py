@@ -122,19 +122,23 @@ class DiallingStore(StoreBase):
             c = self._lock_contact(conn, contact_id)
             if c is None or c.state not in states or c.callback_leg_uuid != leg_uuid:
                 return None     # an older attempt reporting late: the contact has moved on
-            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
-                result=result, ended_at=now, confirmed=confirmed))
+            # An answered attempt keeps the confirmed its answer stored; the contact's is cleared (it
+            # was not connected after all).
+            done = dict(result=result, ended_at=now) if answered else dict(result=result, ended_at=now,
+                                                                            confirmed=confirmed)
+            conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(**done))
             attempts = c.attempts if counts else max(c.attempts - 1, 0)
             self._release_agent(conn, c.agent_id, c.id, now)
             if attempts >= max_attempts:
                 self._move(conn, contact_id, [C(c.state)], C.ENDED, f"{result}, attempt {attempts} of {max_attempts}",
                            outcome=Outcome.CALLBACK_FAILED.value, ended_at=now, attempts=attempts,
-                           last_error=result, agent_leg_uuid=None, connected_at=None)
+                           last_error=result, agent_leg_uuid=None, connected_at=None,
+                           **({"confirmed": None} if answered else {}))
                 return Outcome.CALLBACK_FAILED
             self._move(conn, contact_id, [C(c.state)], C.CALLBACK_QUEUED, f"{result}, retry in {retry_after:g}s",
                        retry_at=now + timedelta(seconds=retry_after) if counts else None, attempts=attempts,
                        agent_id=None, agent_leg_uuid=None, dial_due_at=None, callback_leg_uuid=None,
-                       connected_at=None, last_error=result)
+                       connected_at=None, last_error=result, **({"confirmed": None} if answered else {}))
             return None
 
     def bridge_failed(self, contact_id: int, leg_uuid: str, reason: str) -> bool:
@@ -149,7 +153,8 @@ class DiallingStore(StoreBase):
             self._release_agent(conn, c.agent_id, c.id, now)
             return self._move(conn, contact_id, [C.CONNECTED], C.CALLBACK_QUEUED, reason,
                               attempts=max(c.attempts - 1, 0), agent_id=None, agent_leg_uuid=None,
-                              callback_leg_uuid=None, dial_due_at=None, connected_at=None, last_error=reason)
+                              callback_leg_uuid=None, dial_due_at=None, connected_at=None, confirmed=None,
+                              last_error=reason)
 
     def agent_left_before_dial(self, contact_id: int, reason: str) -> bool:
         """Agent hung up during CallDelaySec: nothing was dialled, the contact keeps its place."""
