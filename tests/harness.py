@@ -94,6 +94,19 @@ class Harness(Looking):
         assert reply.startswith("+OK "), reply
         return reply.split()[1]
 
+    def wait_connected(self, contact_id: int = 1, timeout: float = 15.0):
+        """Connected and bridged. 'connected' is stored before the bridge: a test that hangs up a leg
+        the moment it reads 'connected' races the bridge (a customer gone before it is a counted,
+        retried attempt)."""
+        c = self.wait_state("connected", contact_id, timeout)
+        leg = c.callback_leg_uuid if c.callback_requested else c.caller_uuid
+
+        def bridged() -> bool:
+            ch = self.sim.switch.channels.get(leg)
+            return ch is not None and ch.peer is not None and ch.peer.uuid == c.agent_leg_uuid
+        wait_until(bridged, 5, what=f"contact {contact_id}'s leg {leg} bridged to agent leg {c.agent_leg_uuid}")
+        return c
+
     # -- looking (the simulator's records) ------------------------------
     def originates_to(self, number: str) -> list[dict]:
         return [o for o in self.sim.switch.originates if o["number"] == number]

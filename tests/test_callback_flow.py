@@ -41,7 +41,7 @@ def test_example_script_callback_end_to_end(h):
     assert h.originates_to("+13125550100") == []
 
     h.available("alice")
-    connected = h.wait_state("connected", timeout=20)
+    connected = h.wait_connected(timeout=20)
     agent_leg = h.originates_to("1001")[0]
     customer_leg = h.originates_to("+13125550100")[0]
     assert agent_leg["vars"]["esl_cb_contact_id"] == "1"
@@ -126,7 +126,7 @@ def test_priority_order_callbacks_and_live_caller(pg_url):
         h.available("alice")
         served = []
         for expected in (2, 1, 3):
-            c = h.wait_state("connected", expected, timeout=15)
+            c = h.wait_connected(expected, timeout=15)
             served.append(c.id)
             leg = c.callback_leg_uuid or c.caller_uuid
             h.sim_api(f"hangup {leg}")
@@ -150,7 +150,7 @@ def test_agent_declines_or_does_not_answer(pg_url, mode):
         gevent_sleep(0.05)                                  # so that ann's available_since is the earlier
         h.available("bob")                                  # ann has waited longer: she is offered first
         h.sim_api("endpoint +13125550100 answer 0.1")
-        connected = h.wait_state("connected", timeout=15)
+        connected = h.wait_connected(timeout=15)
         agents = {a["name"]: a for a in h.store.agents()}
         assert agents["ann"]["state"] == "Refused"
         assert connected.agent_id == agents["bob"]["id"]
@@ -193,7 +193,7 @@ def test_busy_then_no_answer_then_answers(pg_url):
         h.sim_api("endpoint +13125550100 noanswer")
         wait_until(lambda: len(h.originates_to("+13125550100")) == 2, timeout=15, what="second attempt")
         h.sim_api("endpoint +13125550100 answer 0.1")
-        c = h.wait_state("connected", timeout=20)
+        c = h.wait_connected(timeout=20)
         assert c.attempts == 3
         rows = h.rows("SELECT attempt_no, result FROM callback_attempts ORDER BY attempt_no")
         assert [(r["attempt_no"], r["result"]) for r in rows] == [(1, "busy"), (2, "no_answer"), (3, "answered")]
@@ -304,7 +304,7 @@ def test_port_limit_makes_the_dial_wait(pg_url):
         assert h.originates_to(other_number) == []          # the only port is in use
         assert h.contact(other).state == "accepted"
         h.sim_api(f"hangup {first.callback_leg_uuid}")
-        h.wait_state("connected", other, timeout=10)
+        h.wait_connected(other, timeout=10)
         assert len(h.originates_to(other_number)) == 1
     finally:
         h.close()
@@ -357,7 +357,7 @@ def test_a_database_error_after_the_originate_never_dials_twice(pg_url):
         h.call("3125550100", "3125557000", "dtmf 1 1.2")
         h.wait_state("callback_queued")
         h.available("ann")
-        connected = h.wait_state("connected", timeout=15)
+        connected = h.wait_connected(timeout=15)
         first = h.originates_to("+13125550100")[0]
         assert len(failures) == 1 and connected.callback_leg_uuid == first["uuid"]
         gevent_sleep(1.0)
@@ -402,7 +402,7 @@ def test_a_leg_gone_between_the_customers_answer_and_the_bridge(h, monkeypatch, 
     first_agent_leg = h.originates_to("1001")[0]["uuid"]
     wait_until(lambda: not h.sim.switch.channels.get(first_agent_leg) or not h.sim.switch.channels[first_agent_leg].alive,
                what="the first agent leg released")
-    connected = h.wait_state("connected", timeout=20)
+    connected = h.wait_connected(timeout=20)
     customer = h.originates_to("+13125550100")
     assert len(customer) == 2 and connected.callback_leg_uuid == customer[1]["uuid"]
     wait_until(lambda: h.sim.switch.channels[customer[1]["uuid"]].peer is not None, what="the bridge")

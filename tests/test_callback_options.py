@@ -56,7 +56,7 @@ def test_a_closed_skill_keeps_its_callbacks_until_it_opens(pg_url):
         gevent.sleep(1.5)                                       # the agent is free, but the skill is closed
         assert h.contact().state == "callback_queued" and h.originates_to("1001") == []
         h.store.set_skill_hours("support", closed="")           # open again
-        h.wait_state("connected", timeout=10)
+        h.wait_connected(timeout=10)
         out = CliRunner().invoke(main, ["skill", "hours", "support", "--db", pg_url])
         assert "always open" in out.output and "callbacks open now" in out.output
     finally:
@@ -87,7 +87,7 @@ def test_the_customer_confirms_with_the_key_then_is_bridged(pg_url):
         h.call("3125550503", "3125557000", "dtmf 1 0.5")
         h.wait_state("callback_queued")
         h.available("ann")
-        connected = h.wait_state("connected", timeout=15)
+        connected = h.wait_connected(timeout=15)
         assert connected.confirmed is True
         broadcasts = h.commands("api uuid_broadcast")
         assert any(connected.agent_leg_uuid in b and "tone_stream" in b for b in broadcasts)      # the agent waited
@@ -124,7 +124,7 @@ def test_the_agent_hears_who_comes_next(pg_url):
         h.call("3125550505", "3125557000", "dtmf 1 0.5")
         h.wait_state("callback_queued")
         h.available("ann")
-        connected = h.wait_state("connected", timeout=15)
+        connected = h.wait_connected(timeout=15)
         whisper = [b for b in h.commands("api uuid_broadcast") if connected.agent_leg_uuid in b]
         digits = "!".join(f"digits/{d}.wav" for d in "13125550505")
         assert whisper == [f"api uuid_broadcast {connected.agent_leg_uuid} file_string://ivr/ivr-hold_connect_call.wav!"
@@ -150,8 +150,8 @@ def test_a_scheduled_callback_waits_for_its_time_then_goes_first(pg_url):
         assert h.contact(1).state == "callback_queued" and h.contact(2).state != "callback_queued"   # not yet due
         assert json.loads(CliRunner().invoke(main, ["audit", "--json", "--db", pg_url]).output)[0]["action"] == \
             "callback schedule"
-        h.sim_api(f"hangup {h.wait_state('connected', 2, timeout=10).callback_leg_uuid}")
-        h.wait_state("connected", 1, timeout=10)                      # due now: offered next
+        h.sim_api(f"hangup {h.wait_connected(2, timeout=10).callback_leg_uuid}")
+        h.wait_connected(1, timeout=10)                      # due now: offered next
         refused = CliRunner().invoke(main, ["callback", "schedule", "+19005550100", "--skill", "support", "--at",
                                             "+60", "--db", pg_url])
         assert refused.exit_code == 1 and "premium-rate" in refused.output
@@ -170,7 +170,7 @@ def test_not_before_on_the_callback_action(pg_url):
         assert 1.5 < (queued.not_before - queued.callback_requested_at).total_seconds() <= 2.0
         gevent.sleep(0.8)
         assert h.originates_to("1001") == []
-        connected = h.wait_state("connected", timeout=10)
+        connected = h.wait_connected(timeout=10)
         assert connected.offered_at >= queued.not_before
     finally:
         h.close()

@@ -165,7 +165,7 @@ def test_dead_controllers_contacts_are_taken_over(pg_url):
             conn.execute(text("UPDATE contacts SET state = 'offered', agent_id = 1, controller_id = 'dead-1', "
                               "agent_leg_uuid = '00000000-dead-4000-8000-000000000001', offered_at = :t"),
                          {"t": stale})
-        c = h.wait_state("connected", 1, timeout=15)
+        c = h.wait_connected(1, timeout=15)
         assert c.controller_id == "test"
         assert h.count("SELECT count(*) FROM controllers WHERE id = 'dead-1'") == 0
         assert len([o for o in h.sim.switch.originates if o["number"] == number]) == 1

@@ -263,7 +263,7 @@ def test_a_hostile_peer_on_the_outbound_socket_is_cut_off(pg_url, attack, caplog
         h.agent("ann", "1001", answer=0.05, available=True)          # a real call still works
         h.sim_api("endpoint +13125550190 answer 0.05")
         h.call("3125550190", "3125557000")
-        h.wait_state("connected", timeout=10)
+        h.wait_connected(timeout=10)
     finally:
         h.close()
 

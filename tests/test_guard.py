@@ -54,7 +54,7 @@ def test_a_premium_rate_caller_gets_on_error_and_stays_on_the_line(pg_url, caplo
         assert (row["contact_id"], row["number"], row["stage"], row["rule"]) == (1, "+19005550100", "request", "type")
         assert [r for r in caplog.records if "contact 1" in r.getMessage() and "premium-rate" in r.getMessage()]
         h.available("ann")                                               # a live caller is still served
-        h.wait_state("connected", timeout=10)
+        h.wait_connected(timeout=10)
         assert h.originates_to("+19005550100") == []
     finally:
         h.close()
@@ -131,7 +131,7 @@ def test_an_operators_override_lets_one_number_through_and_is_audited(pg_url):
         queued = h.wait_state("callback_queued")
         assert queued.policy_override
         h.available("ann")
-        h.wait_state("connected", timeout=15)
+        h.wait_connected(timeout=15)
         assert len(h.originates_to("+442079460000")) == 1
         audit = CliRunner().invoke(main, ["audit", "--json", "--db", pg_url])
         assert '"operator": "carol"' in audit.output and "ticket 4711" in audit.output

@@ -130,7 +130,7 @@ def test_a_full_switch_is_not_hammered_and_dispatch_recovers_by_itself(pg_url, c
         assert h.contact().state == "callback_queued"
         h.sim.switch.max_sessions = 100                      # room again: it recovers by itself
         h.sim_api("endpoint +13125550100 answer 0.1")
-        h.wait_state("connected", timeout=20)
+        h.wait_connected(timeout=20)
         assert [r for r in caplog.records if "takes new calls again" in r.getMessage()]
     finally:
         h.close()
