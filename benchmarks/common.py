@@ -104,13 +104,27 @@ def pct(values: list[float], p: float) -> float:
     return v[k]
 
 
-def pin_process(pid: int, cpus: set[int]) -> None:
-    """Every thread of a process onto these CPUs (threads it starts later inherit their creator's)."""
+def each_thread(pid: int, apply) -> None:
+    """apply(tid) to every thread of a process (threads it starts later inherit their creator's
+    affinity, niceness and scheduling)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            os.sched_setaffinity(int(tid), cpus)
+            apply(int(tid))
         except (ProcessLookupError, FileNotFoundError):
             pass               # a thread that ended meanwhile
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    each_thread(pid, lambda tid: os.sched_setaffinity(tid, cpus))
+
+
+def renice_process(pid: int, nice: int) -> None:
+    each_thread(pid, lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
+
+
+def schedule_process(pid: int, policy: int, priority: int = 0) -> None:
+    """SCHED_RR 20 (or FIFO), or back to SCHED_OTHER 0."""
+    each_thread(pid, lambda tid: os.sched_setscheduler(tid, policy, os.sched_param(priority)))
 
 
 def postgres_pids() -> list[int]:
@@ -126,24 +140,6 @@ def postgres_pids() -> list[int]:
         except OSError:
             pass
     return pids
-
-
-def renice_process(pid: int, nice: int) -> None:
-    """Every thread of a process to this nice value (Linux: niceness is per thread)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        except (ProcessLookupError, FileNotFoundError):
-            pass
-
-
-def schedule_process(pid: int, policy: int, priority: int = 0) -> None:
-    """Every thread of a process to this scheduling policy (SCHED_RR 20, or back to SCHED_OTHER 0)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
-        except (ProcessLookupError, FileNotFoundError):
-            pass
 
 
 class CorePlan:

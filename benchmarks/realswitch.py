@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from benchmarks import sniff
 from benchmarks.common import (CorePlan, cpu_by_command, cpu_by_process, esl_cb, free_port, machine_cpu, proc_stats,
-                               schedstat, wait_port)
+                               schedstat, schedule_process, wait_port)
 from esl_cb.db.migrate import upgrade
 from esl_cb.db.store import Store
 from esl_cb.domain.queue import Priority
@@ -115,9 +115,8 @@ class RealRig:
         self.switch.start()
         if realtime:
             # As FreeSWITCH runs by default on a multi-core machine (without -np): every thread
-            # SCHED_FIFO (the threads it starts later inherit it).
-            for tid in os.listdir(f"/proc/{self.switch.proc.pid}/task"):
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(10))
+            # SCHED_FIFO 10 (the threads it starts later inherit it).
+            schedule_process(self.switch.proc.pid, os.SCHED_FIFO, 10)
         self.capture = sniff.start(self.switch.sip_port, self.switch.esl_port, str(root / "wire.bin"))
         self.wire = Wire(root / "wire.bin")
         script = root / "bench.yaml"

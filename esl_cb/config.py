@@ -11,7 +11,7 @@ import yaml
 
 from .domain.policy import DEFAULT_REFUSED_TYPES, DestinationPolicy, PolicyError
 from .esl.commands import UnsafeDialString, dial_for
-from .netaddr import parse_hostport
+from .netaddr import is_loopback, parse_hostport
 
 LOOPBACK = "127.0.0.0/8,::1"
 DEFAULT_ESL_PASSWORD = "ClueCon"
@@ -85,7 +85,7 @@ class Settings:
         self.policy()
         networks = self.allowed_networks()
         listen_host = parse_hostport(self.listen)[0]
-        if not _is_loopback(listen_host) and self.allow_from == LOOPBACK:
+        if not is_loopback(listen_host) and self.allow_from == LOOPBACK:
             raise ConfigError(f"listen: {self.listen} is reachable from other hosts; name the switch's address with "
                               "--allow-from (e.g. --allow-from 10.0.0.5), or listen on 127.0.0.1")
         if not networks:
@@ -120,7 +120,7 @@ class Settings:
         """Settings that work but that an operator should not run with."""
         out = []
         esl_host = parse_hostport(self.esl)[0]
-        if self.esl_password == DEFAULT_ESL_PASSWORD and not _is_loopback(esl_host):
+        if self.esl_password == DEFAULT_ESL_PASSWORD and not is_loopback(esl_host):
             out.append(f"the ESL password is FreeSWITCH's default and the switch ({self.esl}) is not on this host: "
                        "anyone who reaches its event socket controls it; set a password in event_socket.conf.xml "
                        "and --esl-password")
@@ -177,12 +177,3 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None,
         except (TypeError, ValueError):
             raise ConfigError(f"setting {k}: {v!r} is not a valid {typ.__name__}") from None
     return settings
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

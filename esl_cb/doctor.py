@@ -32,7 +32,7 @@ from .domain.script import Script, script_prompts
 from .esl.commands import UnsafeDialString, dial_for
 from .esl.inbound import ConnectionLost, ESLError, Event, InboundConnection
 from .esl.prompts import check_prompts
-from .netaddr import parse_hostport
+from .netaddr import is_loopback, parse_hostport
 from .scheduling import pid_from_file, priority_of, verdict
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,7 @@ def _scheduling(switch: _Switch | None, db, settings: Settings) -> Result:
     (their pid file / backend pid name a process here)."""
     switch_prio = db_prio = None
     try:
-        if switch is not None and _is_local(settings.esl):
+        if switch is not None and is_loopback(parse_hostport(settings.esl)[0]):
             run_dir = switch.api("global_getvar run_dir").strip()
             pid = pid_from_file(f"{run_dir}/freeswitch.pid") if run_dir.startswith("/") else None
             switch_prio = priority_of(pid) if pid else None
@@ -426,14 +426,9 @@ def _scheduling(switch: _Switch | None, db, settings: Settings) -> Result:
     return Result("scheduling", OK if fine else WARN, found, todo)
 
 
-def _is_local(hostport: str) -> bool:
-    host = parse_hostport(hostport)[0]
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
-
-
 def _is_local_db(host: str | None) -> bool:
     """A backend pid means a process here only when the server is here (not a container's namespace)."""
-    return not host or host.startswith("/") or host == "localhost" or host == "::1" or host.startswith("127.")
+    return not host or host.startswith("/") or is_loopback(host)
 
 
 def _is_postgres(pid: int | None) -> bool:

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
+from benchmarks.common import schedule_process
 from cli import main
 from esl_cb.db.store import Store
 
@@ -62,10 +63,8 @@ def test_a_realtime_switch_above_the_controller_is_named(doctor, fs_rig):  # noq
     pid = fs_rig.switch.proc.pid
     _, lines = doctor()
     assert lines["scheduling"].startswith("OK") and "FreeSWITCH normal" in lines["scheduling"]
-    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     try:
-        for tid in tids:
-            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(10))
+        schedule_process(pid, os.SCHED_FIFO, 10)
     except PermissionError:                   # not root: the switch stays normal, and the doctor says so
         _, lines = doctor()
         assert "FreeSWITCH normal" in lines["scheduling"]
@@ -76,8 +75,4 @@ def test_a_realtime_switch_above_the_controller_is_named(doctor, fs_rig):  # noq
         assert "--realtime-priority 20" in result.output
         assert result.exit_code == 0                  # a warning, not a failure
     finally:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
-            except ProcessLookupError:
-                pass
+        schedule_process(pid, os.SCHED_OTHER, 0)

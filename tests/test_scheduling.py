@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -10,6 +9,7 @@ from esl_cb.config import ConfigError, Settings
 from esl_cb.domain.script import DEFAULT_SCRIPT
 from esl_cb.scheduling import Priority, priority_of, verdict
 
+from .fixtures import wait_until
 from .procs import ControllerProcess, SimProcess, free_port, spawn
 
 NORMAL = Priority("normal", 0)
@@ -68,10 +68,8 @@ def test_run_with_a_realtime_priority_runs_sched_rr(tmp_path, pg_url):
         ctl = ControllerProcess(tmp_path, pg_url, sim.port, port, script, "--realtime-priority", "20")
         try:
             assert priority_of(ctl.proc.pid) == RR20
-            deadline = time.time() + 10
-            while time.time() < deadline and "running SCHED_RR 20" not in (tmp_path / "controller.log").read_text():
-                time.sleep(0.1)
-            assert "running SCHED_RR 20" in (tmp_path / "controller.log").read_text()
+            wait_until(lambda: "running SCHED_RR 20" in (tmp_path / "controller.log").read_text(), 10,
+                       what="the controller to say it runs SCHED_RR 20")
         finally:
             ctl.stop()
     finally:
