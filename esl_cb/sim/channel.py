@@ -39,6 +39,7 @@ class EndpointBehaviour:
     hangup_after: float | None = None
     press: str = ""                 # keys the phone presses after answering (RFC 2833)...
     press_after: float = 0.0        # ...this many seconds after the answer
+    talk: float | None = None       # hangs up this long after being bridged (the end of a conversation)
 
 
 @dataclass

@@ -27,14 +27,18 @@ def sim(switch: "Switch", arg: str) -> str:
             number, mode = words[1], words[2]
             if mode == "answer":
                 rest = words[3:]
-                press, press_after = "", 0.0
+                press, press_after, talk = "", 0.0, None
+                if "talk" in rest:                # ... talk <s>: hangs up <s> after being bridged (a conversation)
+                    i = rest.index("talk")
+                    talk = float(rest[i + 1])
+                    rest = rest[:i] + rest[i + 2:]
                 if "press" in rest:               # ... press <keys> <after_s>: a phone that keys in after answering
                     i = rest.index("press")
                     press, press_after = rest[i + 1], float(rest[i + 2])
                     rest = rest[:i]
                 delay = float(rest[0]) if rest else 0.2
                 after = float(rest[1]) if len(rest) > 1 and rest[1] != "-" else None
-                switch.endpoints[number] = EndpointBehaviour("answer", delay, after, press, press_after)
+                switch.endpoints[number] = EndpointBehaviour("answer", delay, after, press, press_after, talk)
             elif mode in ("busy", "noanswer", "reject", "fail"):
                 switch.endpoints[number] = EndpointBehaviour(mode, float(words[3]) if len(words) > 3 else 0.0)
             else:
@@ -79,7 +83,8 @@ def sim(switch: "Switch", arg: str) -> str:
     return SIM_USAGE
 
 
-SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s|-] [press <keys> <after_s>]"
+SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s|-] [press <keys> <after_s>] "
+             "[talk <s>]"
              "|busy|noanswer|reject|fail; "
              "sim call <from> <to_did> [dtmf <digits> <at_s>]... [hangup <at_s>]; sim calls; "
              "sim originates [from_index]; "

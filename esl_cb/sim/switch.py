@@ -409,6 +409,14 @@ class Switch:
         a.set_state("bridged")
         b.set_state("bridged")
         self.emit_step("bridge.bridge", a, b)
+        for c in (a, b):
+            beh = self.endpoints.get(c.dest) if c.direction == "outbound" else None
+            if beh is not None and beh.talk is not None:
+                gevent.spawn(self._talk_then_hang_up, c, c.peer, beh.talk)
+
+    def _talk_then_hang_up(self, ch: Channel, peer: Channel, seconds: float) -> None:
+        if not ch.hungup_event.wait(max(seconds * self.time_scale, 0)) and ch.peer is peer:
+            self.hangup(ch, "NORMAL_CLEARING")
 
     # -- inbound calls ---------------------------------------------------
     def _count_session(self) -> bool:
