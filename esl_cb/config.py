@@ -43,6 +43,7 @@ class Settings:
     poll_interval: float = 1.0        # backstop: look for work even when nobody woke us
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0   # a controller silent this long has its contacts taken over
+    stop_grace: float = 10.0          # seconds a clean stop (SIGTERM) waits for the work in flight
     db_wait: float = 60.0             # how long a new caller hears music while the database is away
     arrival_db_connections: int = 4   # database connections for callers' arrivals (the rest keep theirs)
     metrics_port: int = 0
@@ -79,6 +80,11 @@ class Settings:
             raise ConfigError(f"originate_rate must be above 0 (originates per second), not {self.originate_rate}")
         if self.retry_interval < 0:
             raise ConfigError("retry_interval cannot be negative")
+        if self.stop_grace < 0:
+            raise ConfigError(f"stop_grace cannot be negative (seconds), not {self.stop_grace}")
+        if not 0 < self.heartbeat_interval < self.heartbeat_timeout / 2:
+            raise ConfigError(f"heartbeat_interval ({self.heartbeat_interval}s) must be above 0 and under half of "
+                              f"heartbeat_timeout ({self.heartbeat_timeout}s), or a slow beat looks like a death")
         if not 0 <= self.realtime_priority <= 99:
             raise ConfigError(f"realtime_priority must be 0 (normal) or a SCHED_RR priority 1-99, not "
                               f"{self.realtime_priority}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -44,6 +45,9 @@ from .policy import policy_options
 @click.option("--realtime-priority", type=int,
               help="Run SCHED_RR at this priority (1-99), above FreeSWITCH's real-time 10, so the switch's media "
                    "threads never delay an answer or a due dial; needs CAP_SYS_NICE. [default: 0, normal]")
+@click.option("--stop-grace", type=float,
+              help="Seconds a stop (SIGTERM) waits for the work in flight: dials due by then, originates on "
+                   "their way, bridges being made. [default: 10]")
 @click.option("--allow-from", help="Addresses or networks FreeSWITCH connects from (comma-separated). "
                                    "[default: 127.0.0.0/8,::1]")
 @policy_options
@@ -97,11 +101,19 @@ def run(config_file, log_level, log_format, **options) -> None:
         controller.metrics = Metrics(controller)
         port = controller.metrics.start(settings.metrics_port)
         logging.getLogger("esl_cb").info("metrics on http://127.0.0.1:%d/metrics", port)
-    try:
-        while True:
-            gevent.sleep(3600)
-    except KeyboardInterrupt:
+    # SIGTERM (systemd's stop) and Ctrl-C: a clean stop, exit 0. A supervised greenlet that cannot be
+    # kept alive ends the process non-zero, for systemd to start it again.
+    def clean_stop() -> None:
+        if not stopping:
+            stopping.append(True)
+            gevent.spawn(controller.shutdown, settings.stop_grace)
+    stopping: list[bool] = []
+    gevent.signal_handler(signal.SIGTERM, clean_stop)
+    gevent.signal_handler(signal.SIGINT, clean_stop)
+    gevent.wait([controller.stopped, controller.failed], count=1)
+    if controller.failed.is_set() and not controller.stopped.is_set():
         controller.stop()
+        fail("a part of the controller could not be kept running (see the log above)", EXIT_FAILED)
 
 
 @click.command()

@@ -29,7 +29,7 @@ from esl_cb.esl.inbound import ESLError, Event
 
 from .callers import CallerSessions
 from .dialler import Dialler
-from .legs import LegRegistry, LegWatch, answered_at, billsec, job_failed
+from .legs import LegRegistry, LegWatch, answered_at, billsec, job_failed, synthetic
 from .pacing import OriginatePacer
 from .switch import NO_CHANNEL_CAUSES, SwitchHealth, SwitchLink
 
@@ -50,12 +50,17 @@ class Dispatcher:
         self.dialler = dialler
         self._wake = GEvent()
         self._running = False
+        # Whether this controller still owns its contacts (controller/membership.py); None: always.
+        self.may_act: Callable[[], bool] | None = None
         legs.handlers["agent"] = self.agent_event
         callers.conversation_ended = dialler.conversation_ended = self.conversation_ended
         health.wake = self.wake
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _may_act(self) -> bool:
+        return self.may_act is None or self.may_act()
 
     def stop(self) -> None:
         self._running = False
@@ -84,29 +89,45 @@ class Dispatcher:
             except SQLAlchemyError as e:
                 log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
                 gevent.sleep(min(self.settings.poll_interval, 1.0))
+            except ESLError as e:
+                # An ESL timeout in the sweep used to end this greenlet for good (issue 17).
+                log.error("dispatcher: FreeSWITCH did not answer (%s); retrying", e)
+                gevent.sleep(min(self.settings.poll_interval, 1.0))
 
     def _offer_waiting(self) -> None:
-        """Match waiting contacts with free agents until one side runs out."""
+        """Match waiting contacts with free agents until one side runs out. The pacer is waited for
+        before the claim and outside the critical-work gate: a paced burst of offers never holds back
+        arriving callers (issue 17), and a claimed agent is rung at once."""
         while self._running and self.switch.ready.is_set() and not self.health.paused():
+            self.pacer.wait()
+            if not self._may_act():
+                self.pacer.refund()
+                return
             with self.legs.critical.running_now():          # arriving callers wait meanwhile
                 offer = self.store.claim_offer(str(uuidlib.uuid4()))
-                if offer is None:
-                    return
-                if not self.start_offer(offer):
-                    return            # the switch is unreachable: wait for the next wake-up or poll
+            if offer is None:
+                self.pacer.refund()
+                return
+            if not self.start_offer(offer, paced=True):
+                return            # the switch is unreachable: wait for the next wake-up or poll
 
     def conversation_ended(self, contact_id: int, reason: str) -> bool:
         """A conversation ended. The freed agent's next offer is claimed in the same transaction and
         rung at once, here: no wake-up hop, no wrap-up penalty. True if this call completed it."""
-        claim = str(uuidlib.uuid4()) if self.switch.ready.is_set() and not self.health.paused() else None
+        claim = (str(uuidlib.uuid4()) if self._running and self.switch.ready.is_set() and not self.health.paused()
+                 and self._may_act() else None)
         with self.legs.critical.running_now():
             completed, offer = self.store.complete(contact_id, reason, claim_leg_uuid=claim)
             if offer is not None:
                 self.start_offer(offer)
         return completed
 
-    def start_offer(self, offer: Offer) -> bool:
-        """Ring the agent's phone, showing the contact's number (and 'Callback' for a callback)."""
+    def start_offer(self, offer: Offer, paced: bool = False) -> bool:
+        """Ring the agent's phone, showing the contact's number (and 'Callback' for a callback).
+        `paced`: the caller already took the pacer's token. Otherwise, with no token at hand, the
+        offer waits for one in a greenlet of its own: this may run inside the critical-work gate (an
+        agent's hangup, with the next offer claimed in the same statement), which is never held across
+        a wait."""
         self.legs.watch(LegWatch(offer.agent_leg_uuid, "agent", offer.contact_id, offer=offer))
         number = offer.contact_number or "0"
         label = f"Callback {number}" if offer.callback else f"{offer.skill} {number}"
@@ -114,12 +135,21 @@ class Dispatcher:
             "origination_caller_id_number": number, "origination_caller_id_name": label,
             "esl_cb_contact_id": offer.contact_id, "esl_cb_role": "agent",
             "originate_timeout": self.settings.agent_ring_timeout, "ignore_early_media": "true"})
+        if paced or self.pacer.try_take():
+            return self._ring(offer, cmd)
+
+        def when_paced() -> None:
+            self.pacer.wait()
+            self._ring(offer, cmd)
+        gevent.spawn(when_paced)
+        return True
+
+    def _ring(self, offer: Offer, cmd: str) -> bool:
         job = str(uuidlib.uuid4())
         self.legs.expect_job(job, offer.agent_leg_uuid)
         log.info("contact %s offered to agent %s on leg %s", offer.contact_id, offer.agent_name,
                  offer.agent_leg_uuid)
         try:
-            self.pacer.wait()
             self.switch.bgapi(cmd, job)
             self.health.sent()
         except ESLError as e:
@@ -176,11 +206,20 @@ class Dispatcher:
             if watch.answered:          # a resync after a reconnect may repeat the answer
                 return False
             watch.answered = True
-            self._agent_answered(watch, answered_at(ev))
+            try:
+                self._agent_answered(watch, answered_at(ev))
+            except SQLAlchemyError:
+                # Not acted on: the lane retries this very event, which must then not look repeated
+                # (it did, and an answer met by a database outage was dropped: issue 17).
+                watch.answered = False
+                raise
             return False
         if name == "CHANNEL_HANGUP":
             if watch.answered:
                 self._agent_hung_up(watch, ev.get("Hangup-Cause"))
+            return False
+        if name == "RESUME_LIVE_BRIDGE":
+            self._resume_live_bridge(watch)
             return False
         if name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), billsec(ev), watch.answered)
@@ -206,19 +245,59 @@ class Dispatcher:
             return
         if live is not None:
             live.connected = True
-        reply = self.switch.bridge(contact.caller_uuid, watch.uuid)
-        if not reply.startswith("+OK"):
-            log.error("contact %s: bridging caller %s to agent %s failed: %s", offer.contact_id,
-                      contact.caller_uuid, offer.agent_name, reply.strip())
-            self.switch.kill(watch.uuid)
+        watch.caller_uuid = contact.caller_uuid
+        self._bridge_live(watch)
+
+    def _bridge_live(self, watch: LegWatch) -> None:
+        """A live caller stored as connected: bridge them to the agent, and stop their script. A failed
+        bridge is never left half done: the caller goes back to the queue (their place kept, their
+        script going on) or, gone, ends as abandoned; the agent is released."""
+        offer = watch.offer
+        try:
+            reply = self.switch.bridge(watch.caller_uuid, watch.uuid)
+        except ESLError as e:
+            # Sent or not, answered or not: ask the switch once it answers (RESUME_LIVE_BRIDGE).
+            log.error("contact %s: no answer to uuid_bridge for the live caller (%s); checked again when the "
+                      "switch answers", offer.contact_id, e)
+            self._resume_live_bridge_later(watch)
             return
+        if reply.startswith("+OK"):
+            self._connected_live(watch)
+            return
+        caller_gone = not self.switch.leg_exists(watch.caller_uuid)
+        log.error("contact %s: bridging caller %s to agent %s failed (%s): %s", offer.contact_id, watch.caller_uuid,
+                  offer.agent_name, reply.strip(), "the caller is gone" if caller_gone else "back to the queue")
+        live = self.callers.live(offer.contact_id)
+        if live is not None and not caller_gone:
+            live.connected = False          # their script goes on (music), their place kept
+        watch.answered = False              # the agent's hangup below is not the end of a conversation
+        self.store.live_bridge_failed(offer.contact_id, watch.uuid, caller_gone, f"bridge failed: {reply.strip()}")
+        self.switch.kill(watch.uuid)
+        self.wake()
+
+    def _connected_live(self, watch: LegWatch) -> None:
+        offer = watch.offer
         log.info("contact %s connected to agent %s (live)", offer.contact_id, offer.agent_name)
+        live = self.callers.live(offer.contact_id)
         if live is not None and live.greenlet is not None:
             live.greenlet.kill(ConnectedToAgent(), block=False)
 
+    def _resume_live_bridge_later(self, watch: LegWatch) -> None:
+        def when_ready() -> None:
+            self.switch.ready.wait()
+            if self.legs.get(watch.uuid) is watch:
+                self.legs.deliver(watch, synthetic("RESUME_LIVE_BRIDGE", watch.uuid))
+        gevent.spawn_later(0.5, when_ready)
+
+    def _resume_live_bridge(self, watch: LegWatch) -> None:
+        leg = self.switch.leg_state(watch.caller_uuid)
+        if leg is not None and leg.bridged_to == watch.uuid:
+            self._connected_live(watch)
+        else:
+            self._bridge_live(watch)
+
     def _agent_hung_up(self, watch: LegWatch, cause: str) -> None:
         cid = watch.contact_id
-        self.dialler.wait_for_bridge(cid)   # 'connected' stored, bridge under way: wait for its verdict
         # The common case first: a conversation ended and the agent is free (with the next offer).
         if self.conversation_ended(cid, f"agent hung up ({cause})"):
             return

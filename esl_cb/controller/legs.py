@@ -1,9 +1,13 @@
 """The leg registry: every leg we placed or watch, and the one worker that handles its events.
 
-The ESL reader only routes (it never blocks): an event goes to the queue of the leg it belongs to,
-and that leg's own greenlet runs the handler of its kind (caller, agent, callback), one event at a
-time, in order. A handler that meets a database outage is retried with the same event until the
-database answers: nothing is acted on without being stored.
+The ESL reader only routes (it never blocks): an event goes to the lane of the contact its leg
+belongs to, and that lane's own greenlet runs the handler of the leg's kind (caller, agent,
+callback), one event at a time, in the order the switch sent them. One lane per contact, not per
+leg: the customer's answer and the agent's hangup of one callback are acted on in the order they
+happened, even when the first waits for the database (issue 17: with a lane per leg, an agent's
+hangup was stored before the answer that came first, and the customer was dialled again). A handler
+that meets a database outage is retried with the same event until the database answers: nothing is
+acted on without being stored.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Callable, Iterator
 
 import gevent
 from gevent.event import Event as GEvent
-from gevent.queue import Queue
+from gevent.queue import Empty, Queue
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.db.store import DialPlan, Offer
@@ -63,7 +67,7 @@ class CriticalWork:
 
 @dataclass
 class LegWatch:
-    """One leg we placed or are watching; its events are handled in order by one greenlet."""
+    """One leg we placed or are watching; its events are handled in order in its contact's lane."""
 
     uuid: str
     kind: str                                  # agent | callback | caller
@@ -75,7 +79,15 @@ class LegWatch:
     # FreeSWITCH sends them in either order (capture 04).
     job_done: bool = False
     hangup_done: bool = False
-    holds_port: bool = False                   # a callback leg counted in ports_in_use
+    holds_port: bool = False                   # a callback leg counted in voice_ports_in_use
+    caller_uuid: str = ""                      # an agent leg's live caller, once they are being bridged
+    finished: bool = False                     # its handler said it is done (it is forgotten)
+
+
+@dataclass
+class ContactLane:
+    """The events of one contact's legs, in arrival order, and the greenlet handling them."""
+
     queue: Queue = field(default_factory=Queue)
     worker: gevent.Greenlet | None = None
 
@@ -83,6 +95,7 @@ class LegWatch:
 class LegRegistry:
     def __init__(self) -> None:
         self.legs: dict[str, LegWatch] = {}
+        self.lanes: dict[int, ContactLane] = {}     # contact id -> its events, while it has any
         self.jobs: dict[str, str] = {}            # Job-UUID -> leg uuid
         self.handlers: dict[str, Handler] = {}    # kind -> handler, registered by their owners
         self.critical = CriticalWork()
@@ -91,6 +104,9 @@ class LegRegistry:
         # Tests compare what the controller saw on the simulator and on the real switch: when set,
         # called with (leg kind, event name, application) for every event routed.
         self.observer: Callable[[str, str, str], None] | None = None
+        # A handler failed with something other than the database (the controller reconciles that
+        # contact and counts it): (watch, event name, exception).
+        self.on_failure: Callable[[LegWatch, str, Exception], None] | None = None
 
     def __contains__(self, uuid: object) -> bool:
         return uuid in self.legs
@@ -128,39 +144,56 @@ class LegRegistry:
             self.deliver(watch, ev)
 
     def deliver(self, watch: LegWatch, ev: Event) -> None:
-        watch.queue.put(ev)
-        if watch.worker is None:
-            watch.worker = gevent.spawn(self._worker, watch)
+        lane = self.lanes.get(watch.contact_id)
+        if lane is None:
+            lane = self.lanes[watch.contact_id] = ContactLane()
+        lane.queue.put((watch, ev))
+        if lane.worker is None:
+            lane.worker = gevent.spawn(self._worker, watch.contact_id, lane)
 
-    def _worker(self, watch: LegWatch) -> None:
+    def _worker(self, contact_id: int, lane: ContactLane) -> None:
+        """Handle the contact's events one by one; ends (and the lane with it) when none are left."""
+        while True:
+            try:
+                watch, ev = lane.queue.get_nowait()
+            except Empty:
+                if self.lanes.get(contact_id) is lane:
+                    del self.lanes[contact_id]
+                return
+            if self._handle(watch, ev):
+                self.legs.pop(watch.uuid, None)
+                watch.finished = True
+
+    def _handle(self, watch: LegWatch, ev: Event) -> bool:
+        if watch.finished:
+            return False            # a leg already done (an event repeated by a resync)
         handler = self.handlers[watch.kind]
         critical = watch.kind in CRITICAL_KINDS
+        backoff = 0.2
         while True:
-            ev = watch.queue.get()
-            backoff = 0.2
-            while True:
-                try:
-                    if critical:
-                        with self.critical.running_now():
-                            done = handler(watch, ev)
-                        if ev.name == "CHANNEL_ANSWER" and ev.received and self.answer_timing is not None:
-                            self.answer_timing(watch.kind, time.monotonic() - ev.received)
-                    else:
+            try:
+                if critical:
+                    with self.critical.running_now():
                         done = handler(watch, ev)
-                    break
-                except SQLAlchemyError as e:
-                    # Never act without storing: hold this leg's events until the database is back.
-                    log.error("contact %s leg %s: database unavailable handling %s (%s); retrying in %.1fs",
-                              watch.contact_id, watch.uuid, ev.name, type(e).__name__, backoff)
-                    gevent.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                except Exception:
-                    log.exception("contact %s leg %s: handling %s failed", watch.contact_id, watch.uuid, ev.name)
-                    done = False
-                    break
-            if done:
-                self.legs.pop(watch.uuid, None)
-                return
+                    if ev.name == "CHANNEL_ANSWER" and ev.received and self.answer_timing is not None:
+                        self.answer_timing(watch.kind, time.monotonic() - ev.received)
+                else:
+                    done = handler(watch, ev)
+                return done
+            except SQLAlchemyError as e:
+                # Never act without storing: hold this contact's events until the database is back.
+                log.error("contact %s leg %s: database unavailable handling %s (%s); retrying in %.1fs",
+                          watch.contact_id, watch.uuid, ev.name, type(e).__name__, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as e:
+                # Half done: the step's own store call may have gone through. Never just log and move
+                # on: the contact is looked at again as a whole once the switch answers (recovery).
+                log.exception("contact %s leg %s: handling %s failed; reconciling the contact", watch.contact_id,
+                              watch.uuid, ev.name)
+                if self.on_failure is not None:
+                    self.on_failure(watch, ev.name, e)
+                return False
 
 
 def synthetic(name: str, uuid: str, body: bytes = b"") -> Event:

@@ -55,6 +55,11 @@ class Metrics:
                                        "full (max-sessions, sessions-per-second, RTP ports)", registry=r)
         self.backoff = Gauge("esl_cb_dispatch_backoff_seconds", "The dispatcher's current pause after the switch "
                              "refused calls (0: offering normally)", registry=r)
+        self.greenlet_restarts = Counter("esl_cb_greenlet_restarts", "Supervised greenlets restarted after they "
+                                         "died", ["greenlet"], registry=r)
+        self.step_failures = Counter("esl_cb_step_failures", "Leg handlers that failed half way with something "
+                                     "other than the database (the contact is reconciled)", ["leg", "event"],
+                                     registry=r)
         self.db_statements = Counter("esl_cb_db_statements", "SQL statements sent to the database", registry=r)
         self.port_limit.set(controller.settings.ports)
         from sqlalchemy import event as sa_event

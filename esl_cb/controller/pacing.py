@@ -31,6 +31,20 @@ class OriginatePacer:
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
+    def try_take(self, urgent: bool = False) -> bool:
+        """Take a token if one is there now (never waits)."""
+        need = 1.0 if urgent or self.burst < 2 else 2.0
+        self._refill()
+        if self._tokens < need - 1e-9:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def refund(self) -> None:
+        """Give back a token taken for an originate that did not go (nothing to offer after all)."""
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
     def wait(self, urgent: bool = False) -> float:
         """Block (this greenlet only) until an originate may go; returns the seconds waited.
         Non-urgent originates leave the last token for urgent ones."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid as uuidlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+
+from gevent.lock import Semaphore
 
 from esl_cb.config import Settings
 from esl_cb.db.store import DialPlan, Store, as_utc
@@ -25,23 +25,18 @@ from .callers import CallerSessions
 from .dialler import Dialler
 from .dispatcher import Dispatcher, offer_of
 from .legs import LegRegistry, LegWatch, synthetic
-from .switch import SwitchLink
+from .switch import LegState, SwitchLink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LegState:
-    answered: bool
-    bridged_to: str
 
 
 class SwitchView:
     """What FreeSWITCH has now, as reconciliation needs it: `show channels` (one call, lagging) only
     answers "yes, it exists"; a leg it does not list, and the state of any leg, are asked of the leg."""
 
-    def __init__(self, api: Callable[[str], str], snapshot: bool = True) -> None:
-        self._api = api
+    def __init__(self, switch: SwitchLink, snapshot: bool = True) -> None:
+        self._api = switch.api
+        self.live = switch.leg_state
         self._listed: set[str] = self._show_channels() if snapshot else set()
 
     def _show_channels(self) -> set[str]:
@@ -51,21 +46,6 @@ class SwitchView:
         except ValueError:
             raise ESLError(f"'show channels as json' did not return JSON: {body[:80]!r}") from None
         return {row["uuid"] for row in data.get("rows", [])}
-
-    def live(self, uuid: str | None) -> LegState | None:
-        """The leg's live state; None when the switch has no such leg."""
-        if not uuid:
-            return None
-        body = self._api(f"uuid_dump {uuid} json")
-        if body.startswith("-ERR No such channel"):
-            return None
-        if body.startswith("-"):
-            raise ESLError(f"'uuid_dump {uuid} json' failed: {body.strip()[:80]}")
-        try:
-            dump = json.loads(body)
-        except ValueError:
-            raise ESLError(f"'uuid_dump {uuid} json' did not return JSON: {body[:80]!r}") from None
-        return LegState(dump.get("Answer-State") == "answered", dump.get("Other-Leg-Unique-ID", ""))
 
     def exists(self, uuid: str | None) -> bool:
         return bool(uuid) and (uuid in self._listed or self.live(uuid) is not None)
@@ -81,10 +61,53 @@ class Recovery:
         self.callers = callers
         self.dispatcher = dispatcher
         self.dialler = dialler
+        self._lock = Semaphore()
+        self._wanted = False
+        self.runs = 0
 
     def reconcile(self) -> None:
-        """Runs at every (re)connection and after taking over a dead controller's contacts."""
-        view = SwitchView(self.switch.api)
+        """Runs at every (re)connection and after taking over a dead controller's contacts. One run at
+        a time (two interleaved runs could each watch a leg and take its voice port: a port lost for
+        good, issue 17); a request made while one runs is served by one more run after it."""
+        self._wanted = True
+        with self._lock:
+            if not self._wanted:
+                return          # a run that began after this request has covered it
+            self._wanted = False
+            self.runs += 1
+            self._reconcile()
+
+    def reconcile_contact(self, contact_id: int) -> None:
+        """Look at one contact again as a whole, from what is stored and what the switch has: after a
+        step that failed half way (its handler raised something other than a database error)."""
+        with self._lock:
+            c = self.store.contact(contact_id)
+            if c.state == C.ENDED.value or c.controller_id != self.store.controller_id:
+                return
+            for uuid in (c.agent_leg_uuid, c.callback_leg_uuid):
+                watch = self.legs.get(uuid)
+                if watch is not None:               # rebuilt below from the stored state
+                    self.dialler.release_voice_port(watch)
+                    watch.finished = True
+                    self.legs.forget(uuid)
+            timer = self.dialler.timers.pop(contact_id, None)
+            if timer is not None:
+                timer.kill(block=False)
+            log.warning("contact %s: reconciling it (%s) after a failed step", contact_id, c.state)
+            steps = {C.ARRIVED.value: self._waiting_callers, C.QUEUED.value: self._waiting_callers,
+                     C.OFFERED.value: self._offers, C.ACCEPTED.value: self._accepted,
+                     C.DIALLING.value: self._dialling, C.CONNECTED.value: self._connected}
+            step = steps.get(c.state)
+            if step is not None:
+                watched_before = set(self.legs.legs)
+                view = SwitchView(self.switch, snapshot=False)
+                step(view, [c])
+                fresh = {u: w for u, w in self.legs.legs.items() if u not in watched_before}
+                if fresh:
+                    self.resync_watched(view, only=fresh)
+
+    def _reconcile(self) -> None:
+        view = SwitchView(self.switch)
         self.resync_watched(view)
         watched_before = set(self.legs.legs)
         for step in (self._waiting_callers, self._offers, self._accepted, self._dialling, self._connected):
@@ -93,7 +116,7 @@ class Recovery:
         # nobody: a second look, leg by leg, catches it (handlers are guarded, a duplicate is harmless).
         fresh = {u: w for u, w in self.legs.legs.items() if u not in watched_before}
         if fresh:
-            self.resync_watched(SwitchView(self.switch.api, snapshot=False), only=fresh)
+            self.resync_watched(SwitchView(self.switch, snapshot=False), only=fresh)
 
     def resync_watched(self, view: SwitchView, only: dict[str, LegWatch] | None = None) -> None:
         """Events lost while the connection was down: tell each watched leg what happened meanwhile."""
@@ -116,21 +139,21 @@ class Recovery:
                 self.legs.deliver(watch, ev)
 
     # -- each stored state -------------------------------------------------------------
-    def _waiting_callers(self, view: SwitchView) -> None:
-        for c in self.store.contacts_in([C.ARRIVED, C.QUEUED], mine=True):
+    def _waiting_callers(self, view: SwitchView, contacts: list | None = None) -> None:
+        for c in self._mine([C.ARRIVED, C.QUEUED], contacts):
             if self.callers.live(c.id) is None and not view.exists(c.caller_uuid):
                 self.store.end_contact(c.id, [C(c.state)], Outcome.ABANDONED if c.state == C.QUEUED.value
                                        else Outcome.NOT_QUEUED, "caller gone while the controller was away")
 
-    def _offers(self, view: SwitchView) -> None:
-        for c in self.store.contacts_in([C.OFFERED], mine=True):
+    def _offers(self, view: SwitchView, contacts: list | None = None) -> None:
+        for c in self._mine([C.OFFERED], contacts):
             if c.agent_leg_uuid not in self.legs:
                 self.dispatcher.give_back_offer(c, view.exists, "offer interrupted by a restart")
 
-    def _accepted(self, view: SwitchView) -> None:
+    def _accepted(self, view: SwitchView, contacts: list | None = None) -> None:
         """CallDelaySec was running: resume it from the stored due time, or find the dial sent."""
         exists = view.exists
-        for c in self.store.contacts_in([C.ACCEPTED], mine=True):
+        for c in self._mine([C.ACCEPTED], contacts):
             if c.id in self.dialler.timers or c.agent_leg_uuid in self.legs:
                 continue
             due = as_utc(c.dial_due_at)
@@ -151,8 +174,8 @@ class Recovery:
             else:
                 self.store.agent_left_before_dial(c.id, "agent leg gone while the controller was away")
 
-    def _dialling(self, view: SwitchView) -> None:
-        for c in self.store.contacts_in([C.DIALLING], mine=True):
+    def _dialling(self, view: SwitchView, contacts: list | None = None) -> None:
+        for c in self._mine([C.DIALLING], contacts):
             if c.callback_leg_uuid in self.legs:
                 continue
             if view.exists(c.callback_leg_uuid) and view.exists(c.agent_leg_uuid):
@@ -162,8 +185,8 @@ class Recovery:
                 # is over. Either way it is not redialled here: the contact goes back to the queue.
                 self._interrupted(c)
 
-    def _connected(self, view: SwitchView) -> None:
-        for c in self.store.contacts_in([C.CONNECTED], mine=True):
+    def _connected(self, view: SwitchView, contacts: list | None = None) -> None:
+        for c in self._mine([C.CONNECTED], contacts):
             legs = [u for u in (c.caller_uuid, c.agent_leg_uuid, c.callback_leg_uuid) if u]
             if any(u in self.legs for u in legs):
                 continue
@@ -179,6 +202,9 @@ class Recovery:
                 self.legs.watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer_of(c), answered=True,
                                          job_done=True))
 
+    def _mine(self, states: list[C], contacts: list | None) -> list:
+        return self.store.contacts_in(states, mine=True) if contacts is None else contacts
+
     def _interrupted(self, c) -> None:
         self.switch.kill(c.callback_leg_uuid)
         self.switch.kill(c.agent_leg_uuid)
@@ -191,7 +217,7 @@ class Recovery:
         plan = DialPlan.of(c, c.attempts, c.callback_leg_uuid)
         leg = view.live(c.callback_leg_uuid)
         connected = c.state == C.CONNECTED.value
-        watch = self.dialler.take_port(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan,
+        watch = self.dialler.watch_with_voice_port(LegWatch(c.callback_leg_uuid, "callback", c.id, plan=plan,
                                                 answered=connected, job_done=True))
         self.legs.watch(LegWatch(c.agent_leg_uuid, "agent", c.id, offer=offer_of(c), answered=True, job_done=True))
         if connected:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import select
+import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable
 
 import gevent
+from gevent.event import Event as GEvent
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.config import Settings
@@ -35,6 +38,7 @@ from .guard import CallbackGuard
 from .legs import LegRegistry
 from .pacing import OriginatePacer
 from .recovery import Recovery
+from .supervision import Supervisor
 from .switch import SwitchHealth, SwitchLink
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,13 @@ class Controller:
         self._metrics = None
         self._prompts_checked = False
         self._running = False
-        self._greenlets: dict[str, gevent.Greenlet] = {}
+        self.supervisor = Supervisor()
+        self.supervisor.on_restart = self._greenlet_restarted
+        self.supervisor.on_fatal = self._fatal
+        self.failed = GEvent()           # a supervised greenlet could not be kept alive: the process should end
+        self.stopped = GEvent()
+        self.step_failures: Counter[str] = Counter()      # handlers that failed half way, by leg kind
+        self.legs.on_failure = self._step_failed
 
     # -- life cycle -----------------------------------------------------
     def start(self) -> "Controller":
@@ -72,22 +82,26 @@ class Controller:
         host, port = parse_hostport(self.settings.listen)
         self.server = CallServer(host, port, self.callers.on_call, allowed=self.settings.allowed_networks(),
                                  on_refused=self._connection_refused)
-        self._greenlets["outbound-socket server"] = gevent.spawn(self.server.listen)
+        self.server.bind()          # a port in use fails here, in the caller, not in a greenlet
+        spawn = self.supervisor.spawn
+        spawn("outbound-socket server", self.server.listen, restart=False)
         if not self.server.ready.wait(5):
             raise RuntimeError("outbound-socket server did not start")
-        self._greenlets["esl"] = gevent.spawn(self.switch.run)
-        self._greenlets["dispatcher"] = gevent.spawn(self.dispatcher.run)
-        self._greenlets["heartbeat"] = gevent.spawn(self._heartbeat_loop)
-        self._greenlets["calendar"] = gevent.spawn(self._calendar_loop)
+        spawn("esl", self.switch.run)
+        spawn("dispatcher", self.dispatcher.run)
+        spawn("heartbeat", self._heartbeat_loop)
+        spawn("calendar", self._calendar_loop)
         if self.store.engine.dialect.name == "postgresql":
-            self._greenlets["listen"] = gevent.spawn(self._listen_for_wakeups)
+            spawn("listen", self._listen_for_wakeups)
         log.info("controller %s started: %s", self.settings.controller_id, self.settings.masked())
         for warning in self.settings.security_warnings():
             log.warning("%s", warning)
         return self
 
     def stop(self) -> None:
+        """Stop at once (what is stored stays for the next start or another controller)."""
         self._running = False
+        self.supervisor.stop()
         if self._metrics is not None:
             self._metrics.stop()
         if self.server is not None:
@@ -95,9 +109,68 @@ class Controller:
         self.dispatcher.stop()
         self.switch.close()
         self.dialler.stop()
-        for g in self._greenlets.values():
-            g.kill(block=False)
         self.callers.stop()
+        self.stopped.set()
+
+    def shutdown(self, grace: float) -> None:
+        """SIGTERM: take no new callers and make no new offers; let what is in flight finish (a dial
+        due within `grace`, an originate on its way, a bridge being made, the events being handled),
+        at most `grace` seconds; then stop. What is still open (a later due time, a ringing customer,
+        a conversation) stays stored and bridged on the switch: this controller's next start, or
+        another controller after the heartbeat timeout, picks it up. Calls on the switch are never
+        cut by a stop."""
+        deadline = time.monotonic() + grace
+        log.info("stopping: no new calls or offers; waiting up to %.0fs for the work in flight", grace)
+        self.supervisor.retire("outbound-socket server")
+        self.supervisor.retire("dispatcher")
+        if self.server is not None:
+            self.server.stop()
+        self.dispatcher.stop()
+        while time.monotonic() < deadline and self._in_flight(deadline):
+            gevent.sleep(0.05)
+        left = self._in_flight(deadline)
+        if left:
+            log.warning("stopping with work in flight after %.0fs: %s", grace, left)
+        self.stop()
+        log.info("stopped")
+
+    def _in_flight(self, deadline: float) -> str:
+        """What a clean stop waits for (empty: nothing)."""
+        now = datetime.now(timezone.utc)
+        soon = [cid for cid, due in self.dialler.due.items()
+                if (due - now).total_seconds() <= deadline - time.monotonic()]
+        parts = [f"{len(soon)} dial(s) due" if soon else "",
+                 f"{len(self.dialler.sending)} originate(s) on their way" if self.dialler.sending else "",
+                 f"{len(self.legs.lanes)} contact(s) with events being handled" if self.legs.lanes else ""]
+        return ", ".join(p for p in parts if p)
+
+    def _greenlet_restarted(self, name: str) -> None:
+        if self._metrics is not None:
+            self._metrics.greenlet_restarts.labels(name).inc()
+
+    def _fatal(self, name: str) -> None:
+        self.failed.set()
+
+    def _step_failed(self, watch, event: str, error: Exception) -> None:
+        """A leg's handler failed half way with something other than the database: count it, and look
+        at that contact again as a whole as soon as the switch answers."""
+        self.step_failures[watch.kind] += 1
+        if self._metrics is not None:
+            self._metrics.step_failures.labels(watch.kind, event).inc()
+
+        def again() -> None:
+            self.switch.ready.wait()
+            for pause in (0.2, 1.0, 5.0):
+                gevent.sleep(pause)
+                try:
+                    self.recovery.reconcile_contact(watch.contact_id)
+                    return
+                except (ESLError, SQLAlchemyError) as e:
+                    log.warning("contact %s: reconciling after a failed step failed (%s); trying again",
+                                watch.contact_id, e)
+            log.error("contact %s: could not be reconciled after a failed step; the next reconnection will",
+                      watch.contact_id)
+        gevent.spawn(again)
 
     def _connection_refused(self, host: str) -> None:
         if self._metrics is not None:
@@ -105,7 +178,7 @@ class Controller:
 
     def greenlet(self, name: str) -> gevent.Greenlet:
         """One of the controller's long-lived greenlets (tests check they survive hostile input)."""
-        return self._greenlets[name]
+        return self.supervisor.greenlets[name]
 
     @property
     def listen_port(self) -> int:
@@ -172,7 +245,7 @@ class Controller:
 
     @property
     def ports_in_use(self) -> int:
-        return self.dialler.ports_in_use
+        return self.dialler.voice_ports_in_use
 
     @property
     def backoff(self):
@@ -205,6 +278,8 @@ class Controller:
                 self.calendar_tick()
             except SQLAlchemyError as e:
                 log.warning("calendar: database unavailable (%s)", type(e).__name__)
+            except ESLError as e:
+                log.warning("calendar: FreeSWITCH did not answer (%s)", e)
             gevent.sleep(max(self.settings.poll_interval, 0.2))
 
     def calendar_tick(self) -> None:

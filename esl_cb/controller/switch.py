@@ -7,8 +7,10 @@ anyone may offer again (`ready`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import gevent
@@ -35,6 +37,18 @@ SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", 
 SHUTDOWN_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE"}
 # Originate failures where FreeSWITCH never created a channel, so no hangup events follow.
 NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
+
+
+class NotSent(ESLError):
+    """A command that certainly never reached the switch (we were not connected)."""
+
+
+@dataclass(frozen=True)
+class LegState:
+    """A leg as the switch has it now (uuid_dump reads the live session; `show channels` lags)."""
+
+    answered: bool
+    bridged_to: str
 
 
 class SwitchLink:
@@ -101,22 +115,38 @@ class SwitchLink:
     # -- commands (each with a timeout) ------------------------------------------
     def api(self, cmd: str) -> str:
         if self.conn is None or not self.conn.connected:
-            raise ESLError("not connected to FreeSWITCH")
+            raise NotSent("not connected to FreeSWITCH")
         return self.conn.api(cmd)
 
     def bgapi(self, cmd: str, job_uuid: str) -> None:
-        if self.conn is None:
-            raise ESLError("not connected to FreeSWITCH")
+        if self.conn is None or not self.conn.connected:
+            raise NotSent("not connected to FreeSWITCH")
         self.conn.bgapi(cmd, job_uuid=job_uuid)
 
-    def kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> None:
-        """Hang up a leg; one that is gone already is fine."""
+    def kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> bool:
+        """Hang up a leg; one that is gone already is fine. True if the switch hung it up now."""
         if not uuid:
-            return
+            return False
         try:
-            self.api(f"uuid_kill {uuid} {cause}")
+            return self.api(f"uuid_kill {uuid} {cause}").startswith("+OK")
         except ESLError as e:
             log.warning("could not hang up %s: %s", uuid, e)
+            return False
+
+    def leg_state(self, uuid: str | None) -> LegState | None:
+        """The leg's live state; None when the switch has no such leg."""
+        if not uuid:
+            return None
+        body = self.api(f"uuid_dump {uuid} json")
+        if body.startswith("-ERR No such channel"):
+            return None
+        if body.startswith("-"):
+            raise ESLError(f"'uuid_dump {uuid} json' failed: {body.strip()[:80]}")
+        try:
+            dump = json.loads(body)
+        except ValueError:
+            raise ESLError(f"'uuid_dump {uuid} json' did not return JSON: {body[:80]!r}") from None
+        return LegState(dump.get("Answer-State") == "answered", dump.get("Other-Leg-Unique-ID", ""))
 
     def leg_exists(self, uuid: str | None) -> bool:
         return bool(uuid) and self.api(f"uuid_exists {uuid}").strip() == "true"

@@ -223,3 +223,18 @@ class DispatchStore(StoreBase):
             self._release_agent(conn, c.agent_id, c.id, now)
             self._move(conn, contact_id, [C.OFFERED], C.ENDED, reason, outcome=Outcome.ABANDONED.value, ended_at=now)
             return c.agent_id
+
+    def live_bridge_failed(self, contact_id: int, agent_leg_uuid: str, caller_gone: bool, reason: str) -> bool:
+        """A live caller stored as connected could not be bridged to the agent: the agent is released;
+        the caller goes back to the queue with their place (queued_at kept) or, gone, ends abandoned."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            c = self._lock_contact(conn, contact_id)
+            if c is None or c.state != C.CONNECTED.value or c.callback_requested or c.agent_leg_uuid != agent_leg_uuid:
+                return False
+            self._release_agent(conn, c.agent_id, c.id, now)
+            if caller_gone:
+                return self._move(conn, contact_id, [C.CONNECTED], C.ENDED, reason, outcome=Outcome.ABANDONED.value,
+                                  ended_at=now, last_error=reason)
+            return self._move(conn, contact_id, [C.CONNECTED], C.QUEUED, reason, agent_id=None, agent_leg_uuid=None,
+                              accepted_at=None, connected_at=None, last_error=reason)

@@ -54,7 +54,8 @@ CONTACT_TRANSITIONS: dict[ContactState, set[ContactState]] = {
     # right after the originate goes out).
     C.ACCEPTED: {C.DIALLING, C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
     C.DIALLING: {C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
-    C.CONNECTED: {C.ENDED, C.CALLBACK_QUEUED},     # back to the queue: the agent left before the bridge
+    # Back to the queue: the agent left before the bridge (a callback), or the bridge failed (a live caller).
+    C.CONNECTED: {C.ENDED, C.CALLBACK_QUEUED, C.QUEUED},
     C.ENDED: set(),
 }
 

@@ -156,16 +156,23 @@ class CallServer(greenswitch.OutboundESLServer):
         self.on_refused = on_refused
         self._refused_logged: dict[str, float] = {}
 
-    def listen(self) -> None:
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    def bind(self) -> None:
+        """Take the port (an error here is the caller's: a port in use, no permission)."""
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.server.bind((self.bind_address, self.bind_port[0]))
+            server.bind((self.bind_address, self.bind_port[0]))
         except OSError as e:
+            server.close()
             raise OSError(e.errno, f"cannot listen on {self.bind_address}:{self.bind_port[0]} for FreeSWITCH's "
                                    f"outbound socket: {e.strerror}") from None
-        self.bound_port = self.server.getsockname()[1]
-        self.server.listen(1024)
+        self.server = server
+        self.bound_port = server.getsockname()[1]
+        server.listen(1024)
+
+    def listen(self) -> None:
+        if getattr(self, "bound_port", None) is None:
+            self.bind()
         self._running = True
         self.ready.set()
         while self._running:
