@@ -119,7 +119,9 @@ def test_postgresql_restarted_during_load(pg_url):
             h.sim_api(f"endpoint {n} answer 0.3")
         for i in range(2):
             h.agent(f"agent{i}", f"40{i:02d}", answer=0.1)
-            h.sim_api(f"endpoint 40{i:02d} answer 0.1 0.8")
+            # Agents end their conversations 0.8 s after the bridge (not after their answer): a bridge that
+            # waits for the database is late, not cut short.
+            h.sim_api(f"endpoint 40{i:02d} answer 0.1 talk 0.8")
             h.available(f"agent{i}")
         wait_until(lambda: h.count("SELECT count(*) FROM contacts WHERE state = 'ended'") >= 2, timeout=30,
                    what="load under way")

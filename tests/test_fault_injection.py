@@ -99,3 +99,47 @@ def test_kill_at_each_step_then_restart(rig, step):
     assert [a.result for a in attempts][-1] == "answered"
     if step in ("dialling", "connected"):
         assert connected.callback_leg_uuid == killed_at.callback_leg_uuid      # re-attached, not redialled
+
+
+def test_sigterm_finishes_the_due_dial_then_exits_0_and_a_restart_goes_on(rig):
+    """A clean stop (systemd's SIGTERM): no new offers; the dial due within the grace goes out; the
+    process exits 0; what is left (a queued callback, the ringing customer) waits for the next start,
+    and nobody is dialled twice."""
+    import signal
+
+    from esl_cb.domain.states import AgentState
+    store, sim, ctl, tmp = rig
+    store.add_agent("ann", "user/1001", ["support"])
+    sim.api("sim endpoint 1001 answer 0.2")
+    sim.api(f"sim endpoint {CUSTOMER} answer 6")                     # still ringing when the process exits
+    sim.api("sim endpoint +13125550101 answer 6")
+    sim.api("sim call 3125550100 3125557000 dtmf 1 0.5")
+    sim.api("sim call 3125550101 3125557000 dtmf 1 0.5")
+    poll(lambda: _count(store, "state = 'callback_queued'") == 2, what="two callbacks queued")
+    store.set_agent_state("ann", AgentState.AVAILABLE, list(AgentState))
+    store.notify("test")
+    accepted = poll(lambda: _first(store, "state = 'accepted'"), what="one callback accepted (CallDelaySec 3 s)")
+    ctl.proc.send_signal(signal.SIGTERM)
+    assert ctl.proc.wait(15) == 0, (tmp / "controller.log").read_text()[-3000:]
+    log = (tmp / "controller.log").read_text()
+    assert "stopping: no new calls or offers" in log and "stopped" in log
+    number = accepted.callback_number
+    dials = [o for o in sim.originates() if o["number"] == number]
+    assert len(dials) == 1                                           # due within the grace: it went
+    assert _first(store, f"id = {accepted.id}").state == "dialling"
+    assert _count(store, "state = 'callback_queued'") == 1           # nothing new was offered
+    ctl.start()
+    connected = poll(lambda: _first(store, f"id = {accepted.id} AND state = 'connected'"), timeout=20,
+                     what=f"the ringing customer connected after the restart (log in {tmp})")
+    assert connected.callback_leg_uuid == dials[0]["uuid"]
+    assert len([o for o in sim.originates() if o["number"] == number]) == 1
+
+
+def _first(store, where: str):
+    with store.engine.connect() as conn:
+        return conn.execute(text(f"SELECT * FROM contacts WHERE {where} ORDER BY id LIMIT 1")).first()
+
+
+def _count(store, where: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM contacts WHERE {where}")).scalar()
