@@ -14,14 +14,14 @@ import socket
 import time
 import uuid as uuidlib
 from collections import deque
-from typing import Callable
+from typing import Callable, Mapping
 
 import gevent
 from gevent.event import AsyncResult
 from gevent.exceptions import ConcurrentObjectUseError
 from gevent.lock import Semaphore
 
-from .wire import Frame, FrameReader, ProtocolError, url_decode
+from .wire import Frame, FrameReader, ProtocolError, command_text, url_decode
 
 log = logging.getLogger(__name__)
 YIELD_EVERY = 32          # frames handled before the reader lets other greenlets run
@@ -234,8 +234,9 @@ class InboundConnection:
             pass
 
     # -- commands ---------------------------------------------------------
-    def command(self, line: str, extra_headers: str = "", timeout: float | None = None) -> Frame:
-        """Send one command and wait for its reply.
+    def command(self, line: str, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Frame:
+        """Send one command (and its headers) and wait for its reply. A line or header that holds CR,
+        LF or NUL is refused (wire.UnsafeValue) before anything is written.
 
         Replies carry no id: FreeSWITCH answers a connection's commands in the order they arrived,
         and each reply goes to the oldest result waiting. So a result joins the line only together
@@ -245,7 +246,7 @@ class InboundConnection:
         the reply that still comes."""
         wait = timeout or self.timeout
         what = " ".join(line.split()[0:2])
-        data = f"{line}\n{extra_headers}\n".encode()
+        data = (command_text(line, (headers or {}).items()) + "\n\n").encode()
         if not self.connected or self.sock is None:
             raise ConnectionLost("not connected to FreeSWITCH")
         if not self._send_lock.acquire(timeout=wait):
@@ -290,7 +291,7 @@ class InboundConnection:
     def bgapi(self, cmd: str, job_uuid: str | None = None) -> str:
         """Start a background job; its BACKGROUND_JOB event carries this Job-UUID."""
         job = job_uuid or str(uuidlib.uuid4())
-        reply = self.command("bgapi " + cmd, extra_headers=f"Job-UUID: {job}\n")
+        reply = self.command("bgapi " + cmd, headers={"Job-UUID": job})
         text = reply.get("Reply-Text") or ""
         if not text.startswith("+OK"):
             raise ESLError(f"bgapi {cmd.split()[0]} refused: {text}")
