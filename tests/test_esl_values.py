@@ -2,12 +2,14 @@
 (issue 17, item 9), whoever the caller of the ESL layer is."""
 from __future__ import annotations
 
+import greenswitch
 import pytest
 
 from esl_cb.esl import commands
 from esl_cb.esl.outbound import CallChannel, LeanEvent
 from esl_cb.esl.wire import FrameReader, UnsafeValue, command_text
 
+from .replay import load
 from .test_esl_send import QuietSwitch, connect
 
 BREAKS = ["\n", "\r", "\r\n", "\x00"]
@@ -124,3 +126,22 @@ def test_outbound_values_are_decoded_after_the_lines_are_split():
     assert event.headers["Unique-ID"] == "good"
     assert event.headers["Caller-Caller-ID-Number"] == "123\r\nUnique-ID: evil"
     assert event.headers["X"] == "1"
+
+
+@pytest.mark.parametrize("capture", ["07-outbound-dtmf.jsonl", "08-outbound-caller-hangup.jsonl",
+                                     "12-outbound-missing-prompt.jsonl"])
+def test_outbound_frames_of_the_real_switch_read_as_greenswitch_reads_them(capture):
+    """On what FreeSWITCH really sent, every header reads as before; only a value FreeSWITCH encoded a
+    line break into (the SDP) keeps its CR LF instead of greenswitch's re-joined lines."""
+    blocks = 0
+    for record in load(capture):
+        if record.get("dir") != "in":
+            continue
+        head, _, body = record["raw"].partition("\n\n")
+        for text in [head + "\n"] + ([body] if "Event-Name: " in body[:200] else []):
+            ours, theirs = LeanEvent(text).headers, greenswitch.esl.ESLEvent(text).headers
+            assert ours.keys() == theirs.keys()
+            assert {k: v for k, v in ours.items() if "\n" not in theirs[k]} == \
+                {k: v for k, v in theirs.items() if "\n" not in v}
+            blocks += 1
+    assert blocks > 10
