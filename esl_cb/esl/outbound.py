@@ -280,8 +280,6 @@ class CallChannel:
         self.hangup_cause = ""
         self._waiting: dict[str, AsyncResult] = {}
         self.on_gone: Callable[[], None] | None = None
-        self.on_bridge: Callable[[str], None] | None = None
-        self.dtmf: list[str] = []
         self.observer: Callable[[str, str], None] | None = None     # (event name, application): tests
 
     @property
@@ -313,17 +311,12 @@ class CallChannel:
         elif name == "CHANNEL_HANGUP":
             self.hangup_cause = h.get("Hangup-Cause", "")
             self._mark_gone()
-        elif name == "CHANNEL_BRIDGE" and self.on_bridge is not None:
-            self.on_bridge(h.get("Other-Leg-Unique-ID", ""))
-        elif name == "DTMF":
-            self.dtmf.append(h.get("DTMF-Digit", ""))
 
     def _on_disconnect(self, event) -> None:
-        # Without linger the notice alone may announce the hangup (capture 11).
-        if event.headers.get("Content-Disposition") != "linger":
-            self._mark_gone()
-        else:
-            self._mark_gone()
+        # Whatever its disposition the call is over for us: 'linger' comes after the hangup (capture 08),
+        # 'disconnect' as the socket closes, without linger maybe before any hangup event (capture 11),
+        # and the reader calls this when the stream ends.
+        self._mark_gone()
 
     def _mark_gone(self) -> None:
         if self.gone.is_set():
