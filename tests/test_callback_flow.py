@@ -239,7 +239,8 @@ def test_runtime_call_delay_of_60_refuses_agent(pg_url, caplog):
         h.close()
 
 
-@pytest.mark.parametrize("ani", ["1000,sofia/gateway/x/900", "{x=y}123", "555-0100;ext=2"])
+@pytest.mark.parametrize("ani", ["1000,sofia/gateway/x/900", "{x=y}123", "555-0100;ext=2",
+                                 "3125550100%0D%0AUnique-ID:%20deadbeef-0000-4000-8000-000000000001"])
 def test_invalid_or_injected_ani_takes_on_error(pg_url, caplog, ani):
     h = Harness(pg_url, quick_script())
     try:
@@ -249,6 +250,7 @@ def test_invalid_or_injected_ani_takes_on_error(pg_url, caplog, ani):
         gevent_sleep(0.5)
         c = h.contact()
         assert c.state == "queued" and not c.callback_requested      # OnError: back to the music, still queued
+        assert c.caller_uuid == caller                                 # a '%0A' in it named no other channel
         assert caller in h.sim.switch.channels                         # the caller was not disconnected
         assert h.sim.switch.originates == []
         assert all(ani not in o["dial"] for o in h.sim.switch.originates)

@@ -14,17 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esl_cb.controller.guard import CallbackGuard
-from esl_cb.controller.ports import StoreQueue
+from esl_cb.controller.ports import CallerVoice, LiveCall, StoreQueue
 from esl_cb.domain import script as scripts
 from esl_cb.domain.numbers import InvalidNumber, normalize
 from esl_cb.domain.policy import DestinationPolicy
 from esl_cb.domain.runtime import ActionFailed, ScriptRunner
 from esl_cb.esl import commands
 from esl_cb.esl.inbound import Event
-from esl_cb.esl.wire import FrameReader, ProtocolError
+from esl_cb.esl.wire import FrameReader, ProtocolError, UnsafeValue, command_text
 
 from .fixtures import wait_until
 from .harness import Harness
+from .test_esl_values import recording_channel
 
 E164 = re.compile(r"\+[0-9]{6,16}")
 # Examples per property (ESL_CB_FUZZ_EXAMPLES=20000 for a deep run; CI runs the default).
@@ -174,6 +175,66 @@ def test_the_frame_reader_takes_any_bytes(chunks):
                 assert isinstance(frame.body, bytes)
     except ProtocolError:
         pass
+
+
+# Text with a line break or NUL somewhere in it, and text of any shape.
+broken = st.builds(lambda a, brk, b: a + brk + b, st.text(max_size=30), st.sampled_from(["\n", "\r", "\r\n", "\x00"]),
+                   st.text(max_size=30))
+any_value = st.one_of(hostile, broken)
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(st.text(max_size=40) | broken, st.lists(st.tuples(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
+                                                          any_value), max_size=4))
+def test_a_command_is_one_frame_of_exactly_its_headers_or_is_refused(line, headers):
+    try:
+        text = command_text(line, headers)
+    except UnsafeValue:
+        assert not line.strip() or any(set(v) & set("\r\n\x00") for v in [line] + [v for _, v in headers])
+        return
+    frames = FrameReader().feed((text + "\n\n").encode())
+    assert len(frames) == 1 and frames[0].first_line == line
+    assert len(frames[0].headers) == 1 + len(headers)
+
+
+VOICE = scripts.parse("""
+name: voice
+actions:
+  - action: Begin
+    Default: Say
+  - action: Play
+    Caption: Say
+    Prompt: "say:en number iterated {ANI}"
+    Default: Ask
+    OnError: Ask
+  - action: Menu
+    Caption: Ask
+    Prompt: "{DNIS}"
+    Default: Done
+    OnError: Done
+  - action: Hangup
+    Caption: Done
+""", "voice.yaml")
+SENDMSG_HEADERS = {"call-command", "execute-app-name", "execute-app-arg", "Event-UUID", "hangup-cause"}
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(ani=any_value, dnis=any_value)
+def test_no_caller_value_puts_a_line_break_on_the_outbound_socket(ani, dnis):
+    """Whatever the caller id and the number dialled hold, every message a voice action writes is
+    its own headers, one line each: a CR, LF or NUL never reaches the socket."""
+    channel, session = recording_channel()
+    result = ScriptRunner(VOICE, CallerVoice(LiveCall(1, channel)), FakeStore(),
+                          {"ANI": ani, "DNIS": dnis, "ContactID": "1"}).run()
+    assert result.ended_by == "hangup"
+    for msg in session.sent:
+        assert not set(msg) & set("\r\x00")
+        lines = msg.split("\n")
+        if lines[0] == "sendmsg":
+            names = [line.split(": ", 1)[0] for line in lines[1:]]
+            assert len(names) == len(set(names)) and set(names) <= SENDMSG_HEADERS, msg
+        else:
+            assert len(lines) == 1, msg
 
 
 # -- the controller itself, on the simulator ---------------------------------------------

@@ -27,7 +27,7 @@ from esl_cb.esl.outbound import CallChannel
 
 from .guard import CallbackGuard
 from .legs import LegRegistry, LegWatch, billsec
-from .ports import HOLD_TONE, ChannelCall, LiveCall, MissingPrompts, StoreQueue
+from .ports import HOLD_TONE, CallerVoice, LiveCall, MissingPrompts, StoreQueue
 from .switch import SwitchLink
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class CallerSessions:
                 if not (name.startswith("CHANNEL_EXECUTE") and app in DIALPLAN_APPS):
                     observer("caller-socket", name, app)
             channel.observer = seen
-        runner = ScriptRunner(self.script, ChannelCall(live, self.missing_prompts),
+        runner = ScriptRunner(self.script, CallerVoice(live, self.missing_prompts),
                               StoreQueue(self.store, contact_id, self.wake, self.guard, storable(ani)), variables,
                               default_region=self.settings.region, contact_label=f"contact {contact_id}")
         try:

@@ -1,5 +1,8 @@
 """What a caller's script acts on: CallPort (the voice actions, over the call's outbound socket) and
-QueuePort (Reqagent and Callback, over the store). The domain's ScriptRunner sees only these."""
+QueuePort (Reqagent and Callback, over the store). The domain's ScriptRunner sees only these.
+
+("Ports" as in ports and adapters: the domain's interfaces and these implementations of them, not
+the switch's voice ports that `Dialler.take_port` counts.)"""
 from __future__ import annotations
 
 import logging
@@ -14,6 +17,7 @@ from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.runtime import ActionFailed, CallerGone
 from esl_cb.esl.outbound import CallChannel, CallGone
+from esl_cb.esl.wire import UnsafeValue
 
 from .guard import CallbackGuard
 
@@ -57,8 +61,8 @@ class LiveCall:
         self.connected = False          # bridged to an agent
 
 
-class ChannelCall:
-    """CallPort: what the script's voice actions do on FreeSWITCH.
+class CallerVoice:
+    """CallPort: what the script's voice actions (Play, Menu, Capture, Hangup) do on the caller's channel.
 
     A prompt the switch lacks must never make the script spin: FreeSWITCH ends a playback of a
     missing file at once (FILE NOT FOUND) and a play_and_get_digits after 0.28 s with no digit
@@ -75,6 +79,8 @@ class ChannelCall:
             return self.channel.execute(app, arg, timeout=timeout, on_timeout=on_timeout)
         except CallGone:
             raise CallerGone() from None
+        except UnsafeValue as e:          # refused before anything was sent: the caller is still there
+            raise ActionFailed(f"{app}: {e}") from None
 
     def play(self, prompt: str, max_seconds: float | None) -> None:
         self._check_prompt(prompt)
@@ -141,8 +147,12 @@ class ChannelCall:
 
     @staticmethod
     def _check_prompt(prompt: str) -> None:
-        # Prompts come from the script (operator) but may hold {variables} from the caller.
-        if not prompt or any(c in prompt for c in "\n\r ") and not prompt.startswith(("say:", "speak:")):
+        # Prompts come from the script (operator) but may hold {variables} from the caller (ANI, DNIS,
+        # keyed digits). A line break would end the sendmsg header that carries the prompt and start
+        # another (the ESL layer refuses it too); only say: and speak: texts may hold spaces.
+        if any(c in prompt for c in "\r\n\x00"):
+            raise ActionFailed(f"prompt {prompt[:60]!r} holds a line break or NUL (from a variable?); not sent")
+        if not prompt or (" " in prompt and not prompt.startswith(("say:", "speak:"))):
             raise ActionFailed(f"prompt {prompt[:60]!r} is not a sound path")
 
 

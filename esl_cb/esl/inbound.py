@@ -14,12 +14,14 @@ import socket
 import time
 import uuid as uuidlib
 from collections import deque
-from typing import Callable
+from typing import Callable, Mapping
 
 import gevent
 from gevent.event import AsyncResult
+from gevent.exceptions import ConcurrentObjectUseError
+from gevent.lock import Semaphore
 
-from .wire import Frame, FrameReader, ProtocolError, url_decode
+from .wire import Frame, FrameReader, ProtocolError, command_text, url_decode
 
 log = logging.getLogger(__name__)
 YIELD_EVERY = 32          # frames handled before the reader lets other greenlets run
@@ -106,7 +108,8 @@ class InboundConnection:
         self.on_disconnect = on_disconnect
         self.timeout = timeout
         self.sock: socket.socket | None = None
-        self._pending: deque[AsyncResult] = deque()
+        self._pending: deque[AsyncResult] = deque()     # one per command on the wire, oldest first
+        self._send_lock = Semaphore()                     # a command's bytes, and its place in _pending
         self._reader: gevent.Greenlet | None = None
         self.connected = False
 
@@ -213,11 +216,14 @@ class InboundConnection:
             self.on_disconnect()
 
     def close(self) -> None:
-        if self.sock is not None and self.connected:
+        # 'exit' only when no command is half-sent: its bytes would land inside the other's.
+        if self.sock is not None and self.connected and self._send_lock.acquire(blocking=False):
             try:
                 self.sock.sendall(b"exit\n\n")
             except OSError:
                 pass
+            finally:
+                self._send_lock.release()
         self.connected = False
         if self._reader is not None:
             self._reader.kill(block=False)
@@ -228,21 +234,56 @@ class InboundConnection:
             pass
 
     # -- commands ---------------------------------------------------------
-    def command(self, line: str, extra_headers: str = "", timeout: float | None = None) -> Frame:
+    def command(self, line: str, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Frame:
+        """Send one command (and its headers) and wait for its reply. A line or header that holds CR,
+        LF or NUL is refused (wire.UnsafeValue) before anything is written.
+
+        Replies carry no id: FreeSWITCH answers a connection's commands in the order they arrived,
+        and each reply goes to the oldest result waiting. So a result joins the line only together
+        with its command's bytes, under one lock, and a send that fails part-way (or is interrupted)
+        drops the connection: the switch may hold half a command, and every later reply would go
+        to the command before it. A caller that stops waiting leaves its result in line, to take
+        the reply that still comes."""
+        wait = timeout or self.timeout
+        what = " ".join(line.split()[0:2])
+        data = (command_text(line, (headers or {}).items()) + "\n\n").encode()
         if not self.connected or self.sock is None:
             raise ConnectionLost("not connected to FreeSWITCH")
-        result = AsyncResult()
-        self._pending.append(result)
+        if not self._send_lock.acquire(timeout=wait):
+            raise CommandTimeout(f"could not send {what!r} to FreeSWITCH within {wait}s: another command was "
+                                 "still being sent")
         try:
-            self.sock.sendall(f"{line}\n{extra_headers}\n".encode())
-        except OSError as e:
-            self._lost()
-            raise ConnectionLost(f"sending to FreeSWITCH failed: {e}") from None
+            if not self.connected:
+                raise ConnectionLost("the ESL connection was lost while this command waited to be sent")
+            result = AsyncResult()
+            self._pending.append(result)
+            self._send(data, what, wait)
+        finally:
+            self._send_lock.release()
         try:
-            return result.get(timeout=timeout or self.timeout)
+            return result.get(timeout=wait)
         except gevent.Timeout:
-            raise CommandTimeout(f"FreeSWITCH did not answer {line.split()[0:2]} within "
-                                 f"{timeout or self.timeout}s") from None
+            raise CommandTimeout(f"FreeSWITCH did not answer {what!r} within {wait}s") from None
+
+    def _send(self, data: bytes, what: str, wait: float) -> None:
+        deadline = gevent.Timeout(wait)
+        deadline.start()
+        try:
+            self.sock.sendall(data)
+        except gevent.Timeout as e:
+            self._lost()
+            if e is not deadline:
+                raise               # someone else's deadline: theirs to handle
+            raise ConnectionLost(f"FreeSWITCH took no more of a command ({what!r}) for {wait}s; "
+                                 "dropping the connection") from None
+        except (OSError, ConcurrentObjectUseError) as e:
+            self._lost()
+            raise ConnectionLost(f"sending {what!r} to FreeSWITCH failed: {e}") from None
+        except BaseException:
+            self._lost()            # a kill raised into us mid-send: the killer's exception goes on
+            raise
+        finally:
+            deadline.close()
 
     def api(self, cmd: str, timeout: float | None = None) -> str:
         return self.command("api " + cmd, timeout=timeout).body_text()
@@ -250,7 +291,7 @@ class InboundConnection:
     def bgapi(self, cmd: str, job_uuid: str | None = None) -> str:
         """Start a background job; its BACKGROUND_JOB event carries this Job-UUID."""
         job = job_uuid or str(uuidlib.uuid4())
-        reply = self.command("bgapi " + cmd, extra_headers=f"Job-UUID: {job}\n")
+        reply = self.command("bgapi " + cmd, headers={"Job-UUID": job})
         text = reply.get("Reply-Text") or ""
         if not text.startswith("+OK"):
             raise ESLError(f"bgapi {cmd.split()[0]} refused: {text}")

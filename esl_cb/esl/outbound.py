@@ -21,6 +21,8 @@ from gevent.event import AsyncResult
 from gevent.event import Event as GEvent
 from greenswitch.esl import OutboundSessionHasGoneAway
 
+from .wire import command_text, url_decode
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +40,28 @@ class CallGone(Exception):
 
 class ProtocolViolation(Exception):
     """The peer on an outbound socket sent something that is not an ESL frame within our bounds."""
+
+
+class LeanEvent(greenswitch.esl.ESLEvent):
+    """greenswitch's event, its lines split before their values are decoded.
+
+    greenswitch percent-decodes a whole header block and then splits it into lines, so a value holding
+    '%0A' becomes a header of its own that overwrites the real one: a caller id '1%0AUnique-ID%3A%20X'
+    (FreeSWITCH passes on a '%XX' it is given as it is) would name channel X as the caller's. Here each
+    value decodes inside its own header. A body after the empty line is kept apart, undecoded."""
+
+    def parse_data(self, data: str) -> None:
+        head, _, body = data.strip("\n").partition("\n\n")
+        if body:
+            self.body = body
+        last = None
+        for line in head.split("\n"):
+            name, sep, raw = line.partition(": ")
+            if sep:
+                last = name.strip()
+                self.headers[last] = url_decode(raw).strip()
+            elif last is not None and line.strip():      # a continuation line, as greenswitch reads it
+                self.headers[last] += "\n" + url_decode(line).strip()
 
 
 class LeanSession(greenswitch.esl.OutboundSession):
@@ -74,7 +98,7 @@ class LeanSession(greenswitch.esl.OutboundSession):
                     raise ProtocolViolation(f"a header line longer than {MAX_LINE} bytes")
                 if line == b"\n":
                     if lines:
-                        event = greenswitch.esl.ESLEvent(b"".join(lines).decode("utf-8", "replace"))
+                        event = LeanEvent(b"".join(lines).decode("utf-8", "replace"))
                         lines, size = [], 0
                         self.handle_event(event)
                     continue
@@ -94,7 +118,7 @@ class LeanSession(greenswitch.esl.OutboundSession):
                 self.sock.close()
             except OSError:
                 pass
-            self._run_handlers(self.event_handlers.get("DISCONNECT"), greenswitch.esl.ESLEvent(""))
+            self._run_handlers(self.event_handlers.get("DISCONNECT"), LeanEvent(""))
 
     @staticmethod
     def _read_socket(sock, length: int) -> str:
@@ -263,8 +287,6 @@ class CallChannel:
         self.hangup_cause = ""
         self._waiting: dict[str, AsyncResult] = {}
         self.on_gone: Callable[[], None] | None = None
-        self.on_bridge: Callable[[str], None] | None = None
-        self.dtmf: list[str] = []
         self.observer: Callable[[str, str], None] | None = None     # (event name, application): tests
 
     @property
@@ -296,17 +318,12 @@ class CallChannel:
         elif name == "CHANNEL_HANGUP":
             self.hangup_cause = h.get("Hangup-Cause", "")
             self._mark_gone()
-        elif name == "CHANNEL_BRIDGE" and self.on_bridge is not None:
-            self.on_bridge(h.get("Other-Leg-Unique-ID", ""))
-        elif name == "DTMF":
-            self.dtmf.append(h.get("DTMF-Digit", ""))
 
     def _on_disconnect(self, event) -> None:
-        # Without linger the notice alone may announce the hangup (capture 11).
-        if event.headers.get("Content-Disposition") != "linger":
-            self._mark_gone()
-        else:
-            self._mark_gone()
+        # Whatever its disposition the call is over for us: 'linger' comes after the hangup (capture 08),
+        # 'disconnect' as the socket closes, without linger maybe before any hangup event (capture 11),
+        # and the reader calls this when the stream ends.
+        self._mark_gone()
 
     def _mark_gone(self) -> None:
         if self.gone.is_set():
@@ -325,12 +342,12 @@ class CallChannel:
         if self.gone.is_set():
             raise CallGone(self.hangup_cause or "caller hung up")
         event_uuid = str(uuidlib.uuid4())
+        headers = [("call-command", "execute"), ("execute-app-name", app)]
+        if arg:
+            headers.append(("execute-app-arg", arg))
+        msg = command_text("sendmsg", headers + [("Event-UUID", event_uuid)])    # UnsafeValue: nothing sent
         waiter = AsyncResult()
         self._waiting[event_uuid] = waiter
-        msg = f"sendmsg\ncall-command: execute\nexecute-app-name: {app}\n"
-        if arg:
-            msg += f"execute-app-arg: {arg}\n"
-        msg += f"Event-UUID: {event_uuid}"
         try:
             self.session.send(msg)
         except (OutboundSessionHasGoneAway, OSError, greenswitch.esl.NotConnectedError):
@@ -345,8 +362,9 @@ class CallChannel:
             return waiter.get(timeout=10)
 
     def api(self, cmd: str) -> str:
+        msg = command_text("api " + cmd)
         try:
-            return self.session.send("api " + cmd).data
+            return self.session.send(msg).data
         except (OutboundSessionHasGoneAway, OSError, greenswitch.esl.NotConnectedError):
             raise CallGone("socket closed") from None
 
@@ -356,10 +374,11 @@ class CallChannel:
             self.api(f"uuid_break {self.uuid}")
 
     def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
+        msg = command_text("sendmsg", [("call-command", "hangup"), ("hangup-cause", cause)])
         if self.gone.is_set():
             return
         try:
-            self.session.send(f"sendmsg\ncall-command: hangup\nhangup-cause: {cause}")
+            self.session.send(msg)
         except (OutboundSessionHasGoneAway, OSError, greenswitch.esl.NotConnectedError):
             pass
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 from urllib.parse import unquote
 
 # switch_url_encode() in switch_utils.c encodes control bytes, bytes above '~'
@@ -40,6 +41,38 @@ def url_encode(value: str) -> str:
             out.append(_ENCODE_TABLE[b])
         i += 1
     return "".join(out)
+
+
+class UnsafeValue(ValueError):
+    """A value that cannot go into an ESL command or header as it is. Raised before anything is
+    written: a CR, LF or NUL would end its line, and FreeSWITCH would read what follows as another
+    header or another command."""
+
+
+_LINE_END = re.compile("[\r\n\x00]")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def one_line(where: str, value: str) -> str:
+    """`value` when it can stand on one ESL line; UnsafeValue naming `where` and showing it otherwise."""
+    if _LINE_END.search(value):
+        shown = value if len(value) <= 200 else value[:200] + "..."
+        raise UnsafeValue(f"{where} {shown!r} holds CR, LF or NUL, which would end the line and start another "
+                          "header or command; nothing was sent")
+    return value
+
+
+def command_text(line: str, headers: Iterable[tuple[str, str]] = ()) -> str:
+    """One ESL command: its line, then 'Name: value' headers one per line, every part checked first.
+    The empty line that ends the command is the sender's to add."""
+    if not line.strip():
+        raise UnsafeValue("an empty command line would read as the end of a command; nothing was sent")
+    parts = [one_line("command line", line)]
+    for name, value in headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise UnsafeValue(f"header name {name!r} may hold letters, digits, '-' and '_' only; nothing was sent")
+        parts.append(f"{name}: {one_line(f'header {name}', str(value))}")
+    return "\n".join(parts)
 
 
 def url_decode(value: str) -> str:
