@@ -21,13 +21,13 @@ from esl_cb.config import Settings
 from esl_cb.db.store import DialPlan, Store
 from esl_cb.domain.states import ContactState as C
 from esl_cb.esl import commands
-from esl_cb.esl.inbound import ESLError
+from esl_cb.esl.inbound import ESLError, NotSent
 
 from .guard import CallbackGuard
 from .customer import CustomerLeg
 from .legs import LegRegistry, LegWatch
 from .pacing import OriginatePacer
-from .switch import NotSent, SwitchHealth, SwitchLink
+from .switch import SwitchHealth, SwitchLink
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,13 @@ class Dialler(CustomerLeg):
     def _still_wanted(self, plan: DialPlan) -> bool:
         """After a wait: the agent may have left (agent_left cancels) or another controller may own the
         contact now (our membership lapsed while we waited)."""
-        if plan.leg_uuid in self.cancelled:
-            log.info("contact %s: the agent left while the dial waited; not dialled", plan.contact_id)
-            return False
-        if self.may_act is not None and not self.may_act():
+        if self.may_act is not None and not self.may_act():     # (may wait for one heartbeat)
             log.warning("contact %s: this controller may no longer own it (membership lapsed); not dialled",
                         plan.contact_id)
+            return False
+        if plan.leg_uuid in self.cancelled:      # looked at last: the membership check may have waited
+            log.info("contact %s: cancelled while the dial waited (the agent left, or another controller took "
+                     "it over); not dialled", plan.contact_id)
             return False
         return True
 

@@ -17,7 +17,7 @@ import gevent
 from gevent.event import Event as GEvent
 
 from esl_cb.config import Settings
-from esl_cb.esl.inbound import ESLError, Event, InboundConnection
+from esl_cb.esl.inbound import ESLError, Event, InboundConnection, NotSent
 from esl_cb.netaddr import parse_hostport
 
 from .pacing import SwitchBackoff
@@ -37,10 +37,6 @@ SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", 
 SHUTDOWN_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE"}
 # Originate failures where FreeSWITCH never created a channel, so no hangup events follow.
 NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
-
-
-class NotSent(ESLError):
-    """A command that certainly never reached the switch (we were not connected)."""
 
 
 @dataclass(frozen=True)

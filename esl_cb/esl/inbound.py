@@ -39,6 +39,11 @@ class CommandTimeout(ESLError):
     pass
 
 
+class NotSent(ConnectionLost):
+    """The command was certainly never written to the switch (not connected, or it could not get its
+    turn): nothing of it can have happened there."""
+
+
 class Event:
     """A text/event-plain event kept as its raw header text.
 
@@ -248,13 +253,13 @@ class InboundConnection:
         what = " ".join(line.split()[0:2])
         data = (command_text(line, (headers or {}).items()) + "\n\n").encode()
         if not self.connected or self.sock is None:
-            raise ConnectionLost("not connected to FreeSWITCH")
+            raise NotSent("not connected to FreeSWITCH")
         if not self._send_lock.acquire(timeout=wait):
-            raise CommandTimeout(f"could not send {what!r} to FreeSWITCH within {wait}s: another command was "
-                                 "still being sent")
+            raise NotSent(f"could not send {what!r} to FreeSWITCH within {wait}s: another command was "
+                          "still being sent")
         try:
             if not self.connected:
-                raise ConnectionLost("the ESL connection was lost while this command waited to be sent")
+                raise NotSent("the ESL connection was lost while this command waited to be sent")
             result = AsyncResult()
             self._pending.append(result)
             self._send(data, what, wait)
