@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .domain.errors import InvalidInput
 from .domain.policy import DEFAULT_REFUSED_TYPES, DestinationPolicy, PolicyError
 from .esl.commands import UnsafeDialString, dial_for
 from .netaddr import is_loopback, parse_hostport
@@ -17,8 +18,13 @@ LOOPBACK = "127.0.0.0/8,::1"
 DEFAULT_ESL_PASSWORD = "ClueCon"
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(InvalidInput, ValueError):
+    """A setting (file, environment, option) that cannot be used; the message names it. A fault of
+    the server's configuration, not of a client's request: 500 if an API ever meets one."""
+
+    code = "invalid_config"
+    http_status = 500
+    title = "a setting cannot be used"
 
 
 @dataclass

@@ -15,6 +15,9 @@ FORBIDDEN = {
     "esl_cb.esl": ("esl_cb.db", "esl_cb.controller", "esl_cb.sim", "esl_cb.cli", "cli", "sqlalchemy", "click"),
     "esl_cb.db": ("esl_cb.esl", "esl_cb.controller", "esl_cb.sim", "esl_cb.cli", "cli", "greenswitch", "click"),
     "esl_cb.controller": ("esl_cb.sim", "esl_cb.cli", "cli", "click"),
+    # the application services: domain and db only, for every front end (the CLI, the HTTP API)
+    "esl_cb.app": ("esl_cb.esl", "esl_cb.controller", "esl_cb.sim", "esl_cb.cli", "cli", "esl_cb.config",
+                   "greenswitch", "click", "gevent"),
     "esl_cb.sim": ("esl_cb.controller", "esl_cb.db", "esl_cb.cli", "cli"),
 }
 

@@ -8,13 +8,14 @@ from sqlalchemy import text
 from cli import main
 from esl_cb.db.store import Store
 
+from .harness import TABLES
+
 
 @pytest.fixture
 def run(pg_url):
     store = Store(pg_url)
     with store.engine.begin() as conn:
-        conn.execute(text("TRUNCATE callback_attempts, legs, contacts, agent_skills, agents, skills "
-                          "RESTART IDENTITY CASCADE"))
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     store.close()
     runner = CliRunner()
 
@@ -168,3 +169,83 @@ def test_report(run, pg_url):
     assert r.exit_code == 0 and "contacts" in r.output and " 0" in r.output
     r = run("report", "--from", "yesterday")
     assert r.exit_code == 2 and "yesterday" in r.output
+
+
+def test_callback_schedule_books_through_the_service(run):
+    import json
+
+    for skill in ("support", "sales", "billing", "vip"):
+        run("skill", "add", skill)
+    r = run("callback", "schedule", "312-555-0100", "--skill", "support", "--at", "+3600", "--operator", "olga")
+    assert r.exit_code == 0 and "contact 1: +13125550100 will be called back for support from" in r.output
+    r = run("callback", "schedule", "+13125550100", "--skill", "support", "--at", "+60", "--caller-id",
+            "+13125557000")
+    assert r.exit_code == 0, r.output
+    assert "contact 1: +13125550100 already waits for a callback for support; this booking joined it" in r.output
+    assert [c["contact_id"] for c in json.loads(run("callback", "list", "--json").output)] == [1]
+    r = run("callback", "schedule", "312 555 0100 ext 12", "--skill", "support", "--at", "+60")
+    assert r.exit_code == 2
+    assert "error [invalid_number]: number: '312 555 0100 ext 12' has an extension" in r.output
+    r = run("callback", "schedule", "+13125550100", "--skill", "support", "--at", "tomorrow")
+    assert r.exit_code == 2 and "error [invalid_input]: not_before: 'tomorrow' is not a time" in r.output
+    assert "(--at)" in r.output
+    r = run("callback", "schedule", "+13125550100", "--skill", "nobody", "--at", "+60")
+    assert r.exit_code == 1 and "error [unknown_skill]: no skill named 'nobody' (esl-cb skill add nobody)" in r.output
+    assert run("skill", "list").output.split() == ["billing", "sales", "support", "vip"]
+
+
+def test_callback_schedule_policy_override_and_limits(run):
+    for skill in ("support", "sales", "billing", "vip"):
+        run("skill", "add", skill)
+    r = run("callback", "schedule", "+19005550100", "--skill", "support", "--at", "+60")
+    assert r.exit_code == 1
+    assert "error [policy_refused]: +19005550100 may not be called back: a premium-rate number" in r.output
+    assert run("callback", "policy", "override", "+19005550100", "--reason", "ticket 4711").exit_code == 0
+    r = run("callback", "schedule", "+19005550100", "--skill", "support", "--at", "+60")
+    assert r.exit_code == 0 and "allowed by an operator's override" in r.output
+    for skill in ("support", "sales", "billing"):
+        assert run("callback", "schedule", "+13125550111", "--skill", skill, "--at", "+60").exit_code == 0
+    r = run("callback", "schedule", "+13125550111", "--skill", "vip", "--at", "+60")
+    assert r.exit_code == 1 and "error [rate_limited]: +13125550111 was asked to be called back 3 times" in r.output
+    r = run("callback", "schedule", "+13125550112", "--skill", "vip", "--at", "+60", "--callbacks-per-number-per-day",
+            "-1")
+    assert r.exit_code == 2 and "error [invalid_config]" in r.output
+
+
+def test_cancel_and_agent_refusals_carry_their_codes(run, pg_url):
+    seed_contacts(pg_url)
+    r = run("callback", "cancel", "3")
+    assert r.exit_code == 1 and "error [wrong_state]: contact 3 cannot be cancelled now: it is being dialled" in r.output
+    assert run("callback", "cancel", "2").exit_code == 0
+    r = run("callback", "cancel", "2")
+    assert r.exit_code == 1 and "error [wrong_state]: contact 2 already ended (cancelled)" in r.output
+    r = run("callback", "cancel", "99")
+    assert r.exit_code == 1 and "error [not_found]: no contact 99" in r.output
+    run("agent", "add", "alice", "--dial-string", "user/1001", "--skill", "support")
+    assert "LoggedOut -> Unavailable" in run("agent", "login", "alice").output
+    r = run("agent", "login", "alice")
+    assert r.exit_code == 1 and "error [wrong_state]: agent 'alice' is already Unavailable" in r.output
+    r = run("agent", "logout", "nobody")
+    assert r.exit_code == 1 and "error [not_found]: no agent named 'nobody'" in r.output
+    r = run("skill", "hours", "support", "--tz", "Mars/Olympus")
+    assert r.exit_code == 2 and "error [invalid_hours]: skill support: time zone 'Mars/Olympus' is unknown" in r.output
+
+
+def test_booking_and_cancelling_on_sqlite(tmp_path):
+    """The demo's database: the same booking rules without PostgreSQL."""
+    runner = CliRunner()
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+
+    def run(*args):
+        return runner.invoke(main, [*args, "--db", db], catch_exceptions=False)
+    assert run("db", "upgrade").exit_code == 0
+    assert run("skill", "add", "support").exit_code == 0
+    assert run("callback", "schedule", "3125550100", "--skill", "support", "--at", "+60").exit_code == 0
+    r = run("callback", "schedule", "+13125550100", "--skill", "support", "--at", "+30")
+    assert r.exit_code == 0 and "this booking joined it" in r.output
+    r = run("callback", "schedule", "+13125550100", "--skill", "sales", "--at", "+30")
+    assert r.exit_code == 1 and "error [unknown_skill]" in r.output
+    r = run("callback", "cancel", "1")
+    assert r.exit_code == 0 and "contact 1: callback_queued -> cancelled" in r.output
+    r = run("callback", "cancel", "1")
+    assert r.exit_code == 1 and "error [wrong_state]" in r.output

@@ -46,13 +46,11 @@ def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | No
                f"make them available with: esl-cb agent available {name}")
 
 
-def _agent_state(name: str, db: str | None, to: str, allowed: list[str], verb: str, operator: str) -> None:
-    from esl_cb.domain.states import AgentState
+def _agent_state(name: str, db: str | None, change: str, operator: str) -> None:
+    from esl_cb.app import AgentService
 
-    store = open_store(db)
-    before = store_call(store.set_agent_state, name, AgentState(to), [AgentState(a) for a in allowed],
-                        operator=operator)                 # wakes the controllers at its commit
-    click.echo(f"agent {name}: {before.value} -> {to}")
+    done = store_call(AgentService(open_store(db)).set_agent_state, name, change, operator)
+    click.echo(f"agent {name}: {done.before} -> {done.after}")
 
 
 @agent.command("available")
@@ -66,7 +64,7 @@ def agent_available(name: str, db: str | None, operator: str) -> None:
     Example:
       esl-cb agent available alice
     """
-    _agent_state(name, db, "Available", ["LoggedOut", "Refused", "Unavailable"], "available", operator)
+    _agent_state(name, db, "available", operator)
 
 
 @agent.command("unavailable")
@@ -80,7 +78,7 @@ def agent_unavailable(name: str, db: str | None, operator: str) -> None:
     Example:
       esl-cb agent unavailable alice
     """
-    _agent_state(name, db, "Unavailable", ["Available", "Refused", "LoggedOut"], "unavailable", operator)
+    _agent_state(name, db, "unavailable", operator)
 
 
 @agent.command("login")
@@ -94,7 +92,7 @@ def agent_login(name: str, db: str | None, operator: str) -> None:
     Example:
       esl-cb agent login alice && esl-cb agent available alice
     """
-    _agent_state(name, db, "Unavailable", ["LoggedOut"], "login", operator)
+    _agent_state(name, db, "login", operator)
 
 
 @agent.command("logout")
@@ -108,7 +106,7 @@ def agent_logout(name: str, db: str | None, operator: str) -> None:
     Example:
       esl-cb agent logout alice
     """
-    _agent_state(name, db, "LoggedOut", ["Available", "Refused", "Unavailable"], "logout", operator)
+    _agent_state(name, db, "logout", operator)
 
 
 @agent.command("remove")
@@ -211,6 +209,8 @@ def skill_hours(name: str, week, tz, closed, expire_after, db: str | None, opera
                 click.echo(f"skill {name}: {hours.describe()}; callbacks {'open' if is_open else 'closed'} now")
                 return
         fail(f"no skill named {name!r}")
-    hours = store_call(store.set_skill_hours, name, week, tz, closed, expire_after, operator)
-    store_call(store.notify, f"skill {name}")
+    from esl_cb.app import SkillService
+
+    hours = store_call(SkillService(store).set_hours, name, week, tz, closed, expire_after, operator,
+                       fields={"expire_after": "--expire-after"})
     click.echo(f"skill {name}: {hours.describe()}")

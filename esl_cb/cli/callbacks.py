@@ -5,15 +5,7 @@ import json
 
 import click
 
-from .common import (
-    EXIT_USAGE,
-    console,
-    db_option,
-    fail,
-    open_store,
-    operator_option,
-    store_call,
-)
+from .common import console, db_option, fail_error, open_store, operator_option, store_call
 from .policy import policy, policy_options
 
 
@@ -78,63 +70,62 @@ def callback_cancel(contact_id: int, reason: str, db: str | None, operator: str)
     Example:
       esl-cb callback cancel 42 --reason "customer called back"
     """
-    store = open_store(db)
-    before = store_call(store.cancel, contact_id, reason, operator=operator)
-    store_call(store.notify, f"cancel {contact_id}")
-    click.echo(f"contact {contact_id}: {before} -> cancelled")
+    from esl_cb.app import CallbackService
+
+    done = store_call(CallbackService(open_store(db)).cancel_callback, contact_id, reason, operator,
+                      fields={"reason": "--reason"})
+    click.echo(f"contact {contact_id}: {done.was} -> cancelled")
 
 
 callback.add_command(policy)
 
 
+# The booking's fields, as this command names them (for its error messages).
+SCHEDULE_FIELDS = {"number": "NUMBER", "skill": "--skill", "not_before": "--at", "caller_id": "--caller-id",
+                   "priority": "--priority", "expire_after": "--expire-after"}
+
+
 @callback.command("schedule")
 @click.argument("number")
-@click.option("--skill", required=True, help="The skill (queue) whose agents will call.")
+@click.option("--skill", required=True, help="The skill (queue) whose agents will call; it must exist (esl-cb skill "
+                                              "add).")
 @click.option("--at", "when", required=True, help="When: 2026-12-01T14:30 (the skill's time zone unless given), "
                                                    "14:30 (the next one) or +3600 (seconds from now).")
 @click.option("--caller-id", default="", help="The number the customer sees. [default: the number itself]")
-@click.option("--priority", type=float, default=0.0, show_default=True)
-@click.option("--expire-after", type=click.FloatRange(min=0), help="Seconds after --at before it expires.")
+@click.option("--priority", type=float, help="Initial and maximum priority. [default: 0]")
+@click.option("--expire-after", type=float, help="Seconds after --at before it expires (0: never). "
+                                                 "[default: the skill's --expire-after]")
 @click.option("--region", default="US", show_default=True, help="Country for numbers written without +.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="The YAML file `run` uses (for the destination policy).")
 @policy_options
 @db_option
 @operator_option
-def callback_schedule(number: str, skill: str, when: str, caller_id: str, priority: float, expire_after, region: str,
-                      config_file, db: str | None, operator: str, **policy) -> None:
+def callback_schedule(number: str, skill: str, when: str, caller_id: str, priority: float | None, expire_after,
+                      region: str, config_file, db: str | None, operator: str, **policy) -> None:
     """Book a callback for later: an agent of SKILL is offered it at --at (within the skill's hours),
-    ahead of contacts queued after it at the same priority.
+    ahead of contacts queued after it at the same priority. The destination policy, the operators'
+    overrides and the rate limits apply as to a script's Callback; a number that already waits for
+    a callback of this skill keeps that one (and the earlier place) instead of getting a second.
 
     \b
     Example:
       esl-cb callback schedule +13125550100 --skill support --at 2026-12-01T14:30 --caller-id +13125557000
     """
-    from datetime import datetime, timezone
-
+    from esl_cb.app import CallbackService
     from esl_cb.config import ConfigError, load_settings
-    from esl_cb.domain.hours import parse_when
-    from esl_cb.domain.numbers import InvalidNumber, normalize
-    from esl_cb.domain.queue import Priority
 
     try:
         settings = load_settings(config_file, {**policy, "region": region})
-        e164 = normalize(number, region)
-        shown = normalize(caller_id, region) if caller_id else e164
+        service = CallbackService(open_store(db), settings.policy(), settings.region)
     except ConfigError as e:
-        fail(str(e), EXIT_USAGE)
-    except InvalidNumber as e:
-        fail(f"not a callback number: {e}", EXIT_USAGE)
-    store = open_store(db)
-    verdict = settings.policy().check(e164, override=store_call(store.overridden, e164))
-    if not verdict.allowed:
-        fail(f"{e164} may not be called back: {verdict.reason} (see esl-cb callback policy check)")
-    tz = next((h.tz for _, name, h, _ in store_call(store.skill_calendars) if name == skill), "UTC")
-    try:
-        at = parse_when(when, datetime.now(timezone.utc), tz)
-    except ValueError as e:
-        fail(f"--at: {e}", EXIT_USAGE)
-    cid = store_call(store.schedule_callback, e164, skill, at, shown, 0, Priority(priority, 0, priority),
-                     expire_after, operator)
-    store_call(store.notify, f"schedule {cid}")
-    click.echo(f"contact {cid}: {e164} will be called back for {skill} from {at.isoformat()}")
+        fail_error(e)
+    booking = store_call(service.book_callback, number, skill, caller_id, priority=priority, not_before=when,
+                         expire_after=expire_after, operator=operator, fields=SCHEDULE_FIELDS)
+    if booking.merged:
+        click.echo(f"contact {booking.id}: {booking.number} already waits for a callback for {skill}; this booking "
+                   "joined it (it keeps its time and the earlier place)")
+    else:
+        at = booking.not_before.isoformat() if booking.not_before else "now"
+        click.echo(f"contact {booking.id}: {booking.number} will be called back for {skill} from {at}"
+                   + (" (allowed by an operator's override of the destination policy)" if booking.override else ""))

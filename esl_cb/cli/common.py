@@ -32,6 +32,26 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
     sys.exit(code)
 
 
+def exit_code(error: Exception) -> int:
+    """The README's exit code of a domain error: 2 for bad input, 3 for a service that does not
+    answer, 1 for everything else that cannot be done."""
+    from esl_cb.domain.errors import InvalidInput, Unavailable
+
+    if isinstance(error, InvalidInput):
+        return EXIT_USAGE
+    if isinstance(error, Unavailable):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED
+
+
+def fail_error(error, fields: dict[str, str] | None = None) -> None:
+    """`error [code]: detail`, and the option it is about when the command names its fields
+    (`fields`: the service's field -> this command's option)."""
+    option = (fields or {}).get(error.where)
+    click.secho(f"error [{error.code}]: {error.detail}" + (f" ({option})" if option else ""), fg="red", err=True)
+    sys.exit(exit_code(error))
+
+
 def patch_gevent() -> None:
     """Cooperative sockets and a psycopg2 that never blocks the event loop; once, before any I/O."""
     from gevent import monkey
@@ -90,18 +110,17 @@ def open_store(db: str | None):
     return store
 
 
-def store_call(fn, *args, **kwargs):
-    """Run a store operation and turn its errors into operator messages."""
+def store_call(fn, *args, fields: dict[str, str] | None = None, **kwargs):
+    """Run a service's or the store's operation and turn its errors into operator messages
+    (`fields`: see fail_error)."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from esl_cb.db.store import NotFound, StoreError
+    from esl_cb.domain.errors import EslCbError
 
     try:
         return fn(*args, **kwargs)
-    except NotFound as e:
-        fail(str(e))
-    except StoreError as e:
-        fail(str(e))
+    except EslCbError as e:
+        fail_error(e, fields)
     except ProgrammingError as e:
         if "does not exist" in str(e.orig):
             fail("the database has no esl-cb tables yet: run `esl-cb db upgrade` first", EXIT_FAILED)

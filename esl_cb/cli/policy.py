@@ -95,19 +95,16 @@ def policy_override(number: str, reason: str, hours: float, remove: bool, region
     Example:
       esl-cb callback policy override +442079460000 --reason "UK customer, ticket 4711" --hours 48
     """
-    from esl_cb.domain.numbers import InvalidNumber, normalize
+    from esl_cb.app import CallbackService
 
-    try:
-        e164 = normalize(number, region)
-    except InvalidNumber as e:
-        fail(f"not a callback number: {e}", EXIT_USAGE)
-    store = open_store(db)
+    service = CallbackService(open_store(db), region=region)
     if remove:
-        store_call(store.remove_override, e164, operator)
+        e164 = store_call(service.remove_override, number, operator, fields={"number": "NUMBER"})
         click.echo(f"override for {e164} removed")
         return
     until = datetime.now(timezone.utc) + timedelta(hours=hours) if hours else None
-    store_call(store.add_override, e164, operator, reason, until)
+    e164 = store_call(service.allow_number, number, reason, until, operator,
+                      fields={"number": "NUMBER", "reason": "--reason"})
     click.echo(f"{e164} may be called back until {until:%Y-%m-%d %H:%M} UTC" if until else
                f"{e164} may be called back until the override is removed")
 

@@ -45,7 +45,7 @@ class AgentsStore(StoreBase):
     def set_skill_hours(self, name: str, week: str | None = None, tz: str | None = None, closed: str | None = None,
                         expire_after: int | None = None, operator: str | None = None) -> OpeningHours:
         """Opening hours, time zone, closed dates and the default callback expiry of a skill (what is
-        not given stays). Raises StoreError naming what cannot be read."""
+        not given stays). Raises HoursError naming what cannot be read."""
         with self.engine.begin() as conn:
             row = conn.execute(select(Skill.__table__).where(Skill.name == name)).first()
             if row is None:
@@ -57,7 +57,7 @@ class AgentsStore(StoreBase):
                 hours = OpeningHours.parse(values.get("hours", row.hours), values.get("timezone", row.timezone),
                                            values.get("closed_dates", row.closed_dates))
             except HoursError as e:
-                raise StoreError(f"skill {name}: {e}") from None
+                raise HoursError(f"skill {name}: {e}") from None
             values["callbacks_open"] = hours.is_open(utcnow())
             conn.execute(update(Skill).where(Skill.id == row.id).values(**values))
             self._audit(conn, operator, "skill hours", name, hours.describe())
@@ -103,7 +103,7 @@ class AgentsStore(StoreBase):
             if row is None:
                 raise NotFound(f"no agent named {name!r}")
             if row.state in (A.OFFERED.value, A.ON_CALL.value):
-                raise StoreError(f"agent {name!r} is {row.state}; make them unavailable and wait for the call to end")
+                raise StaleState(f"agent {name!r} is {row.state}; make them unavailable and wait for the call to end")
             conn.execute(AgentSkill.__table__.delete().where(AgentSkill.agent_id == row.id))
             conn.execute(Agent.__table__.delete().where(Agent.id == row.id))
             self._audit(conn, operator, "agent remove", name)
@@ -168,8 +168,8 @@ def _check_change(name: str, before: str | None, to: A, allowed: list[str], chan
     if before is None:
         raise NotFound(f"no agent named {name!r}")
     if before == to.value:
-        raise StoreError(f"agent {name!r} is already {to.value}")
+        raise StaleState(f"agent {name!r} is already {to.value}")
     if before not in allowed:
-        raise StoreError(f"agent {name!r} is {before}; it cannot go to {to.value} now")
+        raise StaleState(f"agent {name!r} is {before}; it cannot go to {to.value} now")
     if not changed:
         raise StaleState(f"agent {name!r} changed state meanwhile; try again")

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
+from esl_cb.domain.errors import EslCbError
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import contact_can
@@ -47,25 +48,54 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class StoreError(Exception):
+class StoreError(EslCbError):
     """A persistence operation that cannot be done as asked (the message says why)."""
+
+    code = "conflict"
+    http_status = 409
+    title = "it cannot be done now"
 
 
 class StaleState(StoreError):
-    """The row was not in the state the caller expected."""
+    """The row was not in the state the caller expected (or one that allows what was asked)."""
+
+    code = "wrong_state"
+    title = "not in a state that allows it"
 
 
 class PolicyRefused(StoreError):
     """The destination policy or a rate limit refuses this callback (the message says why)."""
 
-    def __init__(self, reason: str, rule: str, calling_number: str = "") -> None:
-        super().__init__(reason)
+    code = "policy_refused"
+    http_status = 422
+    title = "the destination policy refuses this callback"
+
+    def __init__(self, reason: str, rule: str, calling_number: str = "", where: str = "") -> None:
+        super().__init__(reason, where=where)
         self.rule = rule
         self.calling_number = calling_number
 
 
+class RateLimited(PolicyRefused):
+    """Too many callbacks for this number or from this caller recently (rule per_number | per_caller)."""
+
+    code = "rate_limited"
+    http_status = 429
+    title = "too many callbacks requested"
+
+
 class NotFound(StoreError):
-    pass
+    code = "not_found"
+    http_status = 404
+    title = "no such thing"
+
+
+class UnknownSkill(NotFound):
+    """A skill named in a request does not exist (bookings never create one)."""
+
+    code = "unknown_skill"
+    http_status = 422
+    title = "no such skill"
 
 
 @dataclass(frozen=True)

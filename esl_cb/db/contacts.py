@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from sqlalchemy import func, insert, or_, select, text, update
@@ -16,7 +17,7 @@ from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
-from .base import NotFound, PolicyRefused, StaleState, StoreBase, StoreError, as_utc, utcnow
+from .base import NotFound, PolicyRefused, RateLimited, StaleState, StoreBase, StoreError, UnknownSkill, as_utc, utcnow
 from .models import Agent, Contact, Controller, Leg, Skill
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ UPDATE contacts SET state = 'queued', skill_id = s.id, queued_at = :now, priorit
        priority_acceleration = :pa, priority_max = :pm
 FROM skills s WHERE s.name = :skill AND contacts.id = :cid AND contacts.state = 'arrived'
 """)
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A booked callback as stored: a new contact, or the open one it joined (`merged_into`)."""
+
+    contact_id: int
+    state: str
+    not_before: datetime | None
+    expire_at: datetime | None
+    merged_into: int | None = None
 
 
 class ContactsStore(StoreBase):
@@ -181,29 +193,97 @@ class ContactsStore(StoreBase):
                 raise StoreError("the callback would expire before its NotBefore time")
         return out
 
-    def schedule_callback(self, number: str, skill: str, at: datetime, caller_id: str, delay: int = 0,
-                          priority: Priority | None = None, expire_after: float | None = None,
-                          operator: str | None = None) -> int:
-        """A callback booked for later by an operator (no call came in): offered to an agent at `at`,
-        within the skill's hours, ahead of contacts queued after it at the same priority."""
+    def schedule_callback(self, number: str, skill: str, at: datetime | None, caller_id: str | None,
+                          delay: int | None = None, priority: Priority | None = None,
+                          expire_after: float | None = None, operator: str | None = None, *,
+                          limits: RateLimits | None = None, override: bool = False, expire_at: datetime | None = None,
+                          data: dict | None = None) -> Scheduled:
+        """A callback booked by an operator or a program (no call came in): offered to an agent from
+        `at` (None: now), within the skill's hours, ahead of contacts queued after it at the same
+        priority. In one transaction, as a script's Callback: at most one open callback per number
+        and skill: a booking for a number that already waits joins that callback (the earlier place,
+        the higher priority, the caller ID, delay and data given now; its time and expiry stay) and
+        no contact is created; otherwise the rate limits (`limits`; RateLimited is raised and
+        recorded in policy_refusals; a join makes no call, so it is never refused by them), then the
+        new contact; the audit row; the controllers' NOTIFY, delivered at the commit.
+
+        `caller_id`, `delay`, `priority` None: not given (a new callback shows the number itself, no
+        delay, priority 0). Expiry: `expire_at`, else `expire_after` seconds after `at`, else the
+        skill's default. `override`: the destination policy allowed it only by an operator's override
+        (the dial-time check honours it). UnknownSkill when `skill` does not exist."""
         now = utcnow()
+        # In UTC: SQLite keeps a datetime's wall time and drops its zone.
+        at, expire_at = (t.astimezone(timezone.utc) if t is not None else None for t in (at, expire_at))
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(Skill.id, Skill.callback_expire_sec).where(Skill.name == skill)).first()
+                if row is None:
+                    raise UnknownSkill(f"no skill named {skill!r} (esl-cb skill add {skill})", where="skill")
+                if limits is not None:
+                    self._lock_limits(conn, number, number)
+                other = self._open_callback(conn, number, row.id)
+                if other is not None:       # makes no call: not counted, never refused by the limits
+                    done = self._join_booking(conn, other, at or now, caller_id, delay, priority, data)
+                    detail = f"{number} on {skill}: joined the open callback of contact {other.id}"
+                else:
+                    if limits is not None:
+                        self._within_limits(conn, number, number, limits, now)
+                    done = self._insert_booking(conn, number, row, now, at, caller_id, delay, priority,
+                                                expire_after, expire_at, override, data)
+                    detail = f"{number} on {skill} at {(at or now).isoformat()}"
+                self._audit(conn, operator, "callback schedule", f"contact {done.contact_id}", detail)
+                self._notify(conn, f"schedule {done.contact_id}")
+        except RateLimited as e:
+            self.record_refusal(None, number, e.calling_number, "request", e.rule, str(e))
+            raise
+        log.info("contact %s: callback to %s booked (%s)", done.contact_id, number, detail)
+        return done
+
+    @staticmethod
+    def _open_callback(conn, number: str, skill_id: int):
+        """The open callback of `number` for the skill, if any, locked: two requests for one number
+        and skill are taken one after the other (the same advisory lock as `_request_callback`'s),
+        so two cannot both miss each other."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{skill_id}"))))
+        return conn.execute(select(Contact.__table__).where(
+            Contact.callback_number == number, Contact.skill_id == skill_id, Contact.callback_requested.is_(True),
+            Contact.state != C.ENDED.value).order_by(Contact.queued_at).limit(1).with_for_update()).first()
+
+    def _join_booking(self, conn, other, queued_at: datetime, caller_id: str | None, delay: int | None,
+                      priority: Priority | None, data: dict | None) -> Scheduled:
+        values: dict = {"queued_at": min(as_utc(other.queued_at) or queued_at, queued_at)}
+        if caller_id:
+            values["callback_caller_id"] = caller_id
+        if delay is not None:
+            values["call_delay_sec"] = delay
+        if priority is not None:
+            values.update(priority_initial=max(other.priority_initial, priority.initial),
+                          priority_acceleration=max(other.priority_acceleration, priority.acceleration),
+                          priority_max=max(other.priority_max, priority.maximum))
+        if data is not None:
+            options = json.loads(other.callback_options) if other.callback_options else {}
+            values["callback_options"] = json.dumps({**options, "data": data})
+        conn.execute(update(Contact).where(Contact.id == other.id).values(**values))
+        return Scheduled(other.id, other.state, as_utc(other.not_before), as_utc(other.expire_at), other.id)
+
+    def _insert_booking(self, conn, number: str, skill, now: datetime, at: datetime | None, caller_id: str | None,
+                        delay: int | None, priority: Priority | None, expire_after: float | None,
+                        expire_at: datetime | None, override: bool, data: dict | None) -> Scheduled:
         p = priority or Priority(0, 0, 0)
-        with self.engine.begin() as conn:
-            sid = self.skill_id(conn, skill)
-            default_expiry = conn.execute(select(Skill.callback_expire_sec).where(Skill.id == sid)).scalar()
-            expire = expire_after if expire_after is not None else default_expiry
-            expire_at = at + timedelta(seconds=float(expire)) if expire else None
-            cid = conn.execute(insert(Contact).values(
-                direction="inbound", state=C.CALLBACK_QUEUED.value, script="(scheduled)", skill_id=sid,
-                original_ani=number, original_dnis=caller_id, ani=caller_id, dnis=number,
-                priority_initial=p.initial, priority_acceleration=p.acceleration, priority_max=p.maximum,
-                callback_requested=True, callback_number=number, callback_caller_id=caller_id, call_delay_sec=delay,
-                callback_requested_at=now, attempts=0, arrived_at=now, queued_at=at, not_before=at,
-                expire_at=expire_at, controller_id=None).returning(Contact.id)).scalar()
-            self._audit(conn, operator, "callback schedule", f"contact {cid}",
-                        f"{number} on {skill} at {at.isoformat()}")
-        log.info("contact %s: callback to %s scheduled for %s on skill %s", cid, number, at.isoformat(), skill)
-        return cid
+        shown = caller_id or number
+        if expire_at is None:
+            expire = expire_after if expire_after is not None else skill.callback_expire_sec
+            expire_at = (at or now) + timedelta(seconds=float(expire)) if expire else None
+        cid = conn.execute(insert(Contact).values(
+            direction="inbound", state=C.CALLBACK_QUEUED.value, script="(scheduled)", skill_id=skill.id,
+            original_ani=number, original_dnis=shown, ani=shown, dnis=number,
+            priority_initial=p.initial, priority_acceleration=p.acceleration, priority_max=p.maximum,
+            callback_requested=True, callback_number=number, callback_caller_id=shown, call_delay_sec=delay or 0,
+            callback_requested_at=now, attempts=0, arrived_at=now, queued_at=at or now, not_before=at,
+            expire_at=expire_at, controller_id=None, policy_override=override,
+            callback_options=json.dumps({"data": data}) if data is not None else None).returning(Contact.id)).scalar()
+        return Scheduled(cid, C.CALLBACK_QUEUED.value, at, expire_at)
 
     def expire_callbacks(self) -> list[int]:
         """Waiting callbacks past their expiry end as callback_expired (never offered again)."""
@@ -220,9 +300,7 @@ class ContactsStore(StoreBase):
     def _within_limits(self, conn, number: str, calling: str, limits: RateLimits, now) -> None:
         """Count, under a lock per number and per caller (several controllers share the counts), the
         callbacks requested recently; a merged request made no call and does not count."""
-        if conn.dialect.name == "postgresql":
-            for key in (f"cb-number/{number}", f"cb-caller/{calling}"):
-                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+        self._lock_limits(conn, number, calling)
         counted = Contact.callback_requested.is_(True) & or_(Contact.outcome.is_(None),
                                                               Contact.outcome != Outcome.MERGED.value)
         checks = ((limits.per_number_per_day, Contact.callback_number == number, timedelta(days=1), "per_number",
@@ -237,7 +315,14 @@ class ContactsStore(StoreBase):
             n = conn.execute(select(func.count()).select_from(Contact).where(
                 who, counted, Contact.callback_requested_at >= now - window)).scalar()
             if n >= limit:
-                raise PolicyRefused(message.format(n=n), rule, calling)
+                raise RateLimited(message.format(n=n), rule, calling, where="number" if rule == "per_number" else "")
+
+    @staticmethod
+    def _lock_limits(conn, number: str, calling: str) -> None:
+        # Taken before the lock of a number and skill, by every path (in one order: no deadlock).
+        if conn.dialect.name == "postgresql":
+            for key in (f"cb-number/{number}", f"cb-caller/{calling}"):
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
 
     @staticmethod
     def _pending_query(number: str):

@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import InvalidInput
+
 VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 OPERATORS = ("<=", ">=", "==", "!=", "<", ">")
@@ -43,8 +45,11 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 
-class ConditionError(ValueError):
+class ConditionError(InvalidInput, ValueError):
     """A condition that cannot be parsed or compared (the message says where and why)."""
+
+    code = "invalid_condition"
+    title = "a condition cannot be parsed or compared"
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import InvalidInput
+
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _INTERVAL = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)-([01]?\d|2[0-4]):([0-5]\d)$")
 
 
-class HoursError(ValueError):
+class HoursError(InvalidInput, ValueError):
     """Opening hours that cannot be read (the message says which part and why)."""
+
+    code = "invalid_hours"
+    title = "opening hours or a time zone cannot be read"
 
 
 @dataclass(frozen=True)

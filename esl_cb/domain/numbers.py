@@ -11,12 +11,17 @@ import re
 
 import phonenumbers
 
+from .errors import InvalidInput
+
 _ALLOWED = re.compile(r"^\+?[0-9][0-9 ().\-]*$")
 _EXTENSION = re.compile(r"^(?P<number>.+?)\s*(ext\.?|extension|x|#|;ext=)\s*[0-9]+$", re.IGNORECASE)
 
 
-class InvalidNumber(ValueError):
+class InvalidNumber(InvalidInput, ValueError):
     """The value is not a dialable phone number; the message says why."""
+
+    code = "invalid_number"
+    title = "not a phone number a callback can dial"
 
 
 def normalize(raw: str, default_region: str = "US") -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import phonenumbers
 from phonenumbers import PhoneNumberType as T
 
+from .errors import InvalidInput
+
 TYPE_NAMES = {
     T.FIXED_LINE: "fixed_line", T.MOBILE: "mobile", T.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
     T.TOLL_FREE: "toll_free", T.PREMIUM_RATE: "premium_rate", T.SHARED_COST: "shared_cost", T.VOIP: "voip",
@@ -31,8 +33,11 @@ DEFAULT_REFUSED_TYPES = ("premium_rate", "shared_cost", "uan", "personal_number"
 ANY_COUNTRY = "*"
 
 
-class PolicyError(ValueError):
+class PolicyError(InvalidInput, ValueError):
     """A policy setting that cannot be used (the message says which and why)."""
+
+    code = "invalid_policy"
+    title = "a destination policy setting cannot be used"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from . import condition
+from .errors import InvalidInput
 from .speech import MINUTE, MINUTES, all_number_files
 
 VOICE_ACTIONS = {"Play", "Menu", "Capture"}
@@ -74,7 +75,12 @@ class Problem:
         return f"{where}: {self.severity}: {self.reason}"
 
 
-class ScriptInvalid(Exception):
+class ScriptInvalid(InvalidInput):
+    """A script that cannot run: each problem names its file, its action and why."""
+
+    code = "invalid_script"
+    title = "the script cannot run"
+
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
