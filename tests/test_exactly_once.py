@@ -313,3 +313,45 @@ def test_a_greenlet_that_cannot_restart_is_fatal_at_once_unless_retired():
     gevent.sleep(0.05)
     assert fatal == ["server"]
     sup.stop()
+
+
+# -- 4. a takeover with fencing ----------------------------------------------------------------------
+def test_a_controller_that_was_only_slow_is_fenced_and_starts_over(pg_url, caplog):
+    """A's heartbeats stop getting through (a stall) while it holds a callback in CallDelaySec; B
+    adopts it and dials it at its due time. A's own timer fires too: past its lease it asks the
+    database first, learns it was taken over, drops what it held and joins again. One dial."""
+    from esl_cb.config import Settings
+    from esl_cb.controller.service import Controller
+    from esl_cb.db.store import Store
+
+    h = Harness(pg_url, quick_script(delay="3"), heartbeat_timeout=1.5, heartbeat_interval=0.2)
+    b = None
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        seed_callbacks(h.store, 1)
+        a = h.controller
+        stalled = GEvent()
+        real_beat = a.store.heartbeat
+
+        def beat(esl):
+            stalled.wait()                 # A's heartbeat hangs (the database is slow for A, a long GC...)
+            return real_beat(esl)
+        a.store.heartbeat = beat
+        h.available("ann")
+        accepted = h.wait_state("accepted")
+        assert accepted.controller_id == "test"
+        store_b = Store(pg_url, "b")
+        b = Controller(Settings(**{**h.settings.__dict__, "controller_id": "b", "listen": "127.0.0.1:0"}),
+                       store_b, quick_script(delay="3")).start()
+        wait_until(lambda: h.contact().controller_id == "b", 10, what="B to adopt the contact")
+        wait_until(lambda: a.dialler.sending or h.originates_to(CUSTOMER), 10, what="the due time")
+        stalled.set()                      # A's beats get through again: it learns it was taken over
+        h.wait_connected(timeout=15)
+        wait_until(lambda: a.membership.fenced_count == 1, 10, what="A to learn it was fenced")
+        assert len(h.originates_to(CUSTOMER)) == 1
+        assert any("was taken over by another controller" in r.getMessage() for r in caplog.records)
+        assert a.membership.epoch is not None and a.membership.epoch > 0
+    finally:
+        if b is not None:
+            b.stop()
+        h.close()

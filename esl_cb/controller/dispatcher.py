@@ -52,6 +52,7 @@ class Dispatcher:
         self._running = False
         # Whether this controller still owns its contacts (controller/membership.py); None: always.
         self.may_act: Callable[[], bool] | None = None
+        self._pacing: set[gevent.Greenlet] = set()      # offers waiting for the pacer in their own greenlet
         legs.handlers["agent"] = self.agent_event
         callers.conversation_ended = dialler.conversation_ended = self.conversation_ended
         health.wake = self.wake
@@ -139,10 +140,20 @@ class Dispatcher:
             return self._ring(offer, cmd)
 
         def when_paced() -> None:
-            self.pacer.wait()
-            self._ring(offer, cmd)
-        gevent.spawn(when_paced)
+            try:
+                self.pacer.wait()
+                self._ring(offer, cmd)
+            finally:
+                self._pacing.discard(g)
+        g = gevent.spawn(when_paced)
+        self._pacing.add(g)
         return True
+
+    def drop_pending(self) -> None:
+        """Forget offers still waiting for the pacer (another controller owns their contacts now)."""
+        for g in list(self._pacing):
+            g.kill(block=False)
+        self._pacing.clear()
 
     def _ring(self, offer: Offer, cmd: str) -> bool:
         job = str(uuidlib.uuid4())
@@ -302,6 +313,8 @@ class Dispatcher:
         if self.conversation_ended(cid, f"agent hung up ({cause})"):
             return
         contact = self.store.contact(cid)
+        if contact.controller_id != self.store.controller_id:
+            return            # another controller owns it now (it took us over): its legs are its business
         if contact.agent_leg_uuid != watch.uuid and contact.state != C.CONNECTED.value:
             return
         self.dialler.agent_left(contact, cause)
