@@ -17,6 +17,8 @@ from .fixtures import create_database, drop_database
 
 VERSIONS = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 VIEWS = {"reporting_contacts", "billing_legs"}
+TRIGGERS = {"contacts_initial_state", "contacts_state_transition"}
+FUNCTIONS = {"esl_cb_claim", "esl_cb_complete", "esl_cb_effective_priority", "esl_cb_check_contact_state"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -40,6 +42,12 @@ def _functions(conn) -> set[str]:
     return set(conn.execute(text("SELECT proname FROM pg_proc WHERE proname LIKE 'esl_cb%'")).scalars())
 
 
+def _triggers(conn) -> set[str]:
+    if conn.dialect.name == "postgresql":
+        return set(conn.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")).scalars())
+    return set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars())
+
+
 def test_upgrade_matches_models_and_round_trips(url):
     upgrade(url)
     engine = create_engine(url)
@@ -47,13 +55,14 @@ def test_upgrade_matches_models_and_round_trips(url):
         assert _schema_diff(engine) == []
         with engine.connect() as conn:
             assert VIEWS <= set(inspect(conn).get_view_names())
+            assert _triggers(conn) == TRIGGERS
             if conn.dialect.name == "postgresql":
-                assert _functions(conn) == {"esl_cb_claim", "esl_cb_complete", "esl_cb_effective_priority"}
+                assert _functions(conn) == FUNCTIONS
         downgrade(url, "base")
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
             assert set(inspect(conn).get_view_names()) == set()
-            assert _functions(conn) == set()
+            assert _functions(conn) == set() and _triggers(conn) == set()
         upgrade(url)
         assert _schema_diff(engine) == []
         with engine.connect() as conn:
@@ -87,6 +96,7 @@ def _snapshot(engine) -> dict:
         tables = {t: sorted((c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t))
                   for t in insp.get_table_names()}
         views = {v: " ".join(insp.get_view_definition(v).split()) for v in insp.get_view_names()}
+        views["(triggers)"] = sorted(_triggers(conn))
         functions = {}
         if conn.dialect.name == "postgresql":
             functions = dict(conn.execute(text("SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from sqlalchemy import Engine, bindparam, insert, select, text, update
+from sqlalchemy import Engine, bindparam, event, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from esl_cb.domain.states import AgentState as A
@@ -49,6 +49,12 @@ class StoreError(Exception):
 
 class StaleState(StoreError):
     """The row was not in the state the caller expected."""
+
+
+class IllegalTransition(StoreError):
+    """A change of a contact's state that the state table does not allow: refused by StoreBase._move
+    or by the database itself (contact_transitions and its trigger, migration 0007; SQLSTATE 23T01 on
+    PostgreSQL). A bug in the statement that tried it, never a race."""
 
 
 class PolicyRefused(StoreError):
@@ -102,6 +108,25 @@ class DialPlan:
                    options.get("whisper_prompt", ""))
 
 
+# Migration 0007's triggers refuse a change of state the table does not allow with this SQLSTATE on
+# PostgreSQL; SQLite's RAISE takes a fixed text only, which starts with the same code.
+ILLEGAL_TRANSITION_SQLSTATE = "23T01"
+_SQLITE_REFUSAL = f"esl_cb {ILLEGAL_TRANSITION_SQLSTATE}:"
+
+
+def _illegal_transition(ctx) -> None:
+    """The database refused a change of state: the one exception callers see, whatever the statement."""
+    orig = ctx.original_exception
+    if getattr(orig, "pgcode", None) == ILLEGAL_TRANSITION_SQLSTATE:
+        raise IllegalTransition(orig.diag.message_primary)
+    if str(orig).startswith(_SQLITE_REFUSAL):
+        params = ctx.parameters if isinstance(ctx.parameters, dict) else {}
+        cid, to = params.get("b_id", params.get("id")), params.get("state")
+        about = f"contact {cid}: " if cid is not None else ""
+        raise IllegalTransition(f"{about}{str(orig)[len(_SQLITE_REFUSAL):].strip()}"
+                                + (f" (to {to})" if to is not None else ""))
+
+
 def as_utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
     if value is not None and value.tzinfo is None:
@@ -115,6 +140,8 @@ class StoreBase(object):
     def __init__(self, url_or_engine: str | Engine, controller_id: str = "") -> None:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.controller_id = controller_id
+        if not event.contains(self.engine, "handle_error", _illegal_transition):
+            event.listen(self.engine, "handle_error", _illegal_transition)
         # PostgreSQL dispatches through the functions of migration 0003: one statement, its own
         # transaction (autocommit), so no BEGIN/COMMIT round trips on the hot path.
         self._pg = self.engine.dialect.name == "postgresql"
@@ -151,7 +178,8 @@ class StoreBase(object):
         expected = list(expected)
         illegal = [s.value for s in expected if not contact_can(s, to)]
         if illegal:
-            raise ValueError(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal transition")
+            raise IllegalTransition(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal "
+                                    "transition")
         res = conn.execute(_MOVE, {"b_id": contact_id, "b_from": [s.value for s in expected], "state": to.value,
                                    **values})
         if res.rowcount == 1:

@@ -117,6 +117,15 @@ class Contact(Base):
     )
 
 
+class ContactTransition(Base):
+    """The contact state table as the database enforces it (migration 0007's triggers refuse any other
+    change); from_state 'new' lists the states a contact may be inserted in. Written by migrations only."""
+
+    __tablename__ = "contact_transitions"
+    from_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
 class Controller(Base):
     """A running `esl-cb run`: the others take over its contacts when its heartbeat stops."""
 
