@@ -21,7 +21,7 @@ import gevent
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.config import Settings
-from esl_cb.db.store import Store
+from esl_cb.db.store import Fenced, Store
 from esl_cb.domain import script as scripts
 from esl_cb.esl.inbound import ESLError
 from esl_cb.esl.outbound import CallServer
@@ -187,14 +187,20 @@ class Controller:
         """Say we are alive; take over the contacts of controllers that stopped saying so."""
         while self._running:
             try:
+                if self.store.epoch is None:
+                    self.store.register(self.settings.esl)
                 self.store.heartbeat(self.settings.esl)
-                if self.store.adopt_dead(self.settings.heartbeat_timeout) and self.switch.ready.is_set():
+                if self.store.adopt_dead(self.settings.heartbeat_timeout, self.settings.esl) and \
+                        self.switch.ready.is_set():
                     self.recovery.reconcile()
                     self.wake_dispatcher()
             except SQLAlchemyError as e:
                 log.warning("heartbeat: database unavailable (%s)", type(e).__name__)
             except ESLError as e:
                 log.warning("heartbeat: reconcile after a takeover failed (%s); retrying", e)
+            except Fenced as e:             # taken over while stalled: a new membership at the next beat
+                log.error("heartbeat: %s", e)
+                self.store.epoch = None
             gevent.sleep(self.settings.heartbeat_interval)
 
     def _calendar_loop(self) -> None:

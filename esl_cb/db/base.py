@@ -4,6 +4,12 @@ the types handed to the controller (Offer, DialPlan) and its errors.
 Each transition is one guarded UPDATE (... WHERE id = :id AND state = :expected).
 Zero rows updated means someone else (another controller, a hangup) got there
 first: callers get False or a StaleState error, never a silent no-op.
+
+Fencing (issue 17, item 4): a store with a controller_id moves only the contacts (and agents) that
+controller owns (... AND controller_id = :me). A controller taken over while it stalled finds its
+moves refused like lost races, with one warning per contact, until its next heartbeat tells it
+(Fenced). Operators' moves (cancel; the CLI's store has no controller_id) and moves that take
+ownership (a claim) are not fenced.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from sqlalchemy import Engine, bindparam, event, insert, select, text, update
+from sqlalchemy import Engine, bindparam, event, insert, select, text, true, update
 from sqlalchemy.exc import IntegrityError
 
 from esl_cb.domain.states import AgentState as A
@@ -31,10 +37,18 @@ log = logging.getLogger(__name__)
 _CONTACTS, _AGENTS, _LEGS = Contact.__table__, Agent.__table__, Leg.__table__
 _MOVE = update(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id"),
                                 _CONTACTS.c.state.in_(bindparam("b_from", expanding=True)))
+_MOVE_MINE = _MOVE.where(_CONTACTS.c.controller_id == bindparam("b_owner"))
 _CONTACT = select(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id"))
 _LOCK_CONTACT = _CONTACT.with_for_update()
+_OWNER = select(_CONTACTS.c.controller_id).where(_CONTACTS.c.id == bindparam("b_id"))
 _AGENT_ON_CALL = update(_AGENTS).where(_AGENTS.c.id == bindparam("b_id"), _AGENTS.c.state == A.OFFERED.value,
                                        _AGENTS.c.contact_id == bindparam("b_contact"))
+_MY_AGENT_ON_CALL = _AGENT_ON_CALL.where(_AGENTS.c.controller_id == bindparam("b_owner"))
+_RELEASE_AGENT = update(_AGENTS).where(
+    _AGENTS.c.id == bindparam("b_id"), _AGENTS.c.contact_id == bindparam("b_contact"),
+    _AGENTS.c.state.in_([A.ON_CALL.value, A.OFFERED.value])).values(state=A.AVAILABLE.value, contact_id=None,
+                                                                      leg_uuid=None)
+_RELEASE_MY_AGENT = _RELEASE_AGENT.where(_AGENTS.c.controller_id == bindparam("b_owner"))
 _ADD_LEG = insert(_LEGS)
 _SKILL_ID = select(Skill.__table__.c.id).where(Skill.__table__.c.name == bindparam("b_name"))
 
@@ -55,6 +69,11 @@ class IllegalTransition(StoreError):
     """A change of a contact's state that the state table does not allow: refused by StoreBase._move
     or by the database itself (contact_transitions and its trigger, migration 0007; SQLSTATE 23T01 on
     PostgreSQL). A bug in the statement that tried it, never a race."""
+
+
+class Fenced(StoreError):
+    """This controller's membership is over: another controller took over what it held while it
+    stalled (its heartbeat found no row of its epoch). Drop what is held and register again."""
 
 
 class PolicyRefused(StoreError):
@@ -140,6 +159,9 @@ class StoreBase(object):
     def __init__(self, url_or_engine: str | Engine, controller_id: str = "") -> None:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.controller_id = controller_id
+        self.epoch: int | None = None            # this membership's, from register() (controllers.py)
+        self._warned_not_mine: set[int] = set()
+        self._reported_left: set[tuple[str, int]] = set()     # dead members left to their own switch, logged
         if not event.contains(self.engine, "handle_error", _illegal_transition):
             event.listen(self.engine, "handle_error", _illegal_transition)
         # PostgreSQL dispatches through the functions of migration 0003: one statement, its own
@@ -174,18 +196,50 @@ class StoreBase(object):
                 q = q.where(Contact.controller_id == self.controller_id)
             return list(conn.execute(q.order_by(Contact.id)).all())
 
-    def _move(self, conn, contact_id: int, expected: Iterable[C], to: C, reason: str, **values) -> bool:
+    def _move(self, conn, contact_id: int, expected: Iterable[C], to: C, reason: str, *, fenced: bool = True,
+              **values) -> bool:
+        """The guarded move; `fenced`: only if the contact is this controller's (see the module's doc)."""
         expected = list(expected)
         illegal = [s.value for s in expected if not contact_can(s, to)]
         if illegal:
             raise IllegalTransition(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal "
                                     "transition")
-        res = conn.execute(_MOVE, {"b_id": contact_id, "b_from": [s.value for s in expected], "state": to.value,
-                                   **values})
+        params = {"b_id": contact_id, "b_from": [s.value for s in expected], "state": to.value, **values}
+        fenced = fenced and bool(self.controller_id)
+        res = conn.execute(_MOVE_MINE if fenced else _MOVE, {**params, "b_owner": self.controller_id} if fenced
+                           else params)
         if res.rowcount == 1:
             log.info("contact %s %s -[%s]-> %s", contact_id, "|".join(s.value for s in expected), reason, to.value)
             return True
+        if fenced:
+            self._check_owner(conn, contact_id, reason)
         return False
+
+    def _owned(self, column):
+        """The fence as a WHERE clause on a controller_id column: ours, or anything for an operator's store."""
+        return column == self.controller_id if self.controller_id else true()
+
+    def _mine(self, row, what: str) -> bool:
+        """Whether this store may move the contact `row` (read under its lock); warns when it may not."""
+        if not self.controller_id or row.controller_id == self.controller_id:
+            return True
+        self._not_mine(row.id, row.controller_id, what)
+        return False
+
+    def _check_owner(self, conn, contact_id: int, what: str) -> None:
+        """After a fenced move changed nothing: say so if the contact is someone else's (else it was a race)."""
+        if not self.controller_id:
+            return
+        row = conn.execute(_OWNER, {"b_id": contact_id}).first()
+        if row is not None and row.controller_id != self.controller_id:
+            self._not_mine(contact_id, row.controller_id, what)
+
+    def _not_mine(self, contact_id: int, owner: str | None, what: str) -> None:
+        if contact_id in self._warned_not_mine:          # once per contact and membership
+            return
+        self._warned_not_mine.add(contact_id)
+        log.warning("contact %s belongs to controller %s, not to %s (taken over while this one stalled?): "
+                    "%s refused", contact_id, owner or "(none)", self.controller_id, what)
 
     @staticmethod
     def _lock_contact(conn, contact_id: int):
@@ -208,19 +262,25 @@ class StoreBase(object):
                 sid = conn.execute(select(Skill.id).where(Skill.name == name)).scalar()
         return sid
 
-    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime) -> None:
-        # Only from this contact: the agent may already be on the next one.
+    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime, fenced: bool = True) -> None:
+        # Only from this contact: the agent may already be on the next one; and only our own agent.
         if agent_id is None:
             return
-        conn.execute(update(Agent).where(Agent.id == agent_id, Agent.contact_id == contact_id, Agent.state.in_(
-            [A.ON_CALL.value, A.OFFERED.value])).values(state=A.AVAILABLE.value, state_changed_at=now,
-                                                        available_since=now, contact_id=None, leg_uuid=None))
+        params = {"b_id": agent_id, "b_contact": contact_id, "state_changed_at": now, "available_since": now}
+        if fenced and self.controller_id:
+            conn.execute(_RELEASE_MY_AGENT, {**params, "b_owner": self.controller_id})
+        else:
+            conn.execute(_RELEASE_AGENT, params)
 
     def _agent_on_call(self, conn, offer: Offer, now: datetime) -> None:
-        res = conn.execute(_AGENT_ON_CALL, {"b_id": offer.agent_id, "b_contact": offer.contact_id,
-                                            "state": A.ON_CALL.value, "state_changed_at": now})
+        params = {"b_id": offer.agent_id, "b_contact": offer.contact_id, "state": A.ON_CALL.value,
+                  "state_changed_at": now}
+        mine = bool(self.controller_id)
+        res = conn.execute(_MY_AGENT_ON_CALL if mine else _AGENT_ON_CALL,
+                           {**params, "b_owner": self.controller_id} if mine else params)
         if res.rowcount != 1:
-            raise StaleState(f"agent {offer.agent_name} was not Offered when answering contact {offer.contact_id}")
+            raise StaleState(f"agent {offer.agent_name} was not Offered (to this controller) when answering "
+                             f"contact {offer.contact_id}")
         log.info("agent %s Offered -[answered contact %s]-> OnCall", offer.agent_name, offer.contact_id)
 
     def _add_leg(self, conn, uuid: str, contact_id: int, kind: str, agent_id: int | None, frm: str, to: str,

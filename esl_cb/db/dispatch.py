@@ -23,11 +23,12 @@ _CLAIM_NEXT = text("SELECT * FROM claim_queue WHERE held_by IS NULL OR held_by =
 _PG_COMPLETE = text("SELECT * FROM esl_cb_complete(:id, :now, :leg, :ctl)")
 # An agent answered a callback offer: accepted (the due time stored), the agent OnCall, their leg
 # billed, and the coming attempt prepared with its origination uuid, in one statement: one round trip
-# where accept_callback and prepare_dial took eleven (issue 12).
+# where accept_callback and prepare_dial took eleven (issue 12). Fenced: our contact and our agent.
 _PG_ACCEPT = text("""
 WITH ok AS (
     SELECT c.id FROM contacts c JOIN agents a ON a.id = :agent AND a.state = 'Offered' AND a.contact_id = c.id
     WHERE c.id = :cid AND c.state = 'offered' AND c.callback_leg_uuid IS NULL
+      AND (:ctl = '' OR (c.controller_id = :ctl AND a.controller_id = :ctl))
     FOR UPDATE OF c, a),
 ag AS (
     UPDATE agents SET state = 'OnCall', state_changed_at = :now WHERE id = :agent AND EXISTS (SELECT 1 FROM ok)),
@@ -87,7 +88,8 @@ class DispatchStore(StoreBase):
             state=A.OFFERED.value, state_changed_at=now, contact_id=pair.contact_id, leg_uuid=new_leg_uuid,
             controller_id=self.controller_id)).rowcount == 1
         if not got_agent or not self._move(conn, pair.contact_id, [C(pair.contact_state)], C.OFFERED,
-                                           f"offer to {pair.agent_name}", offered_at=now, agent_id=pair.agent_id,
+                                           f"offer to {pair.agent_name}", fenced=False,       # takes it
+                                           offered_at=now, agent_id=pair.agent_id,
                                            agent_leg_uuid=new_leg_uuid, controller_id=self.controller_id):
             conn.rollback()       # without row locks someone else took one of the two
             return None
@@ -103,21 +105,24 @@ class DispatchStore(StoreBase):
             back = C.CALLBACK_QUEUED if row and row.callback_requested else C.QUEUED
             self._move(conn, offer.contact_id, [C.OFFERED], back, reason, agent_id=None, agent_leg_uuid=None)
             to = A.REFUSED if refused else A.AVAILABLE
-            conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
-                                             Agent.contact_id == offer.contact_id).values(
+            res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
+                                                   Agent.contact_id == offer.contact_id,
+                                                   self._owned(Agent.controller_id)).values(
                 state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None,
                 offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None))
-            log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
-                     f" (not offered for {not_before:g}s)" if not_before > 0 else "")
+            if res.rowcount == 1:
+                log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
+                         f" (not offered for {not_before:g}s)" if not_before > 0 else "")
 
     def accept_live(self, offer: Offer) -> bool:
         now = utcnow()
         with self.engine.begin() as conn:
             res = conn.execute(update(Contact).where(
                 Contact.id == offer.contact_id, Contact.state == C.OFFERED.value,
-                Contact.callback_requested.is_(False)).values(state=C.CONNECTED.value, accepted_at=now,
-                                                              connected_at=now))
+                Contact.callback_requested.is_(False), self._owned(Contact.controller_id)).values(
+                state=C.CONNECTED.value, accepted_at=now, connected_at=now))
             if res.rowcount != 1:
+                self._check_owner(conn, offer.contact_id, f"agent {offer.agent_name} answered")
                 return False
             log.info("contact %s offered -[agent %s answered]-> connected", offer.contact_id, offer.agent_name)
             self._agent_on_call(conn, offer, now)
@@ -151,9 +156,11 @@ class DispatchStore(StoreBase):
         with self._autocommit.connect() as conn:
             row = conn.execute(_PG_ACCEPT, {"cid": offer.contact_id, "agent": offer.agent_id, "now": now, "due": due,
                                             "leg": leg_uuid, "agent_leg": offer.agent_leg_uuid,
-                                            "frm": offer.contact_number, "to": offer.dial_string}).first()
-        if row is None:
-            return None
+                                            "frm": offer.contact_number, "to": offer.dial_string,
+                                            "ctl": self.controller_id}).first()
+            if row is None:
+                self._check_owner(conn, offer.contact_id, f"agent {offer.agent_name} answered")
+                return None
         log.info("contact %s offered -[agent %s answered]-> accepted", offer.contact_id, offer.agent_name)
         log.info("agent %s Offered -[answered contact %s]-> OnCall", offer.agent_name, offer.contact_id)
         return due, DialPlan.of(row, row.attempt_no, leg_uuid)
@@ -164,9 +171,10 @@ class DispatchStore(StoreBase):
         with self.engine.begin() as conn:
             self._move(conn, offer.contact_id, [C.OFFERED, C.ACCEPTED], C.CALLBACK_QUEUED, reason,
                        agent_id=None, agent_leg_uuid=None, dial_due_at=None, last_error=reason)
-            conn.execute(update(Agent).where(Agent.id == offer.agent_id).values(
+            res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, self._owned(Agent.controller_id)).values(
                 state=A.REFUSED.value, state_changed_at=now, contact_id=None, leg_uuid=None))
-            log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
+            if res.rowcount == 1:
+                log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
 
     def complete(self, contact_id: int, reason: str, claim_leg_uuid: str | None = None) -> tuple[bool, Offer | None]:
         """A connected contact ended: handled (live) or callback completed; the agent is free again.
@@ -179,13 +187,15 @@ class DispatchStore(StoreBase):
             with self._autocommit.connect() as conn:
                 row = conn.execute(_PG_COMPLETE, {"id": contact_id, "now": now, "leg": claim_leg_uuid,
                                                   "ctl": self.controller_id}).one()
+                if not row.completed:
+                    self._check_owner(conn, contact_id, reason)     # a lost race, or not ours any more
             if not row.completed:
                 return False, None
             log.info("contact %s connected -[%s]-> ended", contact_id, reason)
             return True, self._claimed(row, claim_leg_uuid) if claim_leg_uuid else None
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.CONNECTED.value:
+            if c is None or c.state != C.CONNECTED.value or not self._mine(c, reason):
                 return False, None
             outcome = Outcome.CALLBACK_COMPLETED if c.callback_requested else Outcome.HANDLED
             self._release_agent(conn, c.agent_id, c.id, now)
@@ -198,7 +208,7 @@ class DispatchStore(StoreBase):
         now = utcnow()
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.OFFERED.value or c.callback_requested:
+            if c is None or c.state != C.OFFERED.value or c.callback_requested or not self._mine(c, reason):
                 return None
             self._release_agent(conn, c.agent_id, c.id, now)
             self._move(conn, contact_id, [C.OFFERED], C.ENDED, reason, outcome=Outcome.ABANDONED.value, ended_at=now)

@@ -126,14 +126,19 @@ class ContactTransition(Base):
     to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
 
 
-class Controller(Base):
-    """A running `esl-cb run`: the others take over its contacts when its heartbeat stops."""
+class ControllerMember(Base):
+    """A running `esl-cb run` as a member of the controllers sharing this database (the process itself
+    is esl_cb.controller.service.Controller): the others take over its contacts when its heartbeat stops.
+    Times are the database's clock (esl_cb/db/controllers.py)."""
 
     __tablename__ = "controllers"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    esl: Mapped[str] = mapped_column(String(255))
+    esl: Mapped[str] = mapped_column(String(255))           # its switch: an adopter takes only what its own can see
+    # The fencing token: new at each registration (PostgreSQL: the sequence controllers_epoch_seq, the
+    # column's default; SQLite: max + 1), never given twice; a heartbeat needs its own epoch.
+    epoch: Mapped[int] = mapped_column(BigInteger)
 
 
 class Leg(Base):

@@ -1,4 +1,4 @@
-"""Issue 17 in the database: the state table enforced, the queue defined once.
+"""Issue 17 in the database: the state table enforced, the queue defined once, controllers fenced.
 
 1. The state table (item 5). `contact_transitions` holds the contact transitions of
    esl_cb/domain/states.py as of this migration (with connected -> queued: a live caller whose bridge
@@ -14,6 +14,9 @@
    batch_alter_table("contacts") rebuilds the table and drops its triggers: it must create them again.
 2. The queue, defined once. The view claim_queue holds the order (SPEC 3) and who may be offered;
    esl_cb_claim reads it on PostgreSQL, esl_cb/db/dispatch.py on SQLite.
+3. Fencing (item 4). controllers.epoch, new at each registration (a sequence on PostgreSQL); a
+   controller's moves need the contact to be its own, esl_cb_complete's too; a live caller is offered
+   only by the controller that holds the call (claim_queue.held_by).
 
 Revision ID: 0007
 Revises: 0006
@@ -64,7 +67,8 @@ PG_TRIGGERS = [
 SQLITE_TRIGGERS = [
     """CREATE TRIGGER contacts_initial_state BEFORE INSERT ON contacts FOR EACH ROW
        WHEN NOT EXISTS (SELECT 1 FROM contact_transitions WHERE from_state = 'new' AND to_state = NEW.state)
-       BEGIN SELECT RAISE(ABORT, 'esl_cb 23T01: a new contact cannot start in this state (contact_transitions)'); END""",
+       BEGIN SELECT RAISE(ABORT, 'esl_cb 23T01: a new contact cannot start in this state (contact_transitions)');
+       END""",
     """CREATE TRIGGER contacts_state_transition BEFORE UPDATE OF state ON contacts FOR EACH ROW
        WHEN OLD.state IS NOT NEW.state
         AND NOT EXISTS (SELECT 1 FROM contact_transitions WHERE from_state = OLD.state AND to_state = NEW.state)
@@ -134,7 +138,47 @@ END
 $$
 """
 
-# For the downgrade: the claim of migration 0006.
+# -- fencing (issue 17, item 4): a move on behalf of a controller needs the contact to be its own. A
+# controller adopted while it stalled no longer owns what it held; p_controller '' is an operator's tool.
+COMPLETE = """
+CREATE OR REPLACE FUNCTION esl_cb_complete(p_contact bigint, p_now timestamptz, p_claim_leg text, p_controller text)
+RETURNS TABLE (completed boolean, contact_id bigint, contact_state text, caller_uuid text,
+               callback_number text, original_ani text, skill text, agent_id integer, agent_name text,
+               dial_string text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_agent integer;
+BEGIN
+    -- Guarded: of two hangups of one conversation (agent and customer legs) only one gets here, and
+    -- only on behalf of the contact's owner.
+    UPDATE contacts
+       SET state = 'ended', ended_at = p_now,
+           outcome = CASE WHEN contacts.callback_requested THEN 'callback_completed' ELSE 'handled' END
+     WHERE id = p_contact AND state = 'connected' AND (p_controller = '' OR contacts.controller_id = p_controller)
+    RETURNING contacts.agent_id INTO v_agent;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT false, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+                            NULL::integer, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+    -- Free the agent only from this contact: it may already be on the next one.
+    UPDATE agents SET state = 'Available', state_changed_at = p_now, available_since = p_now,
+                      contact_id = NULL, leg_uuid = NULL
+     WHERE id = v_agent AND agents.contact_id = p_contact AND state IN ('OnCall', 'Offered')
+       AND (p_controller = '' OR agents.controller_id = p_controller);
+    IF p_claim_leg IS NULL THEN
+        RETURN QUERY SELECT true, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+                            NULL::integer, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT true, x.* FROM (SELECT 1) AS one
+                 LEFT JOIN esl_cb_claim(p_now, p_claim_leg, p_controller) AS x ON true;
+END
+$$
+"""
+
+# For the downgrade: the claim of migration 0006 and the completion of 0003.
 PREVIOUS_CLAIM = """
 CREATE OR REPLACE FUNCTION esl_cb_claim(p_now timestamptz, p_leg text, p_controller text)
 RETURNS TABLE (contact_id bigint, contact_state text, caller_uuid text, callback_number text,
@@ -180,6 +224,41 @@ END
 $$
 """
 
+PREVIOUS_COMPLETE = """
+CREATE OR REPLACE FUNCTION esl_cb_complete(p_contact bigint, p_now timestamptz, p_claim_leg text, p_controller text)
+RETURNS TABLE (completed boolean, contact_id bigint, contact_state text, caller_uuid text,
+               callback_number text, original_ani text, skill text, agent_id integer, agent_name text,
+               dial_string text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_agent integer;
+BEGIN
+    -- Guarded: of two hangups of one conversation (agent and customer legs) only one gets here.
+    UPDATE contacts
+       SET state = 'ended', ended_at = p_now,
+           outcome = CASE WHEN contacts.callback_requested THEN 'callback_completed' ELSE 'handled' END
+     WHERE id = p_contact AND state = 'connected'
+    RETURNING contacts.agent_id INTO v_agent;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT false, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+                            NULL::integer, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+    -- Free the agent only from this contact: it may already be on the next one.
+    UPDATE agents SET state = 'Available', state_changed_at = p_now, available_since = p_now,
+                      contact_id = NULL, leg_uuid = NULL
+     WHERE id = v_agent AND agents.contact_id = p_contact AND state IN ('OnCall', 'Offered');
+    IF p_claim_leg IS NULL THEN
+        RETURN QUERY SELECT true, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+                            NULL::integer, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT true, x.* FROM (SELECT 1) AS one
+                 LEFT JOIN esl_cb_claim(p_now, p_claim_leg, p_controller) AS x ON true;
+END
+$$
+"""
 
 
 def upgrade() -> None:
@@ -195,14 +274,25 @@ def upgrade() -> None:
         for sql in PG_TRIGGERS:
             op.execute(sql)
         op.execute(CLAIM)
+        op.execute(COMPLETE)
+        # Each membership of a controller gets a new epoch (esl_cb/db/controllers.py): never one again.
+        op.execute("CREATE SEQUENCE controllers_epoch_seq")
+        op.execute("ALTER TABLE controllers ADD COLUMN epoch bigint NOT NULL DEFAULT nextval('controllers_epoch_seq')")
+        op.execute("ALTER SEQUENCE controllers_epoch_seq OWNED BY controllers.epoch")
     else:
         for sql in SQLITE_TRIGGERS:
             op.execute(sql)
+        op.add_column("controllers", sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
     if _pg():
+        op.execute(PREVIOUS_COMPLETE)
         op.execute(PREVIOUS_CLAIM)
+        op.drop_column("controllers", "epoch")              # its sequence with it (OWNED BY)
+    else:
+        with op.batch_alter_table("controllers") as batch:
+            batch.drop_column("epoch")
     op.execute("DROP VIEW claim_queue")
     op.execute("DROP TRIGGER contacts_state_transition" + (" ON contacts" if _pg() else ""))
     op.execute("DROP TRIGGER contacts_initial_state" + (" ON contacts" if _pg() else ""))
