@@ -159,9 +159,9 @@ def test_dead_controllers_contacts_are_taken_over(pg_url):
         number = h.contact(1).callback_number
         h.sim_api(f"endpoint {number} answer 0.1")
         stale = utcnow() - timedelta(seconds=30)
-        with h.store.engine.begin() as conn:       # what a controller that died mid-offer leaves behind
+        with h.store.engine.begin() as conn:       # what a controller of this switch that died mid-offer leaves
             conn.execute(text("INSERT INTO controllers (id, started_at, heartbeat_at, esl) "
-                              "VALUES ('dead-1', :t, :t, 'x')"), {"t": stale})
+                              "VALUES ('dead-1', :t, :t, :esl)"), {"t": stale, "esl": h.settings.esl})
             conn.execute(text("UPDATE agents SET state = 'Offered', contact_id = 1, controller_id = 'dead-1', "
                               "leg_uuid = '00000000-dead-4000-8000-000000000001'"))
             conn.execute(text("UPDATE contacts SET state = 'offered', agent_id = 1, controller_id = 'dead-1', "
@@ -260,7 +260,8 @@ def test_an_offer_nobody_watches_goes_back_to_the_queue(pg_url):
         with h.store.engine.begin() as conn:      # what such a claim leaves behind, offered 30 s ago
             cid = conn.execute(text("SELECT id FROM contacts WHERE callback_number = :n"), {"n": number}).scalar()
             conn.execute(text("UPDATE agents SET state = 'Offered', contact_id = :c, leg_uuid = 'lost-leg', "
-                              "state_changed_at = now() WHERE name = 'lost'"), {"c": cid})
+                              "state_changed_at = now(), controller_id = :ctl WHERE name = 'lost'"),
+                         {"c": cid, "ctl": h.settings.controller_id})
             conn.execute(text("UPDATE contacts SET state = 'offered', agent_id = (SELECT id FROM agents WHERE "
                               "name = 'lost'), agent_leg_uuid = 'lost-leg', offered_at = now() - interval '30 s', "
                               "controller_id = :ctl WHERE id = :c"), {"c": cid, "ctl": h.settings.controller_id})

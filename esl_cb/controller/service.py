@@ -36,6 +36,7 @@ from .dialler import Dialler
 from .dispatcher import Dispatcher
 from .guard import CallbackGuard
 from .legs import LegRegistry
+from .membership import Membership
 from .pacing import OriginatePacer
 from .recovery import Recovery
 from .supervision import Supervisor
@@ -59,6 +60,9 @@ class Controller:
         self.dispatcher = Dispatcher(settings, self.store, self.switch, self.legs, pacer, self.health,
                                      self.callers, self.dialler)
         self.guard = CallbackGuard(settings.policy(), self.store)
+        self.membership = Membership(self.store, settings.esl, settings.heartbeat_timeout)
+        self.membership.on_fenced = self._start_over
+        self.dialler.may_act = self.dispatcher.may_act = self.membership.may_act
         self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
                                  self.dialler)
@@ -257,11 +261,13 @@ class Controller:
 
     # -- the database: heartbeats and wake-ups --------------------------------
     def _heartbeat_loop(self) -> None:
-        """Say we are alive; take over the contacts of controllers that stopped saying so."""
+        """Say we are alive (membership.py: taken over while stalled, we start over); take over the
+        contacts of controllers that stopped saying so."""
         while self._running:
             try:
-                self.store.heartbeat(self.settings.esl)
-                if self.store.adopt_dead(self.settings.heartbeat_timeout) and self.switch.ready.is_set():
+                self.membership.beat()
+                if self.store.adopt_dead(self.settings.heartbeat_timeout, self.settings.esl) and \
+                        self.switch.ready.is_set():
                     self.recovery.reconcile()
                     self.wake_dispatcher()
             except SQLAlchemyError as e:
@@ -269,6 +275,27 @@ class Controller:
             except ESLError as e:
                 log.warning("heartbeat: reconcile after a takeover failed (%s); retrying", e)
             gevent.sleep(self.settings.heartbeat_interval)
+
+    def _start_over(self) -> None:
+        """Another controller took over what we held while we were stalled: forget it all, without
+        touching the switch or the store (its legs and contacts are the other's now). Callers whose
+        scripts run here go on (their moves are refused where the contact is no longer ours)."""
+        self.dialler.drop_all()
+        self.dispatcher.drop_pending()
+        for uuid, watch in list(self.legs.legs.items()):
+            if watch.kind != "caller":
+                watch.finished = True
+                self.legs.forget(uuid)
+        self.legs.jobs.clear()
+
+        def rejoined() -> None:
+            if self.switch.ready.is_set():
+                try:
+                    self.recovery.reconcile()
+                except (ESLError, SQLAlchemyError) as e:
+                    log.warning("reconciling after starting over failed (%s); the next reconnection will", e)
+            self.wake_dispatcher()
+        gevent.spawn(rejoined)
 
     def _calendar_loop(self) -> None:
         """Open and close each skill's callbacks by its hours (the claim reads the flag), and end the

@@ -4,28 +4,30 @@ the types handed to the controller (Offer, DialPlan) and its errors.
 Each transition is one guarded UPDATE (... WHERE id = :id AND state = :expected).
 Zero rows updated means someone else (another controller, a hangup) got there
 first: callers get False or a StaleState error, never a silent no-op.
+
+Fencing (issue 17, item 4): a store with a controller_id moves only the contacts (and agents) that
+controller owns (... AND controller_id = :me). A controller taken over while it stalled finds its
+moves refused like lost races, with one warning per contact, until its next heartbeat tells it
+(Fenced). Operators' moves (cancel; the CLI's store has no controller_id) and moves that take
+ownership (a claim) are not fenced.
 """
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, text, update
-from sqlalchemy.exc import DisconnectionError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.pool import QueuePool
+from sqlalchemy import Engine, bindparam, event, insert, select, text, true, update
+from sqlalchemy.exc import IntegrityError
 
 from esl_cb.domain.errors import EslCbError
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import contact_can
 
+from .engine import ARRIVALS, PriorityPool, make_engine  # noqa: F401  (ARRIVALS is imported from here)
 from .models import Agent, AuditEntry, Contact, Leg, Skill
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,18 @@ log = logging.getLogger(__name__)
 _CONTACTS, _AGENTS, _LEGS = Contact.__table__, Agent.__table__, Leg.__table__
 _MOVE = update(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id"),
                                 _CONTACTS.c.state.in_(bindparam("b_from", expanding=True)))
+_MOVE_MINE = _MOVE.where(_CONTACTS.c.controller_id == bindparam("b_owner"))
 _CONTACT = select(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id"))
 _LOCK_CONTACT = _CONTACT.with_for_update()
+_OWNER = select(_CONTACTS.c.controller_id).where(_CONTACTS.c.id == bindparam("b_id"))
 _AGENT_ON_CALL = update(_AGENTS).where(_AGENTS.c.id == bindparam("b_id"), _AGENTS.c.state == A.OFFERED.value,
                                        _AGENTS.c.contact_id == bindparam("b_contact"))
+_MY_AGENT_ON_CALL = _AGENT_ON_CALL.where(_AGENTS.c.controller_id == bindparam("b_owner"))
+_RELEASE_AGENT = update(_AGENTS).where(
+    _AGENTS.c.id == bindparam("b_id"), _AGENTS.c.contact_id == bindparam("b_contact"),
+    _AGENTS.c.state.in_([A.ON_CALL.value, A.OFFERED.value])).values(state=A.AVAILABLE.value, contact_id=None,
+                                                                      leg_uuid=None)
+_RELEASE_MY_AGENT = _RELEASE_AGENT.where(_AGENTS.c.controller_id == bindparam("b_owner"))
 _ADD_LEG = insert(_LEGS)
 _SKILL_ID = select(Skill.__table__.c.id).where(Skill.__table__.c.name == bindparam("b_name"))
 
@@ -61,6 +71,17 @@ class StaleState(StoreError):
 
     code = "wrong_state"
     title = "not in a state that allows it"
+
+
+class IllegalTransition(StoreError):
+    """A change of a contact's state that the state table does not allow: refused by StoreBase._move
+    or by the database itself (contact_transitions and its trigger, migration 0007; SQLSTATE 23T01 on
+    PostgreSQL). A bug in the statement that tried it, never a race."""
+
+
+class Fenced(StoreError):
+    """This controller's membership is over: another controller took over what it held while it
+    stalled (its heartbeat found no row of its epoch). Drop what is held and register again."""
 
 
 class PolicyRefused(StoreError):
@@ -136,108 +157,23 @@ class DialPlan:
                    options.get("whisper_prompt", ""))
 
 
-# A pooled PostgreSQL connection idle this long is pinged (SELECT 1) before it is handed out.
-PING_IDLE_AFTER = 1.0
-# Set (in its greenlet) by work that may wait for a connection: a caller's arrival and script.
-ARRIVALS: contextvars.ContextVar[bool] = contextvars.ContextVar("esl_cb_arrivals", default=False)
+# Migration 0007's triggers refuse a change of state the table does not allow with this SQLSTATE on
+# PostgreSQL; SQLite's RAISE takes a fixed text only, which starts with the same code.
+ILLEGAL_TRANSITION_SQLSTATE = "23T01"
+_SQLITE_REFUSAL = f"esl_cb {ILLEGAL_TRANSITION_SQLSTATE}:"
 
 
-class PriorityPool(QueuePool):
-    """SQLAlchemy's QueuePool, with a cap on the connections callers' arrivals may hold.
-
-    On the real switch 240 callers arriving at 40/s held every connection of the pool (each of their
-    transactions several round trips, each waiting for a CPU), and an agent's answer waited seconds
-    for one (issue 12). Arrivals now take a slot first (at most `arrivals_max` at once, in order), so
-    the rest of the pool is always there for the time-critical path."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.arrivals_max = 0                  # 0: no cap
-        self.before_arrival: Callable[[], None] | None = None
-        self._slots: threading.BoundedSemaphore | None = None
-
-    def limit_arrivals(self, connections: int, before: Callable[[], None] | None = None) -> None:
-        self.arrivals_max = connections
-        self.before_arrival = before
-        self._slots = threading.BoundedSemaphore(connections)
-
-    def recreate(self) -> "PriorityPool":      # engine.dispose() and invalidation build a new pool
-        new = super().recreate()
-        new.arrivals_max, new.before_arrival, new._slots = self.arrivals_max, self.before_arrival, self._slots
-        return new
-
-    def _do_get(self):
-        if not (self._slots is not None and ARRIVALS.get()):
-            return super()._do_get()
-        if self.before_arrival is not None:
-            self.before_arrival()
-        if not self._slots.acquire(timeout=self._timeout):
-            raise PoolTimeout(f"no database connection for an arrival within {self._timeout}s "
-                              f"({self.arrivals_max} reserved for arrivals, all busy)")
-        try:
-            record = super()._do_get()
-        except BaseException:
-            self._slots.release()
-            raise
-        record.info["esl_cb_arrival_slot"] = self._slots
-        return record
-
-    def _do_return_conn(self, record) -> None:
-        slots = record.info.pop("esl_cb_arrival_slot", None)
-        try:
-            super()._do_return_conn(record)
-        finally:
-            if slots is not None:
-                slots.release()
-
-
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10, pool_timeout: float = 30.0) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-        return engine
-    # LIFO: in steady use the same few connections go round and are never pinged (_ping_when_idle).
-    engine = create_engine(url, poolclass=PriorityPool, pool_size=pool_size, max_overflow=max_overflow,
-                           pool_timeout=pool_timeout, pool_use_lifo=True)
-    _ping_when_idle(engine)
-    return engine
-
-
-def _ping_when_idle(engine: Engine) -> None:
-    """Pessimistic disconnect handling without a round trip on every transaction.
-
-    SQLAlchemy's pool_pre_ping pings at every checkout; in a burst of arrivals on the real switch
-    those pings were 6% of the controller's CPU and one round trip more in each transaction (issue
-    12). Here a connection in steady use is handed out as it is, and one idle for PING_IDLE_AFTER
-    seconds is pinged first; a dead one is replaced before anyone uses it (a database restart).
-    A connection that dies while in use fails its statement, which the callers retry."""
-    def used(_dbapi_conn, record) -> None:
-        if record is not None:
-            record.info["esl_cb_used"] = time.monotonic()
-
-    # Listened for on the engine, so a pool rebuilt by dispose() or an invalidation keeps them.
-    event.listen(engine, "connect", used)
-    event.listen(engine, "checkin", used)
-
-    @event.listens_for(engine, "checkout")
-    def _ping(dbapi_conn, record, _proxy) -> None:
-        if getattr(dbapi_conn, "closed", 0):
-            # psycopg2 closes a connection whose query was interrupted (a greenlet killed while it
-            # waited, e.g. a caller who hung up): it goes back to the pool closed.
-            raise DisconnectionError("pooled connection was closed")
-        if time.monotonic() - record.info.get("esl_cb_used", 0.0) < PING_IDLE_AFTER:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_conn)
-        except Exception as e:             # the database restarted or the connection was cut
-            raise DisconnectionError(f"pooled connection is dead: {e}") from e
-        record.info["esl_cb_used"] = time.monotonic()
+def _illegal_transition(ctx) -> None:
+    """The database refused a change of state: the one exception callers see, whatever the statement."""
+    orig = ctx.original_exception
+    if getattr(orig, "pgcode", None) == ILLEGAL_TRANSITION_SQLSTATE:
+        raise IllegalTransition(orig.diag.message_primary)
+    if str(orig).startswith(_SQLITE_REFUSAL):
+        params = ctx.parameters if isinstance(ctx.parameters, dict) else {}
+        cid, to = params.get("b_id", params.get("id")), params.get("state")
+        about = f"contact {cid}: " if cid is not None else ""
+        raise IllegalTransition(f"{about}{str(orig)[len(_SQLITE_REFUSAL):].strip()}"
+                                + (f" (to {to})" if to is not None else ""))
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -253,6 +189,11 @@ class StoreBase(object):
     def __init__(self, url_or_engine: str | Engine, controller_id: str = "") -> None:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.controller_id = controller_id
+        self.epoch: int | None = None            # this membership's, from register() (controllers.py)
+        self._warned_not_mine: set[int] = set()
+        self._reported_left: set[tuple[str, int]] = set()     # dead members left to their own switch, logged
+        if not event.contains(self.engine, "handle_error", _illegal_transition):
+            event.listen(self.engine, "handle_error", _illegal_transition)
         # PostgreSQL dispatches through the functions of migration 0003: one statement, its own
         # transaction (autocommit), so no BEGIN/COMMIT round trips on the hot path.
         self._pg = self.engine.dialect.name == "postgresql"
@@ -285,17 +226,50 @@ class StoreBase(object):
                 q = q.where(Contact.controller_id == self.controller_id)
             return list(conn.execute(q.order_by(Contact.id)).all())
 
-    def _move(self, conn, contact_id: int, expected: Iterable[C], to: C, reason: str, **values) -> bool:
+    def _move(self, conn, contact_id: int, expected: Iterable[C], to: C, reason: str, *, fenced: bool = True,
+              **values) -> bool:
+        """The guarded move; `fenced`: only if the contact is this controller's (see the module's doc)."""
         expected = list(expected)
         illegal = [s.value for s in expected if not contact_can(s, to)]
         if illegal:
-            raise ValueError(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal transition")
-        res = conn.execute(_MOVE, {"b_id": contact_id, "b_from": [s.value for s in expected], "state": to.value,
-                                   **values})
+            raise IllegalTransition(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal "
+                                    "transition")
+        params = {"b_id": contact_id, "b_from": [s.value for s in expected], "state": to.value, **values}
+        fenced = fenced and bool(self.controller_id)
+        res = conn.execute(_MOVE_MINE if fenced else _MOVE, {**params, "b_owner": self.controller_id} if fenced
+                           else params)
         if res.rowcount == 1:
             log.info("contact %s %s -[%s]-> %s", contact_id, "|".join(s.value for s in expected), reason, to.value)
             return True
+        if fenced:
+            self._check_owner(conn, contact_id, reason)
         return False
+
+    def _owned(self, column):
+        """The fence as a WHERE clause on a controller_id column: ours, or anything for an operator's store."""
+        return column == self.controller_id if self.controller_id else true()
+
+    def _mine(self, row, what: str) -> bool:
+        """Whether this store may move the contact `row` (read under its lock); warns when it may not."""
+        if not self.controller_id or row.controller_id == self.controller_id:
+            return True
+        self._not_mine(row.id, row.controller_id, what)
+        return False
+
+    def _check_owner(self, conn, contact_id: int, what: str) -> None:
+        """After a fenced move changed nothing: say so if the contact is someone else's (else it was a race)."""
+        if not self.controller_id:
+            return
+        row = conn.execute(_OWNER, {"b_id": contact_id}).first()
+        if row is not None and row.controller_id != self.controller_id:
+            self._not_mine(contact_id, row.controller_id, what)
+
+    def _not_mine(self, contact_id: int, owner: str | None, what: str) -> None:
+        if contact_id in self._warned_not_mine:          # once per contact and membership
+            return
+        self._warned_not_mine.add(contact_id)
+        log.warning("contact %s belongs to controller %s, not to %s (taken over while this one stalled?): "
+                    "%s refused", contact_id, owner or "(none)", self.controller_id, what)
 
     @staticmethod
     def _lock_contact(conn, contact_id: int):
@@ -318,19 +292,25 @@ class StoreBase(object):
                 sid = conn.execute(select(Skill.id).where(Skill.name == name)).scalar()
         return sid
 
-    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime) -> None:
-        # Only from this contact: the agent may already be on the next one.
+    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime, fenced: bool = True) -> None:
+        # Only from this contact: the agent may already be on the next one; and only our own agent.
         if agent_id is None:
             return
-        conn.execute(update(Agent).where(Agent.id == agent_id, Agent.contact_id == contact_id, Agent.state.in_(
-            [A.ON_CALL.value, A.OFFERED.value])).values(state=A.AVAILABLE.value, state_changed_at=now,
-                                                        available_since=now, contact_id=None, leg_uuid=None))
+        params = {"b_id": agent_id, "b_contact": contact_id, "state_changed_at": now, "available_since": now}
+        if fenced and self.controller_id:
+            conn.execute(_RELEASE_MY_AGENT, {**params, "b_owner": self.controller_id})
+        else:
+            conn.execute(_RELEASE_AGENT, params)
 
     def _agent_on_call(self, conn, offer: Offer, now: datetime) -> None:
-        res = conn.execute(_AGENT_ON_CALL, {"b_id": offer.agent_id, "b_contact": offer.contact_id,
-                                            "state": A.ON_CALL.value, "state_changed_at": now})
+        params = {"b_id": offer.agent_id, "b_contact": offer.contact_id, "state": A.ON_CALL.value,
+                  "state_changed_at": now}
+        mine = bool(self.controller_id)
+        res = conn.execute(_MY_AGENT_ON_CALL if mine else _AGENT_ON_CALL,
+                           {**params, "b_owner": self.controller_id} if mine else params)
         if res.rowcount != 1:
-            raise StaleState(f"agent {offer.agent_name} was not Offered when answering contact {offer.contact_id}")
+            raise StaleState(f"agent {offer.agent_name} was not Offered (to this controller) when answering "
+                             f"contact {offer.contact_id}")
         log.info("agent %s Offered -[answered contact %s]-> OnCall", offer.agent_name, offer.contact_id)
 
     def _add_leg(self, conn, uuid: str, contact_id: int, kind: str, agent_id: int | None, frm: str, to: str,

@@ -1,5 +1,5 @@
 """Contacts from arrival to the queue: a caller arrives, is queued for a skill, asks for a callback
-(durably, before being hung up), or ends; operators cancel; controllers say they are alive."""
+(durably, before being hung up), or ends; operators cancel."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
 from .base import NotFound, PolicyRefused, RateLimited, StaleState, StoreBase, StoreError, UnknownSkill, as_utc, utcnow
-from .models import Agent, Contact, Controller, Leg, Skill
+from .models import Contact, Leg, Skill
 
 log = logging.getLogger(__name__)
 # A caller arrived: the contact, its leg and a callback of theirs still waiting, in one statement.
@@ -36,11 +36,12 @@ SELECT c.id, (SELECT p.id FROM contacts p WHERE p.callback_number = :number AND 
               AND p.state <> 'ended' ORDER BY p.queued_at LIMIT 1) AS pending
 FROM c
 """)
-# Reqagent for a contact that just arrived, to a skill that exists: one statement.
+# Reqagent for a contact that just arrived, to a skill that exists: one statement (fenced: our contact).
 _PG_QUEUE = text("""
 UPDATE contacts SET state = 'queued', skill_id = s.id, queued_at = :now, priority_initial = :pi,
        priority_acceleration = :pa, priority_max = :pm
 FROM skills s WHERE s.name = :skill AND contacts.id = :cid AND contacts.state = 'arrived'
+                AND (:ctl = '' OR contacts.controller_id = :ctl)
 """)
 
 
@@ -56,7 +57,7 @@ class Scheduled:
 
 
 class ContactsStore(StoreBase):
-    """A contact's life up to the queue, and the controllers that own contacts."""
+    """A contact's life up to the queue."""
 
     def create_contact(self, caller_uuid: str, ani: str, dnis: str, script: str, from_number: str,
                        to_number: str) -> int:
@@ -91,7 +92,8 @@ class ContactsStore(StoreBase):
         if self._pg:
             with self._autocommit.connect() as conn:
                 done = conn.execute(_PG_QUEUE, {"now": utcnow(), "pi": priority.initial, "pa": priority.acceleration,
-                                                "pm": priority.maximum, "skill": skill, "cid": contact_id}).rowcount
+                                                "pm": priority.maximum, "skill": skill, "cid": contact_id,
+                                                "ctl": self.controller_id}).rowcount
             if done == 1:
                 log.info("contact %s arrived -[reqagent]-> queued", contact_id)
                 return
@@ -103,7 +105,8 @@ class ContactsStore(StoreBase):
             if not ok:
                 # Reqagent again (another skill or new priorities) keeps the place in the queue.
                 ok = conn.execute(update(Contact).where(
-                    Contact.id == contact_id, Contact.state == C.QUEUED.value).values(
+                    Contact.id == contact_id, Contact.state == C.QUEUED.value,
+                    self._owned(Contact.controller_id)).values(
                     skill_id=sid, priority_initial=priority.initial, priority_acceleration=priority.acceleration,
                     priority_max=priority.maximum)).rowcount == 1
             if not ok:
@@ -140,6 +143,8 @@ class ContactsStore(StoreBase):
         me = self._lock_contact(conn, contact_id)
         if me is None:
             raise NotFound(f"no contact {contact_id}")
+        if not self._mine(me, "callback"):
+            raise StaleState(f"contact {contact_id} belongs to controller {me.controller_id} now")
         if limits is not None:
             self._within_limits(conn, number, me.original_ani, limits, now)
         if me.skill_id is not None:
@@ -351,34 +356,9 @@ class ContactsStore(StoreBase):
                         "the dial is due", "dialling": "it is being dialled", "connected": "it is in conversation"}
                 raise StoreError(f"contact {contact_id} cannot be cancelled now: {what.get(row.state, row.state)}; "
                                  "try again when it is back in the queue")
-            self._release_agent(conn, row.agent_id, row.id, utcnow())
-            if not self._move(conn, contact_id, [C(row.state)], C.ENDED, reason, outcome=Outcome.CANCELLED.value,
-                              ended_at=utcnow(), last_error=reason):
+            self._release_agent(conn, row.agent_id, row.id, utcnow(), fenced=False)     # an operator's
+            if not self._move(conn, contact_id, [C(row.state)], C.ENDED, reason, fenced=False,
+                              outcome=Outcome.CANCELLED.value, ended_at=utcnow(), last_error=reason):
                 raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
             self._audit(conn, operator, "callback cancel", f"contact {contact_id}", f"{row.state}: {reason}")
             return row.state
-
-    def heartbeat(self, esl: str) -> None:
-        now = utcnow()
-        with self.engine.begin() as conn:
-            n = conn.execute(update(Controller).where(Controller.id == self.controller_id).values(
-                heartbeat_at=now, esl=esl)).rowcount
-            if n == 0:
-                conn.execute(insert(Controller).values(id=self.controller_id, started_at=now, heartbeat_at=now,
-                                                       esl=esl))
-
-    def adopt_dead(self, timeout: float) -> list[str]:
-        """Take over the open contacts of controllers whose heartbeat stopped; returns their ids."""
-        limit = utcnow() - timedelta(seconds=timeout)
-        with self.engine.begin() as conn:
-            dead = [r.id for r in conn.execute(select(Controller.id).where(
-                Controller.heartbeat_at < limit, Controller.id != self.controller_id).with_for_update(
-                skip_locked=True)).all()]
-            for cid in dead:
-                n = conn.execute(update(Contact).where(Contact.controller_id == cid, Contact.state != C.ENDED.value)
-                                 .values(controller_id=self.controller_id)).rowcount
-                conn.execute(update(Agent).where(Agent.controller_id == cid).values(controller_id=self.controller_id))
-                conn.execute(Controller.__table__.delete().where(Controller.id == cid))
-                log.warning("controller %s stopped beating; %s took over its %d open contacts", cid,
-                            self.controller_id, n)
-            return dead

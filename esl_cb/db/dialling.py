@@ -14,11 +14,13 @@ from .base import DialPlan, StoreBase, as_utc, utcnow
 from .models import CallbackAttempt, Contact, Leg, PolicyRefusal
 
 log = logging.getLogger(__name__)
-# The customer answered: connected, the leg's answer billed, the attempt marked, in one statement.
+# The customer answered: connected, the leg's answer billed, the attempt marked, in one statement
+# (fenced: our contact).
 _PG_ANSWERED = text("""
 WITH c AS (
     UPDATE contacts SET state = 'connected', connected_at = :now, confirmed = :confirmed
     WHERE id = :cid AND callback_leg_uuid = :leg AND state IN ('dialling', 'accepted')
+      AND (:ctl = '' OR controller_id = :ctl)
     RETURNING id, agent_id, callback_caller_id, callback_number),
 l AS (
     INSERT INTO legs (uuid, contact_id, kind, direction, agent_id, from_number, to_number, started_at, answered_at)
@@ -40,7 +42,7 @@ class DiallingStore(StoreBase):
         uuid decides whether it was sent (it is never sent twice)."""
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.ACCEPTED.value:
+            if c is None or c.state != C.ACCEPTED.value or not self._mine(c, "prepare the dial"):
                 return None
             # Rows are numbered by every dial; `attempts` counts only those that count against the
             # limit (an attempt the agent cut short does not).
@@ -60,7 +62,7 @@ class DiallingStore(StoreBase):
     def prepared_plan(self, contact_id: int) -> DialPlan | None:
         with self.engine.connect() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.ACCEPTED.value or not c.callback_leg_uuid:
+            if c is None or c.state != C.ACCEPTED.value or not c.callback_leg_uuid or not self._mine(c, "the dial"):
                 return None
             no = conn.execute(select(CallbackAttempt.attempt_no).where(
                 CallbackAttempt.leg_uuid == c.callback_leg_uuid)).scalar()
@@ -87,16 +89,19 @@ class DiallingStore(StoreBase):
         if self._pg:
             with self._autocommit.connect() as conn:
                 n = conn.execute(_PG_ANSWERED, {"cid": contact_id, "leg": leg_uuid, "now": now,
-                                                "confirmed": confirmed}).scalar()
+                                                "confirmed": confirmed, "ctl": self.controller_id}).scalar()
+                if n != 1:
+                    self._check_owner(conn, contact_id, "customer answered")
             if n == 1:
                 log.info("contact %s dialling -[customer answered]-> connected", contact_id)
             return n == 1
         with self.engine.begin() as conn:
             res = conn.execute(update(Contact).where(
                 Contact.id == contact_id, Contact.callback_leg_uuid == leg_uuid,
-                Contact.state.in_([C.DIALLING.value, C.ACCEPTED.value])).values(
+                Contact.state.in_([C.DIALLING.value, C.ACCEPTED.value]), self._owned(Contact.controller_id)).values(
                 state=C.CONNECTED.value, connected_at=now, confirmed=confirmed))
             if res.rowcount != 1:
+                self._check_owner(conn, contact_id, "customer answered")
                 return False
             log.info("contact %s dialling -[customer answered]-> connected", contact_id)
             if conn.execute(select(Leg.uuid).where(Leg.uuid == leg_uuid)).scalar() is None:
@@ -122,6 +127,8 @@ class DiallingStore(StoreBase):
             c = self._lock_contact(conn, contact_id)
             if c is None or c.state not in states or c.callback_leg_uuid != leg_uuid:
                 return None     # an older attempt reporting late: the contact has moved on
+            if not self._mine(c, result):
+                return None
             # An answered attempt keeps the confirmed its answer stored; the contact's is cleared (it
             # was not connected after all).
             done = dict(result=result, ended_at=now) if answered else dict(result=result, ended_at=now,
@@ -148,6 +155,8 @@ class DiallingStore(StoreBase):
             c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.CONNECTED.value or c.callback_leg_uuid != leg_uuid:
                 return False
+            if not self._mine(c, reason):
+                return False
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == leg_uuid).values(
                 result="agent_gone", ended_at=now))
             self._release_agent(conn, c.agent_id, c.id, now)
@@ -161,7 +170,7 @@ class DiallingStore(StoreBase):
         now = utcnow()
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.ACCEPTED.value:
+            if c is None or c.state != C.ACCEPTED.value or not self._mine(c, reason):
                 return False
             self._release_agent(conn, c.agent_id, c.id, now)
             attempts = c.attempts
@@ -179,6 +188,8 @@ class DiallingStore(StoreBase):
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, plan.contact_id)
             if c is None or c.state != C.ACCEPTED.value or c.callback_leg_uuid != plan.leg_uuid:
+                return False
+            if not self._mine(c, f"policy: {reason}"):
                 return False
             conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == plan.leg_uuid).values(
                 result="refused", ended_at=now))

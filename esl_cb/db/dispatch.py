@@ -6,27 +6,29 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, and_, func, literal, or_, select, text, update
+from sqlalchemy import text, update
 
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
 from .base import DialPlan, Offer, StoreBase, utcnow
-from .models import Agent, AgentSkill, Contact, Skill
-from .sqlexpr import effective_priority
+from .models import Agent, Contact
 
 log = logging.getLogger(__name__)
 
 _PG_CLAIM = text("SELECT * FROM esl_cb_claim(:now, :leg, :ctl)")
+# The best pair this controller may offer (a live caller only by the controller that holds the call).
+_CLAIM_NEXT = text("SELECT * FROM claim_queue WHERE held_by IS NULL OR held_by = :ctl LIMIT 1")
 _PG_COMPLETE = text("SELECT * FROM esl_cb_complete(:id, :now, :leg, :ctl)")
 # An agent answered a callback offer: accepted (the due time stored), the agent OnCall, their leg
 # billed, and the coming attempt prepared with its origination uuid, in one statement: one round trip
-# where accept_callback and prepare_dial took eleven (issue 12).
+# where accept_callback and prepare_dial took eleven (issue 12). Fenced: our contact and our agent.
 _PG_ACCEPT = text("""
 WITH ok AS (
     SELECT c.id FROM contacts c JOIN agents a ON a.id = :agent AND a.state = 'Offered' AND a.contact_id = c.id
     WHERE c.id = :cid AND c.state = 'offered' AND c.callback_leg_uuid IS NULL
+      AND (:ctl = '' OR (c.controller_id = :ctl AND a.controller_id = :ctl))
     FOR UPDATE OF c, a),
 ag AS (
     UPDATE agents SET state = 'OnCall', state_changed_at = :now WHERE id = :agent AND EXISTS (SELECT 1 FROM ok)),
@@ -35,7 +37,7 @@ n AS (
 c AS (
     UPDATE contacts SET state = 'accepted', accepted_at = :now, dial_due_at = :due, attempts = attempts + 1,
            callback_leg_uuid = :leg
-    WHERE id = :cid AND EXISTS (SELECT 1 FROM ok) RETURNING *),
+    WHERE id = :cid AND state = 'offered' AND EXISTS (SELECT 1 FROM ok) RETURNING *),
 l AS (
     INSERT INTO legs (uuid, contact_id, kind, direction, agent_id, from_number, to_number, started_at, answered_at)
     SELECT :agent_leg, c.id, 'agent', 'outbound', :agent, :frm, :to, :now, :now FROM c),
@@ -76,30 +78,9 @@ class DispatchStore(StoreBase):
         return cls._offer(row, leg_uuid)
 
     def _claim(self, conn, new_leg_uuid: str, now: datetime) -> Offer | None:
-        # The generic (SQLite) twin of esl_cb_claim: the database orders the queue (SPEC 3:
-        # effective priority, then first queued; the agent idle longest) and hands back one pair,
-        # so no queue travels to Python. (SQLite ignores FOR UPDATE; it has one writer at a time.)
-        waiting = [C.QUEUED.value, C.CALLBACK_QUEUED.value]
-        pair = conn.execute(
-            select(Contact.id.label("contact_id"), Contact.state.label("contact_state"), Contact.caller_uuid,
-                   Contact.callback_number, Contact.original_ani, Skill.name.label("skill"),
-                   Agent.id.label("agent_id"), Agent.name.label("agent_name"), Agent.dial_string)
-            .join(Skill, Skill.id == Contact.skill_id)
-            .join(AgentSkill, AgentSkill.skill_id == Contact.skill_id)
-            .join(Agent, Agent.id == AgentSkill.agent_id)
-            .where(Agent.state == A.AVAILABLE.value, Contact.state.in_(waiting),
-                   or_(Agent.offer_not_before.is_(None), Agent.offer_not_before <= now),
-                   or_(Contact.state == C.QUEUED.value,
-                       and_(Skill.callbacks_open.is_(True),
-                            or_(Contact.not_before.is_(None), Contact.not_before <= now),
-                            or_(Contact.expire_at.is_(None), Contact.expire_at > now))),
-                   or_(Contact.retry_at.is_(None), Contact.retry_at <= now))
-            .order_by(effective_priority(Contact.priority_initial, Contact.priority_acceleration,
-                                         Contact.priority_max, Contact.queued_at, now).desc(),
-                      Contact.queued_at, Contact.id,
-                      func.coalesce(Agent.available_since, literal(now, DateTime(timezone=True))), Agent.id)
-            .limit(1)
-            .with_for_update(of=[Contact.__table__, Agent.__table__], skip_locked=True)).first()
+        # The view claim_queue (migration 0007) orders the queue and says who may be offered, for
+        # esl_cb_claim on PostgreSQL and here alike; SQLite has one writer at a time, so no row locks.
+        pair = conn.execute(_CLAIM_NEXT, {"ctl": self.controller_id}).first()
         if pair is None:
             return None
         got_agent = conn.execute(update(Agent).where(
@@ -107,7 +88,8 @@ class DispatchStore(StoreBase):
             state=A.OFFERED.value, state_changed_at=now, contact_id=pair.contact_id, leg_uuid=new_leg_uuid,
             controller_id=self.controller_id)).rowcount == 1
         if not got_agent or not self._move(conn, pair.contact_id, [C(pair.contact_state)], C.OFFERED,
-                                           f"offer to {pair.agent_name}", offered_at=now, agent_id=pair.agent_id,
+                                           f"offer to {pair.agent_name}", fenced=False,       # takes it
+                                           offered_at=now, agent_id=pair.agent_id,
                                            agent_leg_uuid=new_leg_uuid, controller_id=self.controller_id):
             conn.rollback()       # without row locks someone else took one of the two
             return None
@@ -123,21 +105,24 @@ class DispatchStore(StoreBase):
             back = C.CALLBACK_QUEUED if row and row.callback_requested else C.QUEUED
             self._move(conn, offer.contact_id, [C.OFFERED], back, reason, agent_id=None, agent_leg_uuid=None)
             to = A.REFUSED if refused else A.AVAILABLE
-            conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
-                                             Agent.contact_id == offer.contact_id).values(
+            res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
+                                                   Agent.contact_id == offer.contact_id,
+                                                   self._owned(Agent.controller_id)).values(
                 state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None,
                 offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None))
-            log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
-                     f" (not offered for {not_before:g}s)" if not_before > 0 else "")
+            if res.rowcount == 1:
+                log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
+                         f" (not offered for {not_before:g}s)" if not_before > 0 else "")
 
     def accept_live(self, offer: Offer) -> bool:
         now = utcnow()
         with self.engine.begin() as conn:
             res = conn.execute(update(Contact).where(
                 Contact.id == offer.contact_id, Contact.state == C.OFFERED.value,
-                Contact.callback_requested.is_(False)).values(state=C.CONNECTED.value, accepted_at=now,
-                                                              connected_at=now))
+                Contact.callback_requested.is_(False), self._owned(Contact.controller_id)).values(
+                state=C.CONNECTED.value, accepted_at=now, connected_at=now))
             if res.rowcount != 1:
+                self._check_owner(conn, offer.contact_id, f"agent {offer.agent_name} answered")
                 return False
             log.info("contact %s offered -[agent %s answered]-> connected", offer.contact_id, offer.agent_name)
             self._agent_on_call(conn, offer, now)
@@ -171,9 +156,11 @@ class DispatchStore(StoreBase):
         with self._autocommit.connect() as conn:
             row = conn.execute(_PG_ACCEPT, {"cid": offer.contact_id, "agent": offer.agent_id, "now": now, "due": due,
                                             "leg": leg_uuid, "agent_leg": offer.agent_leg_uuid,
-                                            "frm": offer.contact_number, "to": offer.dial_string}).first()
-        if row is None:
-            return None
+                                            "frm": offer.contact_number, "to": offer.dial_string,
+                                            "ctl": self.controller_id}).first()
+            if row is None:
+                self._check_owner(conn, offer.contact_id, f"agent {offer.agent_name} answered")
+                return None
         log.info("contact %s offered -[agent %s answered]-> accepted", offer.contact_id, offer.agent_name)
         log.info("agent %s Offered -[answered contact %s]-> OnCall", offer.agent_name, offer.contact_id)
         return due, DialPlan.of(row, row.attempt_no, leg_uuid)
@@ -184,9 +171,10 @@ class DispatchStore(StoreBase):
         with self.engine.begin() as conn:
             self._move(conn, offer.contact_id, [C.OFFERED, C.ACCEPTED], C.CALLBACK_QUEUED, reason,
                        agent_id=None, agent_leg_uuid=None, dial_due_at=None, last_error=reason)
-            conn.execute(update(Agent).where(Agent.id == offer.agent_id).values(
+            res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, self._owned(Agent.controller_id)).values(
                 state=A.REFUSED.value, state_changed_at=now, contact_id=None, leg_uuid=None))
-            log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
+            if res.rowcount == 1:
+                log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
 
     def complete(self, contact_id: int, reason: str, claim_leg_uuid: str | None = None) -> tuple[bool, Offer | None]:
         """A connected contact ended: handled (live) or callback completed; the agent is free again.
@@ -199,13 +187,15 @@ class DispatchStore(StoreBase):
             with self._autocommit.connect() as conn:
                 row = conn.execute(_PG_COMPLETE, {"id": contact_id, "now": now, "leg": claim_leg_uuid,
                                                   "ctl": self.controller_id}).one()
+                if not row.completed:
+                    self._check_owner(conn, contact_id, reason)     # a lost race, or not ours any more
             if not row.completed:
                 return False, None
             log.info("contact %s connected -[%s]-> ended", contact_id, reason)
             return True, self._claimed(row, claim_leg_uuid) if claim_leg_uuid else None
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.CONNECTED.value:
+            if c is None or c.state != C.CONNECTED.value or not self._mine(c, reason):
                 return False, None
             outcome = Outcome.CALLBACK_COMPLETED if c.callback_requested else Outcome.HANDLED
             self._release_agent(conn, c.agent_id, c.id, now)
@@ -218,7 +208,7 @@ class DispatchStore(StoreBase):
         now = utcnow()
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
-            if c is None or c.state != C.OFFERED.value or c.callback_requested:
+            if c is None or c.state != C.OFFERED.value or c.callback_requested or not self._mine(c, reason):
                 return None
             self._release_agent(conn, c.agent_id, c.id, now)
             self._move(conn, contact_id, [C.OFFERED], C.ENDED, reason, outcome=Outcome.ABANDONED.value, ended_at=now)

@@ -4,7 +4,8 @@ The store is one object in several files, each a step of a contact's life (base.
 share; each state change is one transaction):
 
   agents.py     agents and skills, as operators set them
-  contacts.py   arrival, the queue, the Callback action, cancel; controllers' heartbeats
+  contacts.py   arrival, the queue, the Callback action, cancel
+  controllers.py  controllers as members: register (an epoch), heartbeat, adopt the dead ones' contacts
   dispatch.py   offers to agents and the end of conversations
   dialling.py   callback attempts, their dials and legs (billing)
   policy.py     the destination policy's overrides and refusals; the operators' audit log
@@ -13,17 +14,18 @@ share; each state change is one transaction):
 from __future__ import annotations
 
 from .agents import AgentsStore
-from .base import (DialPlan, NotFound, Offer, PolicyRefused, RateLimited, StaleState, StoreError, UnknownSkill, as_utc,
-                   make_engine, utcnow)
+from .base import (DialPlan, Fenced, IllegalTransition, NotFound, Offer, PolicyRefused, RateLimited, StaleState,
+                   StoreError, UnknownSkill, as_utc, make_engine, utcnow)
 from .contacts import ContactsStore
+from .controllers import ControllersStore
 from .dialling import DiallingStore
 from .dispatch import DispatchStore
 from .policy import PolicyStore
 from .queue_status import QueueStatusStore
 
-__all__ = ["Store", "DialPlan", "NotFound", "Offer", "PolicyRefused", "RateLimited", "StaleState", "StoreError",
-           "UnknownSkill", "as_utc", "make_engine", "utcnow"]
+__all__ = ["Store", "DialPlan", "Fenced", "IllegalTransition", "NotFound", "Offer", "PolicyRefused", "RateLimited",
+           "StaleState", "StoreError", "UnknownSkill", "as_utc", "make_engine", "utcnow"]
 
 
-class Store(AgentsStore, ContactsStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore):
+class Store(AgentsStore, ContactsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore):
     """The database, as the controller and the CLI use it."""
