@@ -25,6 +25,8 @@ EXPECTED = {
     "esl_cb.config.ConfigError": ("invalid_config", 500),
     "esl_cb.db.base.StoreError": ("conflict", 409),
     "esl_cb.db.base.StaleState": ("wrong_state", 409),
+    "esl_cb.db.base.IllegalTransition": ("illegal_transition", 500),
+    "esl_cb.db.base.Fenced": ("fenced", 409),
     "esl_cb.db.base.NotFound": ("not_found", 404),
     "esl_cb.db.base.UnknownSkill": ("unknown_skill", 422),
     "esl_cb.db.base.PolicyRefused": ("policy_refused", 422),

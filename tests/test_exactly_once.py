@@ -9,6 +9,7 @@ from gevent.event import Event as GEvent
 from sqlalchemy.exc import OperationalError
 
 from esl_cb.controller.supervision import Supervisor
+from esl_cb.domain.queue import Priority
 from esl_cb.esl.inbound import CommandTimeout
 
 from .fixtures import wait_until
@@ -324,11 +325,13 @@ def test_a_controller_that_was_only_slow_is_fenced_and_starts_over(pg_url, caplo
     from esl_cb.controller.service import Controller
     from esl_cb.db.store import Store
 
-    h = Harness(pg_url, quick_script(delay="3"), heartbeat_timeout=1.5, heartbeat_interval=0.2)
+    h = Harness(pg_url, quick_script(), heartbeat_timeout=1.5, heartbeat_interval=0.2)
     b = None
     try:
         h.agent("ann", "1001", answer=0.1)
-        seed_callbacks(h.store, 1)
+        cid = h.store.create_contact("seed-0", CUSTOMER, "3125557000", "seed", CUSTOMER, "3125557000")
+        h.store.queue_contact(cid, "support", Priority(10, 0, 10))
+        h.store.request_callback(cid, CUSTOMER, "+13125557000", 3, "+13125557000", CUSTOMER)   # CallDelaySec 3
         a = h.controller
         stalled = GEvent()
         real_beat = a.store.heartbeat
@@ -342,7 +345,7 @@ def test_a_controller_that_was_only_slow_is_fenced_and_starts_over(pg_url, caplo
         assert accepted.controller_id == "test"
         store_b = Store(pg_url, "b")
         b = Controller(Settings(**{**h.settings.__dict__, "controller_id": "b", "listen": "127.0.0.1:0"}),
-                       store_b, quick_script(delay="3")).start()
+                       store_b, quick_script()).start()
         wait_until(lambda: h.contact().controller_id == "b", 10, what="B to adopt the contact")
         wait_until(lambda: a.dialler.sending or h.originates_to(CUSTOMER), 10, what="the due time")
         stalled.set()                      # A's beats get through again: it learns it was taken over

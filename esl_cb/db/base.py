@@ -78,10 +78,18 @@ class IllegalTransition(StoreError):
     or by the database itself (contact_transitions and its trigger, migration 0007; SQLSTATE 23T01 on
     PostgreSQL). A bug in the statement that tried it, never a race."""
 
+    code = "illegal_transition"
+    http_status = 500
+    title = "A state change the state table does not allow"
+
 
 class Fenced(StoreError):
     """This controller's membership is over: another controller took over what it held while it
     stalled (its heartbeat found no row of its epoch). Drop what is held and register again."""
+
+    code = "fenced"
+    http_status = 409
+    title = "This controller was taken over by another"
 
 
 class PolicyRefused(StoreError):
