@@ -122,8 +122,8 @@ class Etcd:
 class Node:
     """One Patroni with its PostgreSQL."""
 
-    def __init__(self, root: Path, name: str, etcd: Etcd) -> None:
-        self.root, self.name, self.etcd = root, name, etcd
+    def __init__(self, root: Path, name: str, etcd: Etcd, strict: bool = False) -> None:
+        self.root, self.name, self.etcd, self.strict = root, name, etcd, strict
         self.pg_port, self.api_port = free_port(udp_too=False), free_port(udp_too=False)
         self.data_dir = root / "data"
         self.proc: subprocess.Popen | None = None
@@ -148,7 +148,7 @@ class Node:
                 "dcs": {
                     # A member lost is noticed within loop_wait; its leader key lapses after ttl.
                     "ttl": 20, "loop_wait": 1, "retry_timeout": 5,
-                    "synchronous_mode": True,
+                    "synchronous_mode": True, "synchronous_mode_strict": self.strict,
                     # A crashed primary fails over at once instead of restarting in place first
                     # (Patroni's default waits 300 s for it to come back).
                     "primary_start_timeout": 0,
@@ -219,12 +219,14 @@ class Node:
 class PatroniPair:
     """etcd and two Patroni nodes in synchronous mode, in one temporary folder removed at stop."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, strict: bool = False) -> None:
+        """strict: synchronous_mode_strict (a primary without a standby takes no writes; README says why
+        the reference setup does not use it)."""
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="eslcb-patroni-"))
         self.own_root = root is None
         self.root.chmod(0o755)          # the postgres user must reach its folders below
         self.etcd = Etcd(self.root / "etcd")
-        self.nodes = [Node(self.root / name, name, self.etcd) for name in ("pg1", "pg2")]
+        self.nodes = [Node(self.root / name, name, self.etcd, strict) for name in ("pg1", "pg2")]
 
     def start(self, timeout: float = 90.0) -> "PatroniPair":
         try:
