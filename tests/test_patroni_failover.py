@@ -161,3 +161,53 @@ def test_patroni_switchover_during_a_burst_of_callbacks(patroni, caplog):
     measured = _burst(patroni, caplog, "switchover")
     _report("switchover", measured)
     assert measured["in_flight"] > 0, "switched over with nothing in flight: the test proved nothing"
+
+
+def test_two_controllers_take_nothing_from_each_other_in_a_failover(patroni, caplog):
+    """A failover longer than heartbeat_timeout (1.5 s here; Patroni's defaults against the default 10 s
+    in production) stops every controller's heartbeats at once: when the database is back, neither may
+    take the other's contacts over for beats it could not write."""
+    from esl_cb.config import Settings
+    from esl_cb.controller.service import Controller
+
+    pair = patroni
+    pair.wait_ready()
+    caplog.set_level(logging.INFO, logger="esl_cb")
+    url = pair.url("eslcb", first=pair.leader())
+    timing = dict(heartbeat_timeout=1.5, heartbeat_interval=0.5)
+    h = Harness(url, quick_script(), max_attempts=3, agent_ring_timeout=5, callback_ring_timeout=5, **timing)
+    second = None
+    try:
+        settings = Settings(**{**h.settings.__dict__, "controller_id": "second", "listen": "127.0.0.1:0"})
+        second = Controller(settings, Store(url, "second"), quick_script()).start()
+        wait_until(second.esl_ready.is_set, what="the second controller")
+        numbers = seed_callbacks(h.store, CALLBACKS)
+        for n in numbers:
+            h.sim_api(f"endpoint {n} answer 0.1")
+        for i in range(AGENTS):
+            h.agent(f"agent{i}", f"51{i:02d}", answer=0.1)
+            h.sim_api(f"endpoint 51{i:02d} answer 0.1 talk 0.8")
+            h.available(f"agent{i}")
+        second.wake_dispatcher()
+        looker = Store(url, "looker")
+
+        def ended() -> int | None:
+            try:
+                with looker.engine.connect() as conn:
+                    return conn.exec_driver_sql("SELECT count(*) FROM contacts WHERE state = 'ended'").scalar()
+            except Exception:
+                return None
+        wait_until(lambda: (ended() or 0) >= CALLBACKS // 3, timeout=60, interval=0.05, what="a third done")
+        old, at = pair.failover()
+        pair.wait_leader_other_than(old)
+        wait_until(lambda: ended() == CALLBACKS, timeout=120, interval=0.2, what="all callbacks to end")
+        looker.close()
+        takeovers = [r.getMessage() for r in caplog.records if "stopped beating" in r.msg]
+        doubled = {n: k for n in numbers if (k := sum(o["number"] == n for o in h.sim.switch.originates)) != 1}
+        outcomes = {r["outcome"]: r["n"] for r in h.rows("SELECT outcome, count(*) AS n FROM contacts GROUP BY outcome")}
+        assert (takeovers, doubled, outcomes) == ([], {}, {"callback_completed": CALLBACKS})
+    finally:
+        if second is not None:
+            second.stop()
+            second.store.close()
+        h.close()

@@ -7,6 +7,7 @@ first: callers get False or a StaleState error, never a silent no-op.
 """
 from __future__ import annotations
 
+import collections
 import contextvars
 import json
 import logging
@@ -273,6 +274,8 @@ class StoreBase(object):
         # transaction (autocommit), so no BEGIN/COMMIT round trips on the hot path.
         self._pg = self.engine.dialect.name == "postgresql"
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.clock: Callable[[], float] = time.monotonic
+        self._beats: collections.deque[float] = collections.deque(maxlen=1024)   # our own heartbeats that committed
 
     def close(self) -> None:
         self.engine.dispose()

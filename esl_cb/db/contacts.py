@@ -366,9 +366,26 @@ class ContactsStore(StoreBase):
             if n == 0:
                 conn.execute(insert(Controller).values(id=self.controller_id, started_at=now, heartbeat_at=now,
                                                        esl=esl))
+        self._beats.append(self.clock())
+
+    def beat_through(self, seconds: float) -> bool:
+        """Our own heartbeats committed all through the last `seconds`, none more than half of it apart."""
+        now = self.clock()
+        marks = [t for t in self._beats if t >= now - seconds]
+        earlier = [t for t in self._beats if t < now - seconds]
+        if not earlier:
+            return False
+        marks = [earlier[-1], *marks, now]
+        return all(b - a <= seconds / 2 for a, b in zip(marks, marks[1:]))
 
     def adopt_dead(self, timeout: float) -> list[str]:
-        """Take over the open contacts of controllers whose heartbeat stopped; returns their ids."""
+        """Take over the open contacts of controllers whose heartbeat stopped; returns their ids.
+
+        Only once our own heartbeats went through for the whole timeout: a database away (a failover)
+        silences every controller at once, and the first back must not take a live one's contacts for
+        beats it could not write (issue 18)."""
+        if not self.beat_through(timeout):
+            return []
         limit = utcnow() - timedelta(seconds=timeout)
         with self.engine.begin() as conn:
             dead = [r.id for r in conn.execute(select(Controller.id).where(
