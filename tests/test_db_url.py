@@ -102,3 +102,40 @@ def test_the_url_keeps_the_operators_own_timeouts(pg_url):
 def test_masked_url_shows_no_password(url, shown):
     assert masked_url(url) == shown
     assert Settings(db=url).masked()["db"] == shown
+
+
+def test_a_lost_connection_is_said_once_and_its_return_once(pg_url, caplog):
+    """Every greenlet that meets the outage fails on its own; the engine says it once, and says when it is over."""
+    import logging
+
+    import psycopg2
+
+    from esl_cb.db.store import Store
+
+    from .fixtures import PG_ADMIN
+
+    caplog.set_level(logging.INFO, logger="esl_cb")
+    store = Store(pg_url, "t")
+    try:
+        with store.engine.connect() as conn:
+            pids = {conn.execute(text("SELECT pg_backend_pid()")).scalar()}
+        admin = psycopg2.connect(PG_ADMIN)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(p) FROM unnest(%s) AS p", (list(pids),))
+        admin.close()
+        failed = 0
+        for _ in range(3):
+            try:
+                with store.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except Exception:
+                failed += 1
+        said = [r.getMessage() for r in caplog.records if r.name == "esl_cb.db.outage"]
+        assert failed <= 1
+        assert len(said) == 2, said
+        assert said[0].startswith("database unreachable (")
+        assert said[1].startswith("database back after ") and "127.0.0.1:" in said[1]
+        assert not store.outage.away and store.outage.outages == 1
+    finally:
+        store.close()

@@ -27,6 +27,7 @@ from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import contact_can
 
+from . import outage
 from .models import Agent, AuditEntry, Contact, Leg, Skill
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10, pool_time
     engine = create_engine(url, poolclass=PriorityPool, pool_size=pool_size, max_overflow=max_overflow,
                            pool_timeout=pool_timeout, pool_use_lifo=True, connect_args=_socket_bounds(url))
     _ping_when_idle(engine)
+    outage.watch(engine)
     return engine
 
 
@@ -253,6 +255,7 @@ def _ping_when_idle(engine: Engine) -> None:
         try:
             engine.dialect.do_ping(dbapi_conn)
         except Exception as e:             # the database restarted or the connection was cut
+            outage.watch(engine).lost(e)
             raise DisconnectionError(f"pooled connection is dead: {e}") from e
         record.info["esl_cb_used"] = time.monotonic()
 
@@ -274,6 +277,7 @@ class StoreBase(object):
         # transaction (autocommit), so no BEGIN/COMMIT round trips on the hot path.
         self._pg = self.engine.dialect.name == "postgresql"
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.outage = outage.watch(self.engine)      # said once: the database away, and back
         self.clock: Callable[[], float] = time.monotonic
         self._beats: collections.deque[float] = collections.deque(maxlen=1024)   # our own heartbeats that committed
 
