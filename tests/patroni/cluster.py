@@ -16,6 +16,7 @@ skip with the reason where they are missing, and fail instead under ESL_CB_REQUI
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pwd
@@ -229,6 +230,7 @@ class PatroniPair:
         self.nodes = [Node(self.root / name, name, self.etcd, strict) for name in ("pg1", "pg2")]
 
     def start(self, timeout: float = 90.0) -> "PatroniPair":
+        atexit.register(self.stop)          # a test run cut short leaves nothing running either
         try:
             self.etcd.start()
             for node in self.nodes:
@@ -357,6 +359,7 @@ class PatroniPair:
                 pass
         if self.own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.stop)
 
 
 def _run_as():
