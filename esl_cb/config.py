@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -142,11 +143,18 @@ class Settings:
         """For the start-up log line: never the password."""
         out = asdict(self)
         out["esl_password"] = "***"
-        if "@" in out["db"] and ":" in out["db"].split("@")[0].split("//")[-1]:
-            scheme, rest = out["db"].split("//", 1)
-            user = rest.split("@")[0].split(":")[0]
-            out["db"] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+        out["db"] = masked_url(out["db"])
         return out
+
+
+# user:password@ before the host(s), and libpq's password= among a multi-host URL's parameters.
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@?]*):[^@/?]*(?=@)")
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])password=[^&]*", re.I)
+
+
+def masked_url(url: str) -> str:
+    """A database URL as logs and messages may show it: every password replaced by ***."""
+    return _QUERY_PASSWORD.sub("password=***", _URL_PASSWORD.sub(r"\1:***", url))
 
 
 ENV_PREFIX = "ESL_CB_"

@@ -27,7 +27,7 @@ from typing import Callable
 import gevent
 from gevent.event import AsyncResult
 
-from .config import Settings
+from .config import Settings, masked_url
 from .domain.script import Script, script_prompts
 from .esl.commands import UnsafeDialString, dial_for
 from .esl.inbound import ConnectionLost, ESLError, Event, InboundConnection
@@ -355,7 +355,7 @@ def _database(settings: Settings, results: list[Result]):
 
 
 def _masked(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
+    return masked_url(url)
 
 
 # -- 8. clocks --------------------------------------------------------------------

@@ -13,8 +13,10 @@ ownership (a claim) are not fenced.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -27,6 +29,7 @@ from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import contact_can
 
+from . import outage
 from .engine import ARRIVALS, PriorityPool, make_engine  # noqa: F401  (ARRIVALS is imported from here)
 from .models import Agent, AuditEntry, Contact, Leg, Skill
 
@@ -198,6 +201,9 @@ class StoreBase(object):
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.controller_id = controller_id
         self.epoch: int | None = None            # this membership's, from register() (controllers.py)
+        self.outage = outage.watch(self.engine)      # said once: the database away, and back
+        self.clock: Callable[[], float] = time.monotonic
+        self._beats: collections.deque[float] = collections.deque(maxlen=1024)   # our own heartbeats that committed
         self._warned_not_mine: set[int] = set()
         self._reported_left: set[tuple[str, int]] = set()     # dead members left to their own switch, logged
         if not event.contains(self.engine, "handle_error", _illegal_transition):

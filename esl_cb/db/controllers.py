@@ -82,10 +82,27 @@ class ControllersStore(StoreBase):
         if n == 0:
             raise Fenced(f"controller {self.controller_id} (epoch {self.epoch}) was taken over by another "
                          "controller while it stalled: drop what it holds and register again")
+        self._beats.append(self.clock())
+
+    def beat_through(self, seconds: float) -> bool:
+        """Our own heartbeats committed all through the last `seconds`, none more than half of it apart."""
+        now = self.clock()
+        marks = [t for t in self._beats if t >= now - seconds]
+        earlier = [t for t in self._beats if t < now - seconds]
+        if not earlier:
+            return False
+        marks = [earlier[-1], *marks, now]
+        return all(b - a <= seconds / 2 for a, b in zip(marks, marks[1:]))
 
     def adopt_dead(self, timeout: float, esl: str) -> list[str]:
         """Take over what dead controllers held that our switch `esl` can answer for (see the module's
-        doc); returns the ids of those we took something from."""
+        doc); returns the ids of those we took something from.
+
+        Only once our own heartbeats went through for the whole timeout: a database away (a failover)
+        silences every controller at once, and the first back must not take a live one's contacts for
+        beats it could not write (issue 18)."""
+        if not self.beat_through(timeout):
+            return []
         if self._pg:
             cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, float(timeout))
         else:

@@ -7,10 +7,12 @@ import threading
 import time
 from typing import Callable
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
+
+from . import outage
 
 # A pooled PostgreSQL connection idle this long is pinged (SELECT 1) before it is handed out.
 PING_IDLE_AFTER = 1.0
@@ -80,9 +82,26 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10, pool_time
         return engine
     # LIFO: in steady use the same few connections go round and are never pinged (_ping_when_idle).
     engine = create_engine(url, poolclass=PriorityPool, pool_size=pool_size, max_overflow=max_overflow,
-                           pool_timeout=pool_timeout, pool_use_lifo=True)
+                           pool_timeout=pool_timeout, pool_use_lifo=True, connect_args=_socket_bounds(url))
     _ping_when_idle(engine)
+    outage.watch(engine)
     return engine
+
+
+# libpq's bounds on a host that stopped answering (a failed-over primary's machine gone). Under gevent
+# psycopg2 connects without blocking, and libpq then leaves connect_timeout to its caller: a first host
+# of a multi-host URL that dropped our SYNs held each new connection for the kernel's retries (about 2
+# minutes) before the next host was tried. TCP_USER_TIMEOUT bounds that attempt, and a statement
+# whose bytes the host never acknowledges; the keepalives find an idle connection (LISTEN's) whose host
+# is gone. A healthy host acknowledges at once: none of these fires while it merely works slowly (a
+# commit waiting for its synchronous standby included). A setting in the URL wins.
+SOCKET_BOUNDS = {"connect_timeout": 5, "tcp_user_timeout": 5000, "keepalives_idle": 10, "keepalives_interval": 5,
+                 "keepalives_count": 2}
+
+
+def _socket_bounds(url: str) -> dict:
+    given = make_url(url).query
+    return {k: v for k, v in SOCKET_BOUNDS.items() if k not in given}
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -112,5 +131,6 @@ def _ping_when_idle(engine: Engine) -> None:
         try:
             engine.dialect.do_ping(dbapi_conn)
         except Exception as e:             # the database restarted or the connection was cut
+            outage.watch(engine).lost(e)
             raise DisconnectionError(f"pooled connection is dead: {e}") from e
         record.info["esl_cb_used"] = time.monotonic()
