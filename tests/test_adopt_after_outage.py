@@ -27,6 +27,8 @@ def _stores(pg_url):
         conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     a, b = Store(pg_url, "a"), Store(pg_url, "b")
     a.clock = clock = Clock()
+    a.register("x")
+    b.register("x")
     return a, b, clock
 
 
@@ -51,10 +53,10 @@ def test_back_from_an_outage_nobody_is_taken_over_for_beats_it_could_not_write(p
         _stale(a, "b", 25)
         _stale(a, "a", 25)
         a.heartbeat("x")                     # a is back first; b's last beat is 25 s old
-        assert a.adopt_dead(TIMEOUT) == []
+        assert a.adopt_dead(TIMEOUT, "x") == []
         b.heartbeat("x")                     # b is back too, and beats on
         _beat_for(a, clock, TIMEOUT + 2)
-        assert a.adopt_dead(TIMEOUT) == []   # b is fresh: alive
+        assert a.adopt_dead(TIMEOUT, "x") == []   # b is fresh: alive
     finally:
         a.close()
         b.close()
@@ -66,9 +68,9 @@ def test_a_controller_that_really_stopped_is_taken_over(pg_url):
         b.heartbeat("x")
         _stale(a, "b", 30)                   # b stopped 30 s ago; a beat all along
         _beat_for(a, clock, 4)
-        assert a.adopt_dead(TIMEOUT) == []   # a has not beaten for a whole timeout yet
+        assert a.adopt_dead(TIMEOUT, "x") == []   # a has not beaten for a whole timeout yet
         _beat_for(a, clock, TIMEOUT)
-        assert a.adopt_dead(TIMEOUT) == ["b"]
+        assert a.adopt_dead(TIMEOUT, "x") == ["b"]
     finally:
         a.close()
         b.close()
