@@ -25,6 +25,14 @@ def status_view(st: dict, header: str = ""):
                     f"{c['expire_at']:%H:%M:%S}" if c.get("expire_at") else "")
     p = st["ports"]
     parts = ([header] if header else []) + [queue, agents, cbs, f"ports in use: {p['in_use']} of {p['limit']}"]
+    if st.get("switches"):
+        switches = Table("switch", "esl", "state", "controllers", "calls", "sps", "ports", "last seen",
+                         title="Switches")
+        for w in st["switches"]:
+            switches.add_row(w["name"], w["esl"], w["state"], str(w["controllers"]), str(w["calls"]),
+                             str(w["sessions_per_second"] or "-"), str(w["voice_ports"] or "-"),
+                             f"{w['last_seen']:%H:%M:%S}" if w.get("last_seen") else "never")
+        parts.append(switches)
     return Group(*parts)
 
 

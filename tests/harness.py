@@ -14,7 +14,7 @@ from esl_cb.sim.server import Simulator
 from .fixtures import LAB, wait_until
 
 TABLES = ("policy_refusals, policy_overrides, audit_log, callback_attempts, legs, contacts, agent_skills, agents, "
-          "skills, controllers")
+          "skills, controllers, switches")
 
 
 class Looking:

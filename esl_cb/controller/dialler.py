@@ -64,6 +64,7 @@ class Dialler(CustomerLeg):
         self.sending: dict[str, DialPlan] = {}         # leg uuid -> its dial (one per attempt)
         self.cancelled: set[str] = set()
         self.voice_ports_in_use = 0
+        self.voice_port_limit = settings.ports        # this controller's share of its switch's (fleet.py)
         self._port_freed = GEvent()
         self.metrics = None
         self.guard: CallbackGuard | None = None    # the destination policy, asked again before every dial
@@ -221,8 +222,8 @@ class Dialler(CustomerLeg):
         with nothing that yields between the last look and the write. True if it was sent (or may have
         been: an ambiguous ESL failure is recorded as sent, and recovery asks the switch)."""
         contact_id, leg = plan.contact_id, plan.leg_uuid
-        while self.voice_ports_in_use >= self.settings.ports:
-            log.info("contact %s: all %d ports busy; the callback waits for one", contact_id, self.settings.ports)
+        while self.voice_ports_in_use >= self.voice_port_limit:
+            log.info("contact %s: all %d ports busy; the callback waits for one", contact_id, self.voice_port_limit)
             self._port_freed.clear()
             self._port_freed.wait(timeout=1.0)
             if not self._still_wanted(plan):

@@ -53,6 +53,8 @@ class Dispatcher:
         # Whether this controller still owns its contacts (controller/membership.py); None: always.
         self.may_act: Callable[[], bool] | None = None
         self._pacing: set[gevent.Greenlet] = set()      # offers waiting for the pacer in their own greenlet
+        self.draining = False           # our switch drains: no new offers (fleet.py), its calls finish
+        self.offers_from = 0.0          # monotonic time before which we offer nothing (fleet.py: joining)
         legs.handlers["agent"] = self.agent_event
         callers.conversation_ended = dialler.conversation_ended = self.conversation_ended
         health.wake = self.wake
@@ -62,6 +64,9 @@ class Dispatcher:
 
     def _may_act(self) -> bool:
         return self.may_act is None or self.may_act()
+
+    def _may_offer(self) -> bool:
+        return not self.draining and time.monotonic() >= self.offers_from and self._may_act()
 
     def stop(self) -> None:
         self._running = False
@@ -100,6 +105,8 @@ class Dispatcher:
         before the claim and outside the critical-work gate: a paced burst of offers never holds back
         arriving callers (issue 17), and a claimed agent is rung at once."""
         while self._running and self.switch.ready.is_set() and not self.health.paused():
+            if not self._may_offer():
+                return
             self.pacer.wait()
             if not self._may_act():
                 self.pacer.refund()
@@ -116,7 +123,7 @@ class Dispatcher:
         """A conversation ended. The freed agent's next offer is claimed in the same transaction and
         rung at once, here: no wake-up hop, no wrap-up penalty. True if this call completed it."""
         claim = (str(uuidlib.uuid4()) if self._running and self.switch.ready.is_set() and not self.health.paused()
-                 and self._may_act() else None)
+                 and self._may_offer() else None)
         with self.legs.critical.running_now():
             completed, offer = self.store.complete(contact_id, reason, claim_leg_uuid=claim)
             if offer is not None:

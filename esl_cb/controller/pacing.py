@@ -31,6 +31,15 @@ class OriginatePacer:
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
+    def set_rate(self, rate: float) -> None:
+        """A new rate (this controller's share of its switch changed: another joined or left)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._refill()
+        self.rate = rate
+        self.burst = max(2, int(rate // 5))
+        self._tokens = min(self._tokens, float(self.burst))
+
     def try_take(self, urgent: bool = False) -> bool:
         """Take a token if one is there now (never waits)."""
         need = 1.0 if urgent or self.burst < 2 else 2.0

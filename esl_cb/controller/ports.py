@@ -128,6 +128,10 @@ class CallerVoice:
             done = self._run("play_and_get_digits", args(prompt, int(timeout * 1000)))
             if done.get("variable_read_result"):
                 return done.get("variable_" + var, "")
+            if self.live.connected:
+                # The caller's bridge to their agent ended the menu (FreeSWITCH ends it with no
+                # read_result, as for a missing prompt): not the prompt's fault, and no key.
+                return ""
             self.prompts.add(prompt, "Menu/Capture: no prompt played", self.live.contact_id)
         left = timeout - (time.monotonic() - started)
         if left <= 0.05:

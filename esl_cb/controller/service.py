@@ -34,6 +34,7 @@ from esl_cb.netaddr import parse_hostport
 from .callers import CallerSessions
 from .dialler import Dialler
 from .dispatcher import Dispatcher
+from .fleet import SwitchShareKeeper
 from .guard import CallbackGuard
 from .legs import LegRegistry
 from .membership import Membership
@@ -62,6 +63,7 @@ class Controller:
         self.guard = CallbackGuard(settings.policy(), self.store)
         self.membership = Membership(self.store, settings.esl, settings.heartbeat_timeout)
         self.membership.on_fenced = self._start_over
+        self.fleet = SwitchShareKeeper(settings, self.store, pacer, self.dialler, self.dispatcher)
         self.dialler.may_act = self.dispatcher.may_act = self.membership.may_act
         self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
@@ -266,6 +268,7 @@ class Controller:
         while self._running:
             try:
                 self.membership.beat()
+                self.fleet.refresh(self.switch.ready.is_set())
                 if self.store.adopt_dead(self.settings.heartbeat_timeout, self.settings.esl) and \
                         self.switch.ready.is_set():
                     self.recovery.reconcile()

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Boolean,
     DateTime,
     Float,
@@ -124,6 +125,21 @@ class ContactTransition(Base):
     __tablename__ = "contact_transitions"
     from_state: Mapped[str] = mapped_column(String(16), primary_key=True)
     to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class Switch(Base):
+    """A FreeSWITCH that controllers use, its capacity shared by all its controllers (migration 0008)."""
+
+    __tablename__ = "switches"
+    __table_args__ = (CheckConstraint("state IN ('up', 'draining')", name="ck_switches_state"),)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    esl: Mapped[str] = mapped_column(String(255), unique=True)
+    sessions_per_second: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_sessions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    voice_ports: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), server_default="up")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ControllerMember(Base):

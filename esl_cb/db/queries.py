@@ -48,7 +48,7 @@ def status(store: Store, port_limit: int) -> dict:
     for q in queues.values():
         q.sort(key=lambda c: (-c["effective_priority"], -c["waiting_s"]))
     return {"time": now.isoformat(), "queues": queues, "agents": store.agents(), "callbacks": callbacks,
-            "ports": {"in_use": ports, "limit": port_limit}}
+            "ports": {"in_use": ports, "limit": port_limit}, "switches": store.switches()}
 
 
 def callbacks(store: Store, include_ended: bool = False) -> list[dict]:

@@ -22,10 +22,12 @@ from .dialling import DiallingStore
 from .dispatch import DispatchStore
 from .policy import PolicyStore
 from .queue_status import QueueStatusStore
+from .switches import SwitchesStore
 
 __all__ = ["Store", "DialPlan", "Fenced", "IllegalTransition", "NotFound", "Offer", "PolicyRefused", "RateLimited",
            "StaleState", "StoreError", "UnknownSkill", "as_utc", "make_engine", "utcnow"]
 
 
-class Store(AgentsStore, ContactsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore):
+class Store(AgentsStore, ContactsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore,
+            SwitchesStore):
     """The database, as the controller and the CLI use it."""

@@ -1,0 +1,123 @@
+"""Switches as data (issue 18): what an operator registers (`esl-cb switch ...`) and what each
+controller reads at its heartbeat to take its share of its switch's limits."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, insert, select, update
+
+from .base import NotFound, StaleState, StoreBase, StoreError, utcnow
+from .models import Contact, ControllerMember, Switch
+
+log = logging.getLogger(__name__)
+STATES = ("up", "draining")
+# Contacts whose legs may be up on a switch: a switch with any of them is not removed.
+IN_THE_AIR = ("offered", "accepted", "dialling", "connected")
+
+
+@dataclass(frozen=True)
+class SwitchShare:
+    """What one controller may use of its switch: its part of the switch's limits (None: no limit
+    registered for it), how many live controllers share it, and whether it drains."""
+
+    name: str | None
+    controllers: int
+    sessions_per_second: float | None
+    voice_ports: int | None
+    draining: bool
+
+
+class SwitchesStore(StoreBase):
+    def add_switch(self, name: str, esl: str, sessions_per_second: int | None = None, max_sessions: int | None = None,
+                   voice_ports: int | None = None, operator: str | None = None) -> None:
+        for what, value in (("sessions_per_second", sessions_per_second), ("max_sessions", max_sessions),
+                            ("voice_ports", voice_ports)):
+            if value is not None and value < 1:
+                raise StoreError(f"switch {name}: {what} must be at least 1, not {value}", where=what)
+        with self.engine.begin() as conn:
+            if conn.execute(select(Switch.name).where((Switch.name == name) | (Switch.esl == esl))).first():
+                raise StaleState(f"a switch named {name!r} or at {esl} is registered already; remove it first",
+                                 where="name")
+            conn.execute(insert(Switch).values(name=name, esl=esl, sessions_per_second=sessions_per_second,
+                                               max_sessions=max_sessions, voice_ports=voice_ports, state="up",
+                                               created_at=utcnow()))
+            self._audit(conn, operator, "switch add", f"switch {name}",
+                        f"{esl} sps={sessions_per_second} max_sessions={max_sessions} ports={voice_ports}")
+        log.info("switch %s at %s registered", name, esl)
+
+    def switches(self) -> list[dict]:
+        """Every switch with its live controllers (heartbeat within the last minute) and its calls."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Switch.__table__).order_by(Switch.name)).all()
+            members = conn.execute(select(ControllerMember.esl, func.count()).group_by(ControllerMember.esl)).all()
+            calls = dict(conn.execute(select(ControllerMember.esl, func.count()).join(
+                Contact, Contact.controller_id == ControllerMember.id).where(
+                Contact.state.in_(IN_THE_AIR)).group_by(ControllerMember.esl)).all())
+        per_esl = dict(members)
+        return [{"name": r.name, "esl": r.esl, "state": r.state, "sessions_per_second": r.sessions_per_second,
+                 "max_sessions": r.max_sessions, "voice_ports": r.voice_ports, "last_seen": r.last_seen,
+                 "controllers": per_esl.get(r.esl, 0), "calls": calls.get(r.esl, 0)} for r in rows]
+
+    def set_switch_state(self, name: str, state: str, operator: str | None = None) -> str:
+        """up | draining; returns the state before."""
+        if state not in STATES:
+            raise StoreError(f"switch state must be one of {', '.join(STATES)}, not {state!r}", where="state")
+        with self.engine.begin() as conn:
+            before = conn.execute(select(Switch.state).where(Switch.name == name).with_for_update()).scalar()
+            if before is None:
+                raise NotFound(f"no switch named {name!r} (esl-cb switch list)", where="name")
+            conn.execute(update(Switch).where(Switch.name == name).values(state=state))
+            self._audit(conn, operator, f"switch {state}", f"switch {name}", f"{before} -> {state}")
+            self._notify(conn, f"switch {name} {state}")
+        log.info("switch %s %s -> %s", name, before, state)
+        return before
+
+    def remove_switch(self, name: str, operator: str | None = None) -> None:
+        """Only a switch with no call of ours in the air (drain it first)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Switch.__table__).where(Switch.name == name).with_for_update()).first()
+            if row is None:
+                raise NotFound(f"no switch named {name!r} (esl-cb switch list)", where="name")
+            busy = conn.execute(select(func.count()).select_from(Contact).join(
+                ControllerMember, ControllerMember.id == Contact.controller_id).where(
+                ControllerMember.esl == row.esl, Contact.state.in_(IN_THE_AIR))).scalar()
+            if busy:
+                raise StaleState(f"switch {name} has {busy} call(s) in the air; drain it (esl-cb switch drain {name}) "
+                                 "and remove it once they ended", where="name")
+            conn.execute(delete(Switch).where(Switch.name == name))
+            self._audit(conn, operator, "switch remove", f"switch {name}", row.esl)
+
+    def switch_share(self, esl: str, seen: bool) -> SwitchShare:
+        """At a controller's heartbeat: its switch's limits divided among the controllers beating for it
+        (itself included), whether it drains; and, `seen`, that it reached the switch now."""
+        with self.engine.begin() as conn:
+            if seen:
+                conn.execute(update(Switch).where(Switch.esl == esl).values(last_seen=func.now()))
+            row = conn.execute(select(Switch.__table__).where(Switch.esl == esl)).first()
+            live = conn.execute(select(func.count()).select_from(ControllerMember).where(
+                ControllerMember.esl == esl, ControllerMember.heartbeat_at > _ago(conn, 60))).scalar()
+        n = max(int(live or 0), 1)
+        if row is None:
+            return SwitchShare(None, n, None, None, False)
+        return SwitchShare(row.name, n, _rate_share(row.sessions_per_second, n),
+                           max(row.voice_ports // n, 1) if row.voice_ports else None, row.state == "draining")
+
+
+def _rate_share(sps: int | None, controllers: int) -> float | None:
+    """One controller's originates a second, so that all of them together stay under the switch's
+    sessions-per-second in any calendar second, which is what FreeSWITCH counts (it lets sps - 1
+    through, measured): each may send its pacer's burst (max(2, rate / 5), pacing.py) plus its rate in
+    one second."""
+    if not sps:
+        return None
+    budget = (sps - 1) / controllers
+    return max(budget - max(2.0, budget / 6), 0.5)
+
+
+def _ago(conn, seconds: int) -> datetime:
+    """A cutoff on the database's clock (heartbeats are written with it)."""
+    if conn.dialect.name == "sqlite":
+        return utcnow() - timedelta(seconds=seconds)
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
