@@ -114,3 +114,45 @@ def test_a_draining_switch_offers_nothing_new_and_its_call_finishes(pg_url):
         h.wait_connected(2, timeout=10)
     finally:
         h.close()
+
+
+def test_a_lost_switchs_ringing_offer_goes_back_and_another_switch_dials_the_customer_once(pg_url):
+    """Switch A is gone (its controller cannot reach it) while an agent's phone rings through it: after
+    the ring time the offer goes back to the queue, not counted, and the controller of switch B offers
+    it and dials the customer through B. Nobody is dialled twice."""
+    from esl_cb.sim.server import Simulator
+
+    from .fixtures import LAB
+
+    h = Harness(pg_url, quick_script())
+    sim_b = Simulator(("127.0.0.1", 0), identity=LAB, heartbeat=0).start()
+    b = None
+    try:
+        h.agent("ann", "1001", answer=30)                      # rings on switch A for ever
+        seed_callbacks(h.store, 1)
+        number = h.contact().callback_number
+        h.available("ann")
+        offered = h.wait_state("offered")
+        assert offered.controller_id == "test"
+        h.sim.stop()                                           # switch A is gone
+        assert api_ok(sim_b, "endpoint 1001 answer 0.1") and api_ok(sim_b, f"endpoint {number} answer 0.2")
+        b = Controller(Settings(**{**h.settings.__dict__, "controller_id": "b", "listen": "127.0.0.1:0",
+                                   "esl": f"127.0.0.1:{sim_b.port}"}), Store(pg_url, "b"), quick_script()).start()
+        sim_b.switch.socket_target = ("127.0.0.1", b.listen_port)
+        back = h.wait_state("callback_queued", timeout=h.settings.agent_ring_timeout + 15)
+        assert back.attempts == 0
+        b.wake_dispatcher()
+        connected = h.wait_state("connected", timeout=15)
+        assert connected.controller_id == "b"
+        assert len([o for o in sim_b.switch.originates if o["number"] == number]) == 1
+        assert not [o for o in h.sim.switch.originates if o["number"] == number]
+    finally:
+        if b is not None:
+            b.stop()
+        sim_b.stop()
+        h.close()
+
+
+def api_ok(sim, line: str) -> bool:
+    from esl_cb.sim import api
+    return api.execute(sim.switch, "sim", line) == "+OK\n"

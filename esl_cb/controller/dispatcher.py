@@ -83,6 +83,9 @@ class Dispatcher:
                 self._wake.wait(timeout=self.settings.poll_interval)
             self._wake.clear()
             if not self.switch.ready.is_set():
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + max(5 * self.settings.poll_interval, 1.0)
+                    self._offers_on_a_lost_switch()
                 continue
             try:
                 if time.monotonic() >= next_sweep:
@@ -190,6 +193,33 @@ class Dispatcher:
             log.warning("contact %s: its offer on leg %s was never rung or is no longer watched; it goes back "
                         "to the queue", c.id, c.agent_leg_uuid)
             self.give_back_offer(c, self.switch.leg_exists, "offer lost")
+
+    def _offers_on_a_lost_switch(self) -> None:
+        """Our switch does not answer. An agent's phone rung through it cannot still be ringing after the
+        ring time (the switch ends the originate itself, or it is gone with the switch), and an agent
+        who answered there waits on a call that nobody can dial on: the offer goes back to the queue,
+        not counted (the contact keeps its place and another controller may offer it). A customer's leg
+        on the lost switch is another matter: see README 'A switch lost'."""
+        cutoff = self.settings.agent_ring_timeout + LOST_OFFER_GRACE
+        if self.switch.unreachable_for() < cutoff:
+            return
+        try:
+            offers = self.store.contacts_in([C.OFFERED], mine=True)
+        except SQLAlchemyError as e:
+            log.warning("dispatcher: database unavailable looking at offers on a lost switch (%s)", type(e).__name__)
+            return
+        limit = datetime.now(timezone.utc) - timedelta(seconds=cutoff)
+        for c in offers:
+            offered = as_utc(c.offered_at)
+            if offered is None or offered > limit:
+                continue
+            log.warning("contact %s: its offer on leg %s was rung through a switch that has not answered for %.0fs; "
+                        "back to the queue", c.id, c.agent_leg_uuid, self.switch.unreachable_for())
+            watch = self.legs.get(c.agent_leg_uuid)
+            if watch is not None:
+                watch.finished = True
+                self.legs.forget(c.agent_leg_uuid)
+            self.give_back_offer(c, lambda uuid: False, "switch unreachable")
 
     def give_back_offer(self, c, exists: Callable[[str | None], bool], reason: str) -> None:
         """An unwatched offer: hang up its agent leg if the switch has one; the contact keeps its place

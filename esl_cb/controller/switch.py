@@ -59,6 +59,7 @@ class SwitchLink:
         self.reconnects = 0
         self.metrics = None
         self._running = False
+        self.lost_at: float | None = time.monotonic()    # since when we cannot reach it (None: connected)
 
     # -- the connection -----------------------------------------------------
     def run(self) -> None:
@@ -79,6 +80,7 @@ class SwitchLink:
             backoff = 0.1
             self.conn = conn
             self.stopping = False
+            self.lost_at = None
             log.info("connected to FreeSWITCH at %s:%d", host, port)
             try:
                 self.on_connected()
@@ -88,11 +90,16 @@ class SwitchLink:
             self.on_ready()
             lost.wait()
             self.ready.clear()
+            self.lost_at = time.monotonic()
             if self._running:
                 self.reconnects += 1
                 if self.metrics is not None:
                     self.metrics.reconnects.inc()
                 log.warning("lost the ESL connection to FreeSWITCH; reconnecting")
+
+    def unreachable_for(self) -> float:
+        """Seconds since the switch last answered (0 while connected)."""
+        return 0.0 if self.lost_at is None else time.monotonic() - self.lost_at
 
     def close(self) -> None:
         self._running = False
