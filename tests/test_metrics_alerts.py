@@ -10,10 +10,18 @@ from esl_cb.controller.metrics import Metrics
 
 from .fixtures import wait_until
 from .harness import Harness
+from .test_concurrency import seed_callbacks
 
 
 def value(metrics: Metrics, name: str, **labels) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
+
+
+def set_open(h: Harness, skill: str, is_open: bool) -> None:
+    """Close a skill for today (or open it again); the controller's calendar loop applies it."""
+    h.store.set_skill_hours(skill, closed="" if is_open else datetime.now(timezone.utc).date().isoformat())
+    wait_until(lambda: h.count("SELECT count(*) FROM skills WHERE name = :n AND callbacks_open = :o", n=skill,
+                               o=is_open), 5, what=f"{skill} {'open' if is_open else 'closed'}")
 
 
 def test_queue_depth_goes_back_to_zero_when_the_queue_empties(pg_url):
@@ -39,12 +47,12 @@ def test_per_skill_agents_hours_callback_waits_and_the_heartbeat(pg_url):
         h.agent("ann", "1001")
         h.store.add_skill("billing")
         h.agent("bob", "1002", skill="billing", available=True)
-        h.call("3125550100", plan="dtmf 1 34.5")              # asks for a callback; nobody for support
-        h.wait_state("callback_queued", timeout=60)
+        seed_callbacks(h.store, 1)                            # a callback waits; nobody for support
+        h.wait_state("callback_queued")
         ago = datetime.now(timezone.utc) - timedelta(seconds=700)
         with h.store.engine.begin() as conn:
             conn.execute(text("UPDATE contacts SET callback_requested_at = :t"), {"t": ago})
-            conn.execute(text("UPDATE skills SET callbacks_open = false WHERE name = 'billing'"))
+        set_open(h, "billing", False)
         metrics = Metrics(h.controller)
         wait_until(lambda: h.count("SELECT count(*) FROM controllers WHERE id = 'test'"), 10,
                    what="the controller's first heartbeat")
@@ -63,6 +71,14 @@ def test_per_skill_agents_hours_callback_waits_and_the_heartbeat(pg_url):
         wait_until(lambda: value(metrics, "esl_cb_esl_connected") == 1 and value(metrics, "esl_cb_database_up") == 1,
                    5, what="the sample loop")
         assert 0 <= value(metrics, "esl_cb_heartbeat_age_seconds") < h.settings.heartbeat_interval + 2
+
+        # Closed, the skill's callbacks wait by design; opened again, they have waited since the opening.
+        set_open(h, "support", False)
+        metrics.sample()
+        assert value(metrics, "esl_cb_callback_oldest_wait_seconds", skill="support") == 0
+        set_open(h, "support", True)
+        metrics.sample()
+        assert value(metrics, "esl_cb_callback_oldest_wait_seconds", skill="support") < 30
 
         # A callback scheduled for later (NotBefore) is not waiting yet.
         with h.store.engine.begin() as conn:

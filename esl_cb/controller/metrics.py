@@ -77,10 +77,14 @@ class Metrics:
         self.skill_agents = Gauge("esl_cb_skill_agents", "Agents with the skill, by state", ["skill", "state"],
                                   registry=r)
         self.oldest_callback = Gauge("esl_cb_callback_oldest_wait_seconds", "How long the oldest due callback "
-                                     "of the skill has waited for an agent (0: none waits)", ["skill"], registry=r)
+                                     "of the skill has waited for an agent during its open hours (0: none "
+                                     "waits, or the skill is closed)", ["skill"], registry=r)
         self.callback_target = Gauge("esl_cb_callback_wait_target_seconds", "How long a due callback of the skill "
                                      "may wait for an agent (--callback-wait-target)", ["skill"], registry=r)
         self._heartbeat_at: datetime | None = None
+        # When each skill opened, as this controller saw it: a callback waiting since before the
+        # opening has waited only since then (no alert each morning for the night's callbacks).
+        self._opened_at: dict[str, datetime | None] = {}
         self.port_limit.set(controller.settings.ports)
         from sqlalchemy import event as sa_event
 
@@ -161,8 +165,14 @@ class Metrics:
             self.skill_open.labels(skill).set(1 if is_open else 0)
             for s in AGENT_STATES:
                 self.skill_agents.labels(skill, s).set(per_skill.get((skill, s), 0))
+            if not is_open:
+                self._opened_at[skill] = now          # opens at the first sample that finds it open
+            elif skill not in self._opened_at:
+                self._opened_at[skill] = None         # open when this controller started: since unknown
+            opened = self._opened_at[skill]
             since_at = oldest_since.get(skill)
-            self.oldest_callback.labels(skill).set(max((now - since_at).total_seconds(), 0) if since_at else 0)
+            waited = (now - max(since_at, opened) if opened else now - since_at).total_seconds() if since_at else 0
+            self.oldest_callback.labels(skill).set(max(waited, 0) if is_open else 0)
             self.callback_target.labels(skill).set(targets.get(skill, default_target))
         for s in AGENT_STATES:
             self.agents.labels(s).set(agents.get(s, 0))
