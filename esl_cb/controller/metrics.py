@@ -95,6 +95,11 @@ class Metrics:
         for s in AGENT_STATES:
             self.agents.labels(s)
         self.dials.labels("answered")
+        # Series at 0 from the start (a counter's first increase counts, the dashboard shows them).
+        for leg in ("agent", "callback"):
+            self.answer_handled.labels(leg)
+        for name in controller.supervisor.greenlets:
+            self.greenlet_restarts.labels(name)
         self._greenlets: list[gevent.Greenlet] = []
 
     def start(self, port: int) -> int:
