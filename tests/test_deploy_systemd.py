@@ -28,13 +28,16 @@ def systemd_analyze() -> str:
     return path
 
 
-def unit_here(tmp_path: Path) -> Path:
+UNITS = sorted(SYSTEMD.glob("*.service"))       # each long-running process's unit (esl-cb api's, once it exists)
+
+
+def unit_here(tmp_path: Path, unit: Path = UNIT) -> Path:
     """The unit with ExecStart pointing at this environment's esl-cb instead of /opt/esl-cb's."""
     esl_cb = Path(sys.prefix) / "bin" / "esl-cb"
     assert esl_cb.is_file(), f"{esl_cb}: the tests run from a virtual environment with esl-cb installed"
-    text = UNIT.read_text()
+    text = unit.read_text()
     assert text.count(f"ExecStart={INSTALLED} ") == 1
-    copy = tmp_path / UNIT.name
+    copy = tmp_path / unit.name
     copy.write_text(text.replace(f"ExecStart={INSTALLED} ", f"ExecStart={esl_cb} "))
     return copy
 
@@ -48,17 +51,19 @@ def directives(text: str) -> dict[str, list[str]]:
     return out
 
 
-def test_systemd_analyze_verify_passes_without_a_warning(tmp_path):
-    unit = unit_here(tmp_path)
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_systemd_analyze_verify_passes_without_a_warning(tmp_path, unit):
+    unit = unit_here(tmp_path, unit)
     out = subprocess.run([systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and bad values too, and only says so: any output is a failure.
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out.stdout + out.stderr
 
 
-def test_the_unit_is_hardened_as_systemd_measures_it(tmp_path):
-    out = subprocess.run([systemd_analyze(), "security", "--offline=yes", str(unit_here(tmp_path))],
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_the_unit_is_hardened_as_systemd_measures_it(tmp_path, unit):
+    out = subprocess.run([systemd_analyze(), "security", "--offline=yes", str(unit_here(tmp_path, unit))],
                          capture_output=True, text=True, timeout=60)
-    level = re.search(r"Overall exposure level for esl-cb\.service: ([\d.]+)", out.stdout + out.stderr)
+    level = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([\d.]+)", out.stdout + out.stderr)
     assert level, out.stdout + out.stderr
     assert float(level.group(1)) <= 2.5, out.stdout
 
