@@ -17,6 +17,10 @@ from .netaddr import is_loopback, parse_hostport
 
 LOOPBACK = "127.0.0.0/8,::1"
 DEFAULT_ESL_PASSWORD = "ClueCon"
+# systemd credentials (LoadCredential=NAME:PATH in the unit) the controller reads from
+# $CREDENTIALS_DIRECTORY: the ESL password, and a libpq password file for the database.
+ESL_PASSWORD_CREDENTIAL = "esl-password"
+PGPASS_CREDENTIAL = "pgpass"
 
 
 class ConfigError(InvalidInput, ValueError):
@@ -32,6 +36,7 @@ class ConfigError(InvalidInput, ValueError):
 class Settings:
     esl: str = "127.0.0.1:8021"
     esl_password: str = "ClueCon"
+    esl_password_file: str = ""       # read the ESL password from this file (off the command line)
     listen: str = "127.0.0.1:8084"
     db: str = ""
     script: str = ""
@@ -55,6 +60,10 @@ class Settings:
     arrival_db_connections: int = 4   # database connections for callers' arrivals (the rest keep theirs)
     metrics_port: int = 0
     realtime_priority: int = 0        # run SCHED_RR at this priority (1-99), above FreeSWITCH's 10; 0: normal
+    watchdog_max_lag: float = 1.0     # systemd's watchdog is fed only while the event loop is later than
+                                      # this by less (seconds)
+    callback_wait_target: str = "900"  # seconds a due callback may wait for an agent (skill=seconds,... and a
+                                       # bare number for the other skills); exported for the alert
     # Who may be called back (esl_cb/domain/policy.py): toll fraud and flooding.
     allowed_countries: str = ""       # ISO codes, comma-separated; empty: the --region country only; * any
     refused_number_types: str = ",".join(DEFAULT_REFUSED_TYPES)
@@ -92,6 +101,9 @@ class Settings:
         if not 0 < self.heartbeat_interval < self.heartbeat_timeout / 2:
             raise ConfigError(f"heartbeat_interval ({self.heartbeat_interval}s) must be above 0 and under half of "
                               f"heartbeat_timeout ({self.heartbeat_timeout}s), or a slow beat looks like a death")
+        if not self.watchdog_max_lag > 0:
+            raise ConfigError(f"watchdog_max_lag must be above 0 (seconds), not {self.watchdog_max_lag}")
+        self.callback_wait_targets()
         if not 0 <= self.realtime_priority <= 99:
             raise ConfigError(f"realtime_priority must be 0 (normal) or a SCHED_RR priority 1-99, not "
                               f"{self.realtime_priority}")
@@ -117,6 +129,29 @@ class Settings:
         except PolicyError as e:
             raise ConfigError(str(e)) from None
 
+    def callback_wait_targets(self) -> tuple[float, dict[str, float]]:
+        """(the target of every skill not named, {skill: its own target}), in seconds."""
+        default, per_skill = None, {}
+        for item in (w.strip() for w in str(self.callback_wait_target).split(",")):
+            if not item:
+                continue
+            skill, sep, value = item.rpartition("=")
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if seconds <= 0 or (sep and not skill.strip()):
+                raise ConfigError(f"callback_wait_target: {item!r} is not seconds above 0 or skill=seconds "
+                                  "(e.g. 900 or support=600,sales=1200,900)")
+            if sep:
+                per_skill[skill.strip()] = seconds
+            elif default is not None:
+                raise ConfigError(f"callback_wait_target: two targets for the other skills ({default:g} and "
+                                  f"{seconds:g}); name the skill of one (skill=seconds)")
+            else:
+                default = seconds
+        return (900.0 if default is None else default), per_skill
+
     def allowed_networks(self) -> list:
         out = []
         for word in (w.strip() for w in self.allow_from.replace(";", ",").split(",")):
@@ -140,7 +175,7 @@ class Settings:
         return out
 
     def masked(self) -> dict:
-        """For the start-up log line: never the password."""
+        """For the start-up log line: never a password (the ESL one, the database URL's)."""
         out = asdict(self)
         out["esl_password"] = "***"
         out["db"] = masked_url(out["db"])
@@ -155,6 +190,29 @@ _QUERY_PASSWORD = re.compile(r"(?<=[?&])password=[^&]*", re.I)
 def masked_url(url: str) -> str:
     """A database URL as logs and messages may show it: every password replaced by ***."""
     return _QUERY_PASSWORD.sub("password=***", _URL_PASSWORD.sub(r"\1:***", url))
+
+
+def url_password(url: str) -> str:
+    """The password a database URL carries ('' for none)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:       # not a URL: validate() says so where it matters
+        return ""
+    return parsed.password or str(parsed.query.get("password", "") or "")
+
+
+def read_secret(path: str, what: str) -> str:
+    """A password from a file: its first line, without the line end (ConfigError saying what is wrong)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from None
+    secret = text.splitlines()[0] if text.strip() else ""
+    if not secret:
+        raise ConfigError(f"{what}: {path} is empty; write the password on its first line")
+    return secret
 
 
 ENV_PREFIX = "ESL_CB_"
@@ -196,4 +254,34 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None,
             setattr(settings, k, typ(v))
         except (TypeError, ValueError):
             raise ConfigError(f"setting {k}: {v!r} is not a valid {typ.__name__}") from None
+    _esl_password_from_files(settings, "esl_password" in values, environ)
     return settings
+
+
+def _esl_password_from_files(settings: Settings, given: bool, environ) -> None:
+    """The ESL password from --esl-password-file or the systemd credential esl-password: one source
+    only, so that no one wonders which password is in use."""
+    sources = []
+    if settings.esl_password_file:
+        sources.append(("esl_password_file", settings.esl_password_file))
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / ESL_PASSWORD_CREDENTIAL).is_file():
+        sources.append((f"the systemd credential {ESL_PASSWORD_CREDENTIAL}",
+                        str(Path(credentials) / ESL_PASSWORD_CREDENTIAL)))
+    if not sources:
+        return
+    if given or len(sources) > 1:
+        names = (["esl_password"] if given else []) + [name for name, _ in sources]
+        raise ConfigError(f"the ESL password is given {len(names)} ways ({', '.join(names)}); keep one")
+    settings.esl_password = read_secret(sources[0][1], sources[0][0])
+
+
+def pgpass_from_credentials(environ) -> str:
+    """The libpq password file systemd passes as the credential pgpass, when PGPASSFILE is not set
+    already ('' otherwise): the caller exports it as PGPASSFILE, and libpq reads the database
+    password there."""
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if environ.get("PGPASSFILE") or not credentials:
+        return ""
+    path = Path(credentials) / PGPASS_CREDENTIAL
+    return str(path) if path.is_file() else ""

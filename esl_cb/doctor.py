@@ -153,8 +153,8 @@ def _connect(settings: Settings, results: list[Result]) -> _Switch | None:
         text = str(e)
         if "refused the ESL password" in text:
             results.append(Result("esl", FAIL, f"FreeSWITCH at {settings.esl} refused the password",
-                                  "pass the event socket's password with --esl-password (or ESL_CB_ESL_PASSWORD); "
-                                  "it is in event_socket.conf.xml"))
+                                  "put the event socket's password (event_socket.conf.xml) in a file given with "
+                                  "--esl-password-file, or ESL_CB_ESL_PASSWORD, or --esl-password"))
         else:
             results.append(Result("esl", FAIL, f"{settings.esl} is not FreeSWITCH's event socket ({text})",
                                   "point --esl at FreeSWITCH's event socket (event_socket.conf.xml, port 8021 "

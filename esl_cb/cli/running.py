@@ -24,7 +24,11 @@ from .policy import policy_options
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file of settings (same names as the options, e.g. dial_template: ...).")
 @click.option("--esl", type=HOSTPORT, help="FreeSWITCH event socket. [default: 127.0.0.1:8021]")
-@click.option("--esl-password", help="Event socket password (never logged). [default: ClueCon]")
+@click.option("--esl-password", help="Event socket password (never logged; on the command line every local user "
+                                     "sees it: prefer --esl-password-file). [default: ClueCon]")
+@click.option("--esl-password-file", type=click.Path(dir_okay=False),
+              help="Read the event socket password from this file (its first line). Under systemd, the "
+                   "credential esl-password (LoadCredential=) is read without this option.")
 @click.option("--listen", type=HOSTPORT, help="Our outbound-socket server for FreeSWITCH. [default: 127.0.0.1:8084]")
 @db_option
 @click.option("--script", type=click.Path(exists=True, dir_okay=False),
@@ -50,6 +54,13 @@ from .policy import policy_options
                    "their way, bridges being made. [default: 10]")
 @click.option("--allow-from", help="Addresses or networks FreeSWITCH connects from (comma-separated). "
                                    "[default: 127.0.0.0/8,::1]")
+@click.option("--callback-wait-target",
+              help="Seconds a due callback may wait for an agent, for the alert on "
+                   "esl_cb_callback_oldest_wait_seconds: a number, or skill=seconds,... and a number for the "
+                   "other skills (e.g. support=600,900). [default: 900]")
+@click.option("--watchdog-max-lag", type=float,
+              help="Under systemd's WatchdogSec=, feed the watchdog only while the event loop is late by less "
+                   "than this (seconds). [default: 1]")
 @policy_options
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -74,6 +85,9 @@ def run(config_file, log_level, log_format, **options) -> None:
         settings = load_settings(config_file, options).validate()
     except ConfigError as e:
         fail(str(e), EXIT_USAGE)
+    for warning in secrets_on_the_command_line(click.get_current_context(), settings):
+        logging.getLogger("esl_cb").warning("%s", warning)
+    use_credentials()
     try:
         script = scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
     except scripts.ScriptInvalid as e:
@@ -101,16 +115,23 @@ def run(config_file, log_level, log_format, **options) -> None:
         controller.metrics = Metrics(controller)
         port = controller.metrics.start(settings.metrics_port)
         logging.getLogger("esl_cb").info("metrics on http://127.0.0.1:%d/metrics", port)
+    # systemd (Type=notify, WatchdogSec=): READY=1 once connected, the watchdog fed while healthy.
+    from esl_cb.systemd import ServiceNotifier
+
+    notifier = ServiceNotifier(controller, settings.watchdog_max_lag, settings.esl).start()
+
     # SIGTERM (systemd's stop) and Ctrl-C: a clean stop, exit 0. A supervised greenlet that cannot be
     # kept alive ends the process non-zero, for systemd to start it again.
     def clean_stop() -> None:
         if not stopping:
             stopping.append(True)
+            notifier.stopping()
             gevent.spawn(controller.shutdown, settings.stop_grace)
     stopping: list[bool] = []
     gevent.signal_handler(signal.SIGTERM, clean_stop)
     gevent.signal_handler(signal.SIGINT, clean_stop)
     gevent.wait([controller.stopped, controller.failed], count=1)
+    notifier.stop()
     if controller.failed.is_set() and not controller.stopped.is_set():
         controller.stop()
         fail("a part of the controller could not be kept running (see the log above)", EXIT_FAILED)
@@ -146,6 +167,7 @@ def doctor(config_file, log_level, **options) -> None:
             settings.validate()
     except ConfigError as e:
         fail(str(e), EXIT_USAGE)
+    use_credentials()
     script, problem = None, ""
     try:
         script = scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
@@ -154,6 +176,35 @@ def doctor(config_file, log_level, **options) -> None:
     results = diagnose(settings, script, problem)
     click.echo(render(results))
     sys.exit(exit_code(results))
+
+
+def secrets_on_the_command_line(ctx: click.Context, settings) -> list[str]:
+    """Passwords given as options: every user of this host reads them in `ps` and /proc."""
+    from click.core import ParameterSource
+
+    from esl_cb.config import url_password
+
+    out = []
+    if ctx.get_parameter_source("esl_password") == ParameterSource.COMMANDLINE:
+        out.append("the ESL password is on the command line, where every user of this host can read it (ps): "
+                   "use --esl-password-file FILE, the systemd credential esl-password (LoadCredential=) or "
+                   "ESL_CB_ESL_PASSWORD in the unit's EnvironmentFile=")
+    if ctx.get_parameter_source("db") == ParameterSource.COMMANDLINE and url_password(settings.db):
+        out.append("the database password is in --db on the command line, where every user of this host can "
+                   "read it (ps): put it in a libpq password file (PGPASSFILE, ?passfile= in the URL, or the "
+                   "systemd credential pgpass) and leave it out of the URL")
+    return out
+
+
+def use_credentials() -> None:
+    """A libpq password file passed by systemd (LoadCredential=pgpass:...) is where libpq looks."""
+    import os
+
+    from esl_cb.config import pgpass_from_credentials
+
+    pgpass = pgpass_from_credentials(os.environ)
+    if pgpass:
+        os.environ["PGPASSFILE"] = pgpass
 
 
 # The same settings options as `run` (not its logging ones), so the doctor checks what run would use.

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import gevent
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from sqlalchemy import text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from esl_cb.db.models import Agent, AgentSkill, Contact, Skill
+from esl_cb.db.models import Controller as ControllerRow
 
 if TYPE_CHECKING:
     from .service import Controller
@@ -61,6 +65,26 @@ class Metrics:
                                      "other than the database (the contact is reconciled)", ["leg", "event"],
                                      registry=r)
         self.db_statements = Counter("esl_cb_db_statements", "SQL statements sent to the database", registry=r)
+        # For the alerts of deploy/prometheus/esl-cb.rules.yml and the dashboard.
+        self.esl_connected = Gauge("esl_cb_esl_connected", "1 while connected to FreeSWITCH's event socket",
+                                   registry=r)
+        self.database_up = Gauge("esl_cb_database_up", "1 when the last sample reached the database", registry=r)
+        self.heartbeat_age = Gauge("esl_cb_heartbeat_age_seconds", "Seconds since this controller's heartbeat "
+                                   "was last stored (past heartbeat_timeout other controllers take its contacts)",
+                                   registry=r)
+        self.skill_open = Gauge("esl_cb_skill_open", "1 while the skill's opening hours are open", ["skill"],
+                                registry=r)
+        self.skill_agents = Gauge("esl_cb_skill_agents", "Agents with the skill, by state", ["skill", "state"],
+                                  registry=r)
+        self.oldest_callback = Gauge("esl_cb_callback_oldest_wait_seconds", "How long the oldest due callback "
+                                     "of the skill has waited for an agent during its open hours (0: none "
+                                     "waits, or the skill is closed)", ["skill"], registry=r)
+        self.callback_target = Gauge("esl_cb_callback_wait_target_seconds", "How long a due callback of the skill "
+                                     "may wait for an agent (--callback-wait-target)", ["skill"], registry=r)
+        self._heartbeat_at: datetime | None = None
+        # When each skill opened, as this controller saw it: a callback waiting since before the
+        # opening has waited only since then (no alert each morning for the night's callbacks).
+        self._opened_at: dict[str, datetime | None] = {}
         self.port_limit.set(controller.settings.ports)
         from sqlalchemy import event as sa_event
 
@@ -71,6 +95,11 @@ class Metrics:
         for s in AGENT_STATES:
             self.agents.labels(s)
         self.dials.labels("answered")
+        # Series at 0 from the start (a counter's first increase counts, the dashboard shows them).
+        for leg in ("agent", "callback"):
+            self.answer_handled.labels(leg)
+        for name in controller.supervisor.greenlets:
+            self.greenlet_restarts.labels(name)
         self._greenlets: list[gevent.Greenlet] = []
 
     def start(self, port: int) -> int:
@@ -96,10 +125,15 @@ class Metrics:
 
     def _sample_loop(self) -> None:
         while True:
+            self.esl_connected.set(1 if self.controller.esl_ready.is_set() else 0)
             try:
                 self.sample()
+                self.database_up.set(1)
             except SQLAlchemyError as e:
+                self.database_up.set(0)
                 log.warning("metrics: database unavailable (%s)", type(e).__name__)
+            if self._heartbeat_at is not None:       # ages on while the database is away
+                self.heartbeat_age.set(max((datetime.now(timezone.utc) - self._heartbeat_at).total_seconds(), 0))
             gevent.sleep(1.0)
 
     def sample(self) -> None:
@@ -112,11 +146,46 @@ class Metrics:
             depth = conn.execute(text("SELECT s.name, count(*) FROM contacts c JOIN skills s ON s.id = c.skill_id "
                                       "WHERE c.state IN ('queued', 'callback_queued') GROUP BY s.name")).all()
             agents = dict(conn.execute(text("SELECT state, count(*) FROM agents GROUP BY state")).all())
+            skills = conn.execute(select(Skill.name, Skill.callbacks_open)).all()
+            skill_agents = conn.execute(select(Skill.name, Agent.state, func.count()).select_from(AgentSkill)
+                                        .join(Skill, Skill.id == AgentSkill.skill_id)
+                                        .join(Agent, Agent.id == AgentSkill.agent_id)
+                                        .group_by(Skill.name, Agent.state)).all()
+            now = datetime.now(timezone.utc)
+            since = func.min(func.coalesce(Contact.not_before, Contact.callback_requested_at))
+            oldest = conn.execute(select(Skill.name, since).join(Skill, Skill.id == Contact.skill_id).where(
+                Contact.state == "callback_queued", or_(Contact.not_before.is_(None), Contact.not_before <= now))
+                .group_by(Skill.name)).all()
+            beat = conn.execute(select(ControllerRow.heartbeat_at).where(
+                ControllerRow.id == c.settings.controller_id)).scalar()
         for s in CONTACT_STATES:
             self.contacts.labels(s).set(by_state.get(s, 0))
             self.callbacks.labels(s).set(cb_state.get(s, 0))
-        for skill, n in depth:
-            self.queue_depth.labels(skill).set(n)
+        waiting = dict(depth)
+        default_target, targets = c.settings.callback_wait_targets()
+        oldest_since = {name: _utc(at) for name, at in oldest if at is not None}
+        per_skill = {(name, state): n for name, state, n in skill_agents}
+        for skill, is_open in skills:
+            self.queue_depth.labels(skill).set(waiting.get(skill, 0))     # 0 once a queue empties
+            self.skill_open.labels(skill).set(1 if is_open else 0)
+            for s in AGENT_STATES:
+                self.skill_agents.labels(skill, s).set(per_skill.get((skill, s), 0))
+            if not is_open:
+                self._opened_at[skill] = now          # opens at the first sample that finds it open
+            elif skill not in self._opened_at:
+                self._opened_at[skill] = None         # open when this controller started: since unknown
+            opened = self._opened_at[skill]
+            since_at = oldest_since.get(skill)
+            waited = (now - max(since_at, opened) if opened else now - since_at).total_seconds() if since_at else 0
+            self.oldest_callback.labels(skill).set(max(waited, 0) if is_open else 0)
+            self.callback_target.labels(skill).set(targets.get(skill, default_target))
         for s in AGENT_STATES:
             self.agents.labels(s).set(agents.get(s, 0))
         self.ports.set(c.ports_in_use)
+        if beat is not None:
+            self._heartbeat_at = _utc(beat)
+
+
+def _utc(at: datetime) -> datetime:
+    """SQLite hands back naive times (stored as UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)

@@ -6,6 +6,7 @@ interrupt it, as they interrupt the media thread in FreeSWITCH.
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,12 @@ class Break(Exception):
 
 def _wait_digits(switch: "Switch", ch: Channel, count: int, timeout: float, terminators: str,
                  play: str | None) -> str:
-    """Collect up to count digits; media plays until the first digit arrives."""
+    """Collect up to count digits; media plays until the first digit arrives.
+
+    As FreeSWITCH does (tests/test_learned_menu_interrupted.py): uuid_break during the prompt stops the
+    prompt only, and the read goes on to its timeout; one during the read is held and cuts the next
+    sound (the invalid-input one). While the read waits, `ch.reading` is set: a uuid_bridge then ends
+    the application with read_result failure (during the prompt, with none)."""
     got = ""
     if play:
         end_play = gevent.Timeout(media_seconds(play) * switch.time_scale)
@@ -36,20 +42,35 @@ def _wait_digits(switch: "Switch", ch: Channel, count: int, timeout: float, term
         except gevent.Timeout as t:
             if t is not end_play:
                 raise
+        except Break:
+            pass
         finally:
             end_play.cancel()
-    deadline = timeout
-    while len(got) < count:
-        if ch.dtmf:
-            d = ch.dtmf.pop(0)
-            if d in terminators:
+    ch.reading = True
+    try:
+        while len(got) < count:
+            if ch.dtmf:
+                d = ch.dtmf.pop(0)
+                if d in terminators:
+                    break
+                got += d
+                continue
+            if not _wait_for_digit(switch, ch, timeout * switch.time_scale):
                 break
-            got += d
-            continue
-        ch.dtmf_event.clear()
-        if not ch.dtmf_event.wait(max(deadline * switch.time_scale, 0)):
-            break
+    finally:
+        ch.reading = False
     return got
+
+
+def _wait_for_digit(switch: "Switch", ch: Channel, seconds: float) -> bool:
+    """Wait up to `seconds` for a key; a uuid_break meanwhile is held for the next sound."""
+    until = time.monotonic() + max(seconds, 0)
+    while True:
+        ch.dtmf_event.clear()
+        try:
+            return ch.dtmf_event.wait(max(until - time.monotonic(), 0))
+        except Break:
+            ch.break_pending = True
 
 
 def finish_playback(ch: Channel, seconds: float, respond: bool = True) -> None:
@@ -58,11 +79,19 @@ def finish_playback(ch: Channel, seconds: float, respond: bool = True) -> None:
 
 
 def _play_through(switch: "Switch", ch: Channel, path: str) -> None:
-    """Play a short sound to its end (pagd's invalid-input sound), if the switch has it."""
+    """Play a short sound to its end (pagd's invalid-input sound), if the switch has it; a break held
+    from the read cuts it at once, as does one while it plays."""
     if not path or switch.sounds.playable(path) is None:
         return
     seconds = media_seconds(path)
-    gevent.sleep(seconds * switch.time_scale)
+    if ch.break_pending:
+        ch.break_pending = False
+        seconds = 0.0
+    else:
+        try:
+            gevent.sleep(seconds * switch.time_scale)
+        except Break:
+            seconds = 0.0
     ch.finish_playback(seconds, respond=False)
 
 
@@ -111,6 +140,7 @@ def run(switch: "Switch", ch: Channel, app: str, arg: str) -> str:
         var = parts[7] if len(parts) > 7 else "pagd_input"
         regex = parts[8] if len(parts) > 8 else r"\d+"
         ch.set_var(var, None)
+        ch.break_pending = False
         if switch.sounds.playable(path) is None:
             # A prompt the switch lacks: the invalid-input sound plays and the application returns,
             # no digit and no read_result, whatever its timeout (esl-captures 12: after 0.28 s).

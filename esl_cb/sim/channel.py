@@ -74,6 +74,8 @@ class Channel:
     dump_template: list | None = None   # the last channel event with variables: what uuid_dump renders
     digits_dialed: str = ""          # every key the caller pressed (variable_digits_dialed at hangup)
     bridge_a: bool = False          # the first leg of a uuid_bridge (the core db lists the call under it)
+    reading: bool = False           # play_and_get_digits waits for keys (its prompt is over)
+    break_pending: bool = False     # a uuid_break during that wait, held for the next sound
 
     def set_state(self, state: str) -> None:
         self.state = state
@@ -112,6 +114,14 @@ class Channel:
         self.set_var("playback_samples", str(samples))
         if respond:
             self.set_var("current_application_response", "FILE PLAYED")
+
+    def end_application_for_bridge(self) -> None:
+        """uuid_bridge stops what the channel runs. A menu waiting for keys ends with read_result
+        failure (FreeSWITCH, measured); one still playing its prompt ends with no read_result."""
+        if self.app_greenlet is not None and not self.app_greenlet.dead:
+            if self.reading:
+                self.set_var("read_result", "failure")
+            self.app_greenlet.kill(block=False)
 
     def media_started(self) -> None:
         """Media applications re-set current_application when they start (it moves to the end)."""

@@ -399,8 +399,7 @@ class Switch:
     def bridge(self, a: Channel, b: Channel) -> None:
         now = self.now_us()
         for c in (a, b):
-            if c.app_greenlet is not None and not c.app_greenlet.dead:
-                c.app_greenlet.kill(block=False)
+            c.end_application_for_bridge()
         a.peer, b.peer = b, a
         a.bridge_a, b.bridge_a = True, False
         a.times["bridged"] = b.times["bridged"] = now
