@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.db.models import Agent, AgentSkill, Contact, Skill
-from esl_cb.db.models import Controller as ControllerRow
+from esl_cb.db.models import ControllerMember as ControllerRow
 
 if TYPE_CHECKING:
     from .service import Controller
