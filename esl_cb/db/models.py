@@ -128,7 +128,7 @@ class ContactTransition(Base):
 
 
 class Switch(Base):
-    """A FreeSWITCH that controllers use, its capacity shared by all its controllers (migration 0008)."""
+    """A FreeSWITCH that controllers use, its capacity shared by all its controllers (migration 0009)."""
 
     __tablename__ = "switches"
     __table_args__ = (CheckConstraint("state IN ('up', 'draining')", name="ck_switches_state"),)

@@ -7,14 +7,14 @@ voice ports (esl_cb/controller/fleet.py), read at each heartbeat, so together th
 A draining switch takes no new offers or callback dials; its calls finish. Controllers of a switch
 say when they last reached it (last_seen).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
