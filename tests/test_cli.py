@@ -127,7 +127,8 @@ def seed_contacts(pg_url):
     store.request_callback(2, "+13125550102", "+13125557000", 5, "+13125557000", "+13125550102")
     store.request_callback(3, "+13125550103", "+13125557000", 5, "+13125557000", "+13125550103")
     with store.engine.begin() as conn:
-        conn.execute(text("UPDATE contacts SET state = 'dialling' WHERE id = 3"))
+        for state in ("offered", "accepted", "dialling"):      # the way the state table allows
+            conn.execute(text("UPDATE contacts SET state = :s WHERE id = 3"), {"s": state})
     store.close()
 
 

@@ -166,3 +166,31 @@ def test_an_operators_agent_state_change_is_checked_stored_and_audited(store):
     log = store.audit_log()
     assert [(e["operator"], e["action"], e["target"], e["detail"]) for e in log] == [
         ("dave", "agent state", "ann", "LoggedOut -> Available")]                     # no operator: not audited
+
+
+def test_a_claim_takes_the_next_pair_when_another_claim_holds_the_best():
+    """claim_queue (migration 0007) locks the pair it hands out on PostgreSQL and skips pairs another
+    claim holds: the claimer neither waits nor comes back empty."""
+    url = create_database()
+    upgrade(url)
+    store = Store(url, "test")
+    holder = psycopg2.connect(url.replace("+psycopg2", ""))
+    try:
+        for name in ("xavier", "yvonne"):                     # xavier idle longest
+            store.add_agent(name, f"user/{name}", ["support"])
+            _available(store, name)
+            gevent.sleep(0.01)
+        first, second = _queue(store, 1, Priority(10, 0, 10), 2), _queue(store, 2, Priority(10, 0, 10), 1)
+        with holder.cursor() as cur:
+            cur.execute("SELECT contact_id, agent_name FROM claim_queue LIMIT 1")   # another claim, not committed
+            assert cur.fetchone() == (first, "xavier")
+            with gevent.Timeout(5, AssertionError("the claim waited for the locked pair")):
+                offer = store.claim_offer("leg-2")
+        assert (offer.contact_id, offer.agent_name) == (second, "yvonne")
+        holder.rollback()
+        offer = store.claim_offer("leg-1")
+        assert (offer.contact_id, offer.agent_name) == (first, "xavier")
+    finally:
+        holder.close()
+        store.close()
+        drop_database(url)

@@ -7,25 +7,21 @@ first: callers get False or a StaleState error, never a silent no-op.
 """
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, text, update
-from sqlalchemy.exc import DisconnectionError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.pool import QueuePool
+from sqlalchemy import Engine, bindparam, event, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from esl_cb.domain.errors import EslCbError
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import contact_can
 
+from .engine import ARRIVALS, PriorityPool, make_engine  # noqa: F401  (ARRIVALS is imported from here)
 from .models import Agent, AuditEntry, Contact, Leg, Skill
 
 log = logging.getLogger(__name__)
@@ -61,6 +57,12 @@ class StaleState(StoreError):
 
     code = "wrong_state"
     title = "not in a state that allows it"
+
+
+class IllegalTransition(StoreError):
+    """A change of a contact's state that the state table does not allow: refused by StoreBase._move
+    or by the database itself (contact_transitions and its trigger, migration 0007; SQLSTATE 23T01 on
+    PostgreSQL). A bug in the statement that tried it, never a race."""
 
 
 class PolicyRefused(StoreError):
@@ -136,108 +138,23 @@ class DialPlan:
                    options.get("whisper_prompt", ""))
 
 
-# A pooled PostgreSQL connection idle this long is pinged (SELECT 1) before it is handed out.
-PING_IDLE_AFTER = 1.0
-# Set (in its greenlet) by work that may wait for a connection: a caller's arrival and script.
-ARRIVALS: contextvars.ContextVar[bool] = contextvars.ContextVar("esl_cb_arrivals", default=False)
+# Migration 0007's triggers refuse a change of state the table does not allow with this SQLSTATE on
+# PostgreSQL; SQLite's RAISE takes a fixed text only, which starts with the same code.
+ILLEGAL_TRANSITION_SQLSTATE = "23T01"
+_SQLITE_REFUSAL = f"esl_cb {ILLEGAL_TRANSITION_SQLSTATE}:"
 
 
-class PriorityPool(QueuePool):
-    """SQLAlchemy's QueuePool, with a cap on the connections callers' arrivals may hold.
-
-    On the real switch 240 callers arriving at 40/s held every connection of the pool (each of their
-    transactions several round trips, each waiting for a CPU), and an agent's answer waited seconds
-    for one (issue 12). Arrivals now take a slot first (at most `arrivals_max` at once, in order), so
-    the rest of the pool is always there for the time-critical path."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.arrivals_max = 0                  # 0: no cap
-        self.before_arrival: Callable[[], None] | None = None
-        self._slots: threading.BoundedSemaphore | None = None
-
-    def limit_arrivals(self, connections: int, before: Callable[[], None] | None = None) -> None:
-        self.arrivals_max = connections
-        self.before_arrival = before
-        self._slots = threading.BoundedSemaphore(connections)
-
-    def recreate(self) -> "PriorityPool":      # engine.dispose() and invalidation build a new pool
-        new = super().recreate()
-        new.arrivals_max, new.before_arrival, new._slots = self.arrivals_max, self.before_arrival, self._slots
-        return new
-
-    def _do_get(self):
-        if not (self._slots is not None and ARRIVALS.get()):
-            return super()._do_get()
-        if self.before_arrival is not None:
-            self.before_arrival()
-        if not self._slots.acquire(timeout=self._timeout):
-            raise PoolTimeout(f"no database connection for an arrival within {self._timeout}s "
-                              f"({self.arrivals_max} reserved for arrivals, all busy)")
-        try:
-            record = super()._do_get()
-        except BaseException:
-            self._slots.release()
-            raise
-        record.info["esl_cb_arrival_slot"] = self._slots
-        return record
-
-    def _do_return_conn(self, record) -> None:
-        slots = record.info.pop("esl_cb_arrival_slot", None)
-        try:
-            super()._do_return_conn(record)
-        finally:
-            if slots is not None:
-                slots.release()
-
-
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10, pool_timeout: float = 30.0) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-        return engine
-    # LIFO: in steady use the same few connections go round and are never pinged (_ping_when_idle).
-    engine = create_engine(url, poolclass=PriorityPool, pool_size=pool_size, max_overflow=max_overflow,
-                           pool_timeout=pool_timeout, pool_use_lifo=True)
-    _ping_when_idle(engine)
-    return engine
-
-
-def _ping_when_idle(engine: Engine) -> None:
-    """Pessimistic disconnect handling without a round trip on every transaction.
-
-    SQLAlchemy's pool_pre_ping pings at every checkout; in a burst of arrivals on the real switch
-    those pings were 6% of the controller's CPU and one round trip more in each transaction (issue
-    12). Here a connection in steady use is handed out as it is, and one idle for PING_IDLE_AFTER
-    seconds is pinged first; a dead one is replaced before anyone uses it (a database restart).
-    A connection that dies while in use fails its statement, which the callers retry."""
-    def used(_dbapi_conn, record) -> None:
-        if record is not None:
-            record.info["esl_cb_used"] = time.monotonic()
-
-    # Listened for on the engine, so a pool rebuilt by dispose() or an invalidation keeps them.
-    event.listen(engine, "connect", used)
-    event.listen(engine, "checkin", used)
-
-    @event.listens_for(engine, "checkout")
-    def _ping(dbapi_conn, record, _proxy) -> None:
-        if getattr(dbapi_conn, "closed", 0):
-            # psycopg2 closes a connection whose query was interrupted (a greenlet killed while it
-            # waited, e.g. a caller who hung up): it goes back to the pool closed.
-            raise DisconnectionError("pooled connection was closed")
-        if time.monotonic() - record.info.get("esl_cb_used", 0.0) < PING_IDLE_AFTER:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_conn)
-        except Exception as e:             # the database restarted or the connection was cut
-            raise DisconnectionError(f"pooled connection is dead: {e}") from e
-        record.info["esl_cb_used"] = time.monotonic()
+def _illegal_transition(ctx) -> None:
+    """The database refused a change of state: the one exception callers see, whatever the statement."""
+    orig = ctx.original_exception
+    if getattr(orig, "pgcode", None) == ILLEGAL_TRANSITION_SQLSTATE:
+        raise IllegalTransition(orig.diag.message_primary)
+    if str(orig).startswith(_SQLITE_REFUSAL):
+        params = ctx.parameters if isinstance(ctx.parameters, dict) else {}
+        cid, to = params.get("b_id", params.get("id")), params.get("state")
+        about = f"contact {cid}: " if cid is not None else ""
+        raise IllegalTransition(f"{about}{str(orig)[len(_SQLITE_REFUSAL):].strip()}"
+                                + (f" (to {to})" if to is not None else ""))
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -253,6 +170,8 @@ class StoreBase(object):
     def __init__(self, url_or_engine: str | Engine, controller_id: str = "") -> None:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.controller_id = controller_id
+        if not event.contains(self.engine, "handle_error", _illegal_transition):
+            event.listen(self.engine, "handle_error", _illegal_transition)
         # PostgreSQL dispatches through the functions of migration 0003: one statement, its own
         # transaction (autocommit), so no BEGIN/COMMIT round trips on the hot path.
         self._pg = self.engine.dialect.name == "postgresql"
@@ -289,7 +208,8 @@ class StoreBase(object):
         expected = list(expected)
         illegal = [s.value for s in expected if not contact_can(s, to)]
         if illegal:
-            raise ValueError(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal transition")
+            raise IllegalTransition(f"contact {contact_id}: {'|'.join(illegal)} -> {to.value} is not a legal "
+                                    "transition")
         res = conn.execute(_MOVE, {"b_id": contact_id, "b_from": [s.value for s in expected], "state": to.value,
                                    **values})
         if res.rowcount == 1:

@@ -6,19 +6,20 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, and_, func, literal, or_, select, text, update
+from sqlalchemy import text, update
 
 from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
 from .base import DialPlan, Offer, StoreBase, utcnow
-from .models import Agent, AgentSkill, Contact, Skill
-from .sqlexpr import effective_priority
+from .models import Agent, Contact
 
 log = logging.getLogger(__name__)
 
 _PG_CLAIM = text("SELECT * FROM esl_cb_claim(:now, :leg, :ctl)")
+# The best pair this controller may offer (a live caller only by the controller that holds the call).
+_CLAIM_NEXT = text("SELECT * FROM claim_queue WHERE held_by IS NULL OR held_by = :ctl LIMIT 1")
 _PG_COMPLETE = text("SELECT * FROM esl_cb_complete(:id, :now, :leg, :ctl)")
 # An agent answered a callback offer: accepted (the due time stored), the agent OnCall, their leg
 # billed, and the coming attempt prepared with its origination uuid, in one statement: one round trip
@@ -35,7 +36,7 @@ n AS (
 c AS (
     UPDATE contacts SET state = 'accepted', accepted_at = :now, dial_due_at = :due, attempts = attempts + 1,
            callback_leg_uuid = :leg
-    WHERE id = :cid AND EXISTS (SELECT 1 FROM ok) RETURNING *),
+    WHERE id = :cid AND state = 'offered' AND EXISTS (SELECT 1 FROM ok) RETURNING *),
 l AS (
     INSERT INTO legs (uuid, contact_id, kind, direction, agent_id, from_number, to_number, started_at, answered_at)
     SELECT :agent_leg, c.id, 'agent', 'outbound', :agent, :frm, :to, :now, :now FROM c),
@@ -76,30 +77,9 @@ class DispatchStore(StoreBase):
         return cls._offer(row, leg_uuid)
 
     def _claim(self, conn, new_leg_uuid: str, now: datetime) -> Offer | None:
-        # The generic (SQLite) twin of esl_cb_claim: the database orders the queue (SPEC 3:
-        # effective priority, then first queued; the agent idle longest) and hands back one pair,
-        # so no queue travels to Python. (SQLite ignores FOR UPDATE; it has one writer at a time.)
-        waiting = [C.QUEUED.value, C.CALLBACK_QUEUED.value]
-        pair = conn.execute(
-            select(Contact.id.label("contact_id"), Contact.state.label("contact_state"), Contact.caller_uuid,
-                   Contact.callback_number, Contact.original_ani, Skill.name.label("skill"),
-                   Agent.id.label("agent_id"), Agent.name.label("agent_name"), Agent.dial_string)
-            .join(Skill, Skill.id == Contact.skill_id)
-            .join(AgentSkill, AgentSkill.skill_id == Contact.skill_id)
-            .join(Agent, Agent.id == AgentSkill.agent_id)
-            .where(Agent.state == A.AVAILABLE.value, Contact.state.in_(waiting),
-                   or_(Agent.offer_not_before.is_(None), Agent.offer_not_before <= now),
-                   or_(Contact.state == C.QUEUED.value,
-                       and_(Skill.callbacks_open.is_(True),
-                            or_(Contact.not_before.is_(None), Contact.not_before <= now),
-                            or_(Contact.expire_at.is_(None), Contact.expire_at > now))),
-                   or_(Contact.retry_at.is_(None), Contact.retry_at <= now))
-            .order_by(effective_priority(Contact.priority_initial, Contact.priority_acceleration,
-                                         Contact.priority_max, Contact.queued_at, now).desc(),
-                      Contact.queued_at, Contact.id,
-                      func.coalesce(Agent.available_since, literal(now, DateTime(timezone=True))), Agent.id)
-            .limit(1)
-            .with_for_update(of=[Contact.__table__, Agent.__table__], skip_locked=True)).first()
+        # The view claim_queue (migration 0007) orders the queue and says who may be offered, for
+        # esl_cb_claim on PostgreSQL and here alike; SQLite has one writer at a time, so no row locks.
+        pair = conn.execute(_CLAIM_NEXT, {"ctl": self.controller_id}).first()
         if pair is None:
             return None
         got_agent = conn.execute(update(Agent).where(

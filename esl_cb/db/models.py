@@ -117,6 +117,15 @@ class Contact(Base):
     )
 
 
+class ContactTransition(Base):
+    """The contact state table as the database enforces it (migration 0007's triggers refuse any other
+    change); from_state 'new' lists the states a contact may be inserted in. Written by migrations only."""
+
+    __tablename__ = "contact_transitions"
+    from_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
 class Controller(Base):
     """A running `esl-cb run`: the others take over its contacts when its heartbeat stops."""
 
@@ -198,41 +207,3 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(40))
     target: Mapped[str] = mapped_column(String(255))
     detail: Mapped[str] = mapped_column(Text, default="")
-
-
-# The views as migration 0001 created them (its downgrades restore these); migration 0006 adds the
-# callback's not_before, expire_at and confirmed to reporting_contacts.
-REPORTING_VIEW = """
-CREATE VIEW reporting_contacts AS
-SELECT c.id AS contact_id,
-       c.direction,
-       s.name AS skill,
-       c.original_ani, c.original_dnis, c.ani, c.dnis,
-       c.priority_initial, c.priority_acceleration, c.priority_max,
-       c.callback_requested,
-       c.callback_number,
-       c.arrived_at, c.queued_at, c.callback_requested_at, c.offered_at, c.accepted_at,
-       c.dialled_at, c.connected_at, c.ended_at,
-       a.name AS agent,
-       c.state,
-       c.outcome,
-       c.attempts
-FROM contacts c
-LEFT JOIN skills s ON s.id = c.skill_id
-LEFT JOIN agents a ON a.id = c.agent_id
-"""
-
-BILLING_VIEW = """
-CREATE VIEW billing_legs AS
-SELECT l.uuid,
-       l.contact_id,
-       CASE l.kind WHEN 'caller' THEN 'inbound' ELSE 'outbound' END AS direction,
-       l.kind,
-       a.name AS agent,
-       l.from_number, l.to_number,
-       l.started_at, l.answered_at, l.ended_at,
-       COALESCE(l.billsec, 0) AS billable_seconds,
-       l.hangup_cause
-FROM legs l
-LEFT JOIN agents a ON a.id = l.agent_id
-"""

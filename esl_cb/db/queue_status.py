@@ -5,9 +5,9 @@ later may change it).
 
 - position: 1 + the waiting contacts of the same skill (`queued`, `callback_queued`, live callers and
   callbacks alike) ahead of it in SPEC 3 order: effective priority (esl_cb/db/sqlexpr.py, the twin
-  of esl_cb_claim's ordering) descending, then queued_at, then id. A callback waiting for its retry
-  time counts: it keeps its place. A contact an agent has (`offered`: the phone rings; `connected`:
-  answered, the script is about to stop) is at 1 and `being_served`.
+  of the order of the view claim_queue, migration 0007) descending, then queued_at, then id. A
+  callback waiting for its retry time counts: it keeps its place. A contact an agent has (`offered`:
+  the phone rings; `connected`: answered, the script is about to stop) is at 1 and `being_served`.
 - agents_staffed: agents with the skill who are at work (Available, Offered, OnCall);
   agents_available: those Available now and not held back after a full switch (what a claim takes).
 - aht_sec: the skill's average handle time over the last hour (domain/ewt.py AHT_WINDOW_SEC): for

@@ -13,16 +13,16 @@ share; each state change is one transaction):
 from __future__ import annotations
 
 from .agents import AgentsStore
-from .base import (DialPlan, NotFound, Offer, PolicyRefused, RateLimited, StaleState, StoreError, UnknownSkill, as_utc,
-                   make_engine, utcnow)
+from .base import (DialPlan, IllegalTransition, NotFound, Offer, PolicyRefused, RateLimited, StaleState, StoreError,
+                   UnknownSkill, as_utc, make_engine, utcnow)
 from .contacts import ContactsStore
 from .dialling import DiallingStore
 from .dispatch import DispatchStore
 from .policy import PolicyStore
 from .queue_status import QueueStatusStore
 
-__all__ = ["Store", "DialPlan", "NotFound", "Offer", "PolicyRefused", "RateLimited", "StaleState", "StoreError",
-           "UnknownSkill", "as_utc", "make_engine", "utcnow"]
+__all__ = ["Store", "DialPlan", "IllegalTransition", "NotFound", "Offer", "PolicyRefused", "RateLimited", "StaleState",
+           "StoreError", "UnknownSkill", "as_utc", "make_engine", "utcnow"]
 
 
 class Store(AgentsStore, ContactsStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore):

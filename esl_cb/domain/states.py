@@ -1,7 +1,9 @@
 """Contact and agent states, and which transitions are legal.
 
 Every state change goes through the store with the expected previous state as
-a guard, so a transition missing from these tables is a bug, not a race.
+a guard, so a transition missing from these tables is a bug, not a race. The database holds the
+contact table too (contact_transitions, migration 0007, and a trigger that refuses any other change):
+a change here needs a migration that changes it there (tests/test_transitions.py compares them).
 """
 from __future__ import annotations
 
@@ -54,10 +56,13 @@ CONTACT_TRANSITIONS: dict[ContactState, set[ContactState]] = {
     # right after the originate goes out).
     C.ACCEPTED: {C.DIALLING, C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
     C.DIALLING: {C.CONNECTED, C.CALLBACK_QUEUED, C.ENDED},
-    # Back to the queue: the agent left before the bridge (a callback), or the bridge failed (a live caller).
+    # Back to the queue: the agent left before the bridge (a callback), or the bridge of a live caller
+    # to their agent failed (they keep their place).
     C.CONNECTED: {C.ENDED, C.CALLBACK_QUEUED, C.QUEUED},
     C.ENDED: set(),
 }
+# The states a contact is stored in first: a caller who arrived, or a callback an operator booked.
+CONTACT_INITIAL_STATES: frozenset[ContactState] = frozenset({C.ARRIVED, C.CALLBACK_QUEUED})
 
 A = AgentState
 AGENT_TRANSITIONS: dict[AgentState, set[AgentState]] = {

@@ -6,8 +6,6 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from esl_cb.db.models import BILLING_VIEW, REPORTING_VIEW
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -15,6 +13,42 @@ depends_on = None
 
 TS = sa.DateTime(timezone=True)
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# The views as they were then (0006 adds columns to reporting_contacts).
+REPORTING_VIEW = """
+CREATE VIEW reporting_contacts AS
+SELECT c.id AS contact_id,
+       c.direction,
+       s.name AS skill,
+       c.original_ani, c.original_dnis, c.ani, c.dnis,
+       c.priority_initial, c.priority_acceleration, c.priority_max,
+       c.callback_requested,
+       c.callback_number,
+       c.arrived_at, c.queued_at, c.callback_requested_at, c.offered_at, c.accepted_at,
+       c.dialled_at, c.connected_at, c.ended_at,
+       a.name AS agent,
+       c.state,
+       c.outcome,
+       c.attempts
+FROM contacts c
+LEFT JOIN skills s ON s.id = c.skill_id
+LEFT JOIN agents a ON a.id = c.agent_id
+"""
+
+BILLING_VIEW = """
+CREATE VIEW billing_legs AS
+SELECT l.uuid,
+       l.contact_id,
+       CASE l.kind WHEN 'caller' THEN 'inbound' ELSE 'outbound' END AS direction,
+       l.kind,
+       a.name AS agent,
+       l.from_number, l.to_number,
+       l.started_at, l.answered_at, l.ended_at,
+       COALESCE(l.billsec, 0) AS billable_seconds,
+       l.hangup_cause
+FROM legs l
+LEFT JOIN agents a ON a.id = l.agent_id
+"""
 
 
 def upgrade() -> None:

@@ -15,6 +15,28 @@ depends_on = None
 TS = sa.DateTime(timezone=True)
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# The reporting view of 0001, for the downgrade: SQLite rebuilds `contacts` to drop a column, which
+# fails while a view names it.
+REPORTING_VIEW = """
+CREATE VIEW reporting_contacts AS
+SELECT c.id AS contact_id,
+       c.direction,
+       s.name AS skill,
+       c.original_ani, c.original_dnis, c.ani, c.dnis,
+       c.priority_initial, c.priority_acceleration, c.priority_max,
+       c.callback_requested,
+       c.callback_number,
+       c.arrived_at, c.queued_at, c.callback_requested_at, c.offered_at, c.accepted_at,
+       c.dialled_at, c.connected_at, c.ended_at,
+       a.name AS agent,
+       c.state,
+       c.outcome,
+       c.attempts
+FROM contacts c
+LEFT JOIN skills s ON s.id = c.skill_id
+LEFT JOIN agents a ON a.id = c.agent_id
+"""
+
 
 def upgrade() -> None:
     op.add_column("contacts", sa.Column("policy_override", sa.Boolean(), nullable=False, server_default=sa.false()))
@@ -59,5 +81,7 @@ def downgrade() -> None:
     op.drop_table("policy_overrides")
     op.drop_index("ix_contacts_ani_requested", "contacts")
     op.drop_index("ix_contacts_number_requested", "contacts")
+    op.execute("DROP VIEW reporting_contacts")
     with op.batch_alter_table("contacts") as batch:
         batch.drop_column("policy_override")
+    op.execute(REPORTING_VIEW)
