@@ -5,10 +5,13 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
+from sqlalchemy import text
 
 from esl_cb.app.tokens import TokenService
 from esl_cb.db.store import Store
 
+from .harness import TABLES
 from .procs import free_port, spawn, wait_port
 
 
@@ -56,3 +59,37 @@ def problem(response: httpx.Response, status: int, code: str, where: str | None 
     if where is not None:
         assert doc.get("where") == where, doc
     return doc
+
+
+@pytest.fixture(scope="module")
+def api(pg_url, tmp_path_factory):
+    proc = ApiProcess(tmp_path_factory.mktemp("api"), pg_url, "--rate-limit", "0", "--callbacks-per-number-per-day",
+                      "3")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def store(pg_url):
+    """A clean database with two skills and two agents (alice: support, bob: sales)."""
+    st = Store(pg_url)
+    with st.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    for skill in ("support", "sales"):
+        st.add_skill(skill)
+    st.add_agent("alice", "user/1001", ["support"])
+    st.add_agent("bob", "user/1002", ["sales"])
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def clients(api, store):
+    """A client per token: website and crm (booking), wall (supervisor), alice (agent), root (admin)."""
+    made = {}
+    for name, role, agent in (("website", "booking", None), ("crm", "booking", None), ("wall", "supervisor", None),
+                              ("alice", "agent", "alice"), ("root", "admin", None)):
+        made[name] = api.client(make_token(store, name, role, agent)[0])
+    yield made
+    for c in made.values():
+        c.close()

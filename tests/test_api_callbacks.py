@@ -11,40 +11,7 @@ from sqlalchemy import text
 from esl_cb.app.changes import CallerIds
 from esl_cb.db.store import Store
 
-from .api_helpers import ApiProcess, make_token, problem
-from .harness import TABLES
-
-
-@pytest.fixture(scope="module")
-def api(pg_url, tmp_path_factory):
-    proc = ApiProcess(tmp_path_factory.mktemp("api"), pg_url, "--rate-limit", "0", "--callbacks-per-number-per-day",
-                      "3")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def store(pg_url):
-    st = Store(pg_url)
-    with st.engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    for skill in ("support", "sales"):
-        st.add_skill(skill)
-    st.add_agent("alice", "user/1001", ["support"])
-    st.add_agent("bob", "user/1002", ["sales"])
-    yield st
-    st.close()
-
-
-@pytest.fixture
-def clients(api, store):
-    made = {}
-    for name, role, agent in (("website", "booking", None), ("crm", "booking", None), ("wall", "supervisor", None),
-                              ("alice", "agent", "alice"), ("root", "admin", None)):
-        made[name] = api.client(make_token(store, name, role, agent)[0])
-    yield made
-    for c in made.values():
-        c.close()
+from .api_helpers import api, clients, make_token, problem, store  # noqa: F401  (fixtures)
 
 
 def count(store: Store, sql: str) -> int:

@@ -109,7 +109,7 @@ def _book(svc: Services, caller: Caller, body: BookingIn) -> JSONResponse:
     booking = svc.callbacks.book_callback(body.number, body.skill, caller_id, priority=body.priority,
                                           not_before=body.not_before, window=window, expire_after=body.expire_after,
                                           delay=body.delay, data=body.data, operator=caller.operator)
-    svc.records.record_booking(booking.id, caller.token.id)
+    svc.records.record_booking(booking.id, caller.token.id, booking.state)
     position, ewt = position_ewt(svc.store, booking.id, booking.not_before)
     location = f"/api/v1/callbacks/{booking.id}"
     doc = {"id": booking.id, "state": booking.state, "position": position, "ewt_sec": ewt,

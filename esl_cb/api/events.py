@@ -158,7 +158,13 @@ class Filter:
         if kind != "contact":
             return False
         cid = doc.get("id")
+        if "booked" in doc.get("change", ()):      # a callback became a token's (after its own insert event)
+            if doc.get("token_id") == self.caller.token.id:
+                self.mine[cid] = True
+            return self.mine.get(cid, False)
         if cid not in self.mine:
+            if len(self.mine) > 100_000:
+                self.mine.clear()
             self.mine[cid] = await run_in_threadpool(self.svc.records.booked_by, cid, self.caller.token.id)
         return self.mine[cid]
 

@@ -3,6 +3,7 @@ first answers of idempotent requests, and the webhooks' outbox. Used by the API 
 nothing here is on a controller's path (the outbox is filled by a trigger when a callback ends)."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -108,11 +109,16 @@ class ApiRecords(StoreBase):
         return Token.of(row) if row is not None else None
 
     # -- bookings by token ------------------------------------------------------------------------
-    def record_booking(self, contact_id: int, token_id: int) -> None:
-        """The token booked (or joined) this callback; once per pair."""
+    def record_booking(self, contact_id: int, token_id: int, state: str) -> None:
+        """The token booked (or joined) this callback; once per pair. The live event stream hears of it
+        at the commit: the contact's own event came before the booking was the token's."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(ApiBooking).values(contact_id=contact_id, token_id=token_id, booked_at=utcnow()))
+                if self._pg:
+                    conn.execute(text("SELECT pg_notify('esl_cb_events', :d)"), {"d": json.dumps(
+                        {"kind": "contact", "id": contact_id, "state": state, "callback": True,
+                         "change": ["booked"], "token_id": token_id})})
         except IntegrityError:
             pass                 # it had joined this callback before
 
