@@ -22,6 +22,11 @@ router = APIRouter(prefix="/api/v1")
 STAFFED = ("Available", "Offered", "OnCall")
 
 
+@router.get("/me", tags=["tokens"], summary="The token of the request: its name, role and agent")
+def me(caller: Caller = Depends(current_caller)) -> dict:
+    return {"name": caller.token.name, "role": caller.role, "agent": caller.token.agent}
+
+
 @router.get("/queues", tags=["queues"], summary="Per skill: waiting callers and callbacks, EWT, agents by state")
 def queues(caller: Caller = Depends(current_caller), svc: Services = Depends(services),
            detail: bool = Query(False, description="Also every open contact as a row (supervisor, admin)")) -> dict:
