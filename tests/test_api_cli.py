@@ -129,3 +129,17 @@ def test_a_token_over_its_rate_is_refused_with_retry_after(pg_url, tmp_path):
     finally:
         api.stop()
         store.close()
+
+
+def test_a_rate_limit_of_0_means_none(pg_url, tmp_path):
+    store = Store(pg_url)
+    with store.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    secret, _ = make_token(store, "fast", "supervisor")
+    api = ApiProcess(tmp_path, pg_url, "--rate-limit", "0", "--rate-burst", "2")
+    try:
+        with api.client(secret) as c:
+            assert {c.get("/api/v1/me").status_code for _ in range(10)} == {200}
+    finally:
+        api.stop()
+        store.close()

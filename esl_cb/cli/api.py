@@ -48,7 +48,8 @@ def api(config_file, db, region, log_level, log_format, **options) -> None:
                                                                        "callbacks_per_"))}
     try:
         shared = load_settings(config_file, {**policy, "db": db, "region": region})
-        settings = ApiSettings(shared, **{k: v for k, v in options.items() if v not in (None, False)}).validate()
+        given = {k: v for k, v in options.items() if v is not None and v is not False}    # 0 is a value
+        settings = ApiSettings(shared, **given).validate()
     except ConfigError as e:
         fail(str(e), EXIT_USAGE)
     open_store(settings.shared.db).close()          # a clear error now if the database does not answer
