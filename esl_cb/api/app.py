@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from esl_cb.app import AgentService, CallbackService
+from esl_cb.app import AgentService
 from esl_cb.app.changes import CallbackChanges, CallerIds
 from esl_cb.app.tokens import TokenService
 from esl_cb.db.api_records import ApiRecords
@@ -23,7 +23,7 @@ from . import callbacks, queues
 from .auth import Authenticator, RateLimiter
 from .errors import MethodNotAllowed, RequestTooLarge, TooManyRequests, Unauthenticated
 from .settings import ApiSettings
-from .views import Services
+from .views import ApiCallbacks, Services
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024            # a booking is well under 8 KiB (its data at most 4 KiB)
@@ -33,7 +33,7 @@ PROBLEM = "application/problem+json"
 def build_services(settings: ApiSettings, store: Store | None = None) -> Services:
     store = store or Store(settings.shared.db, "api")
     tokens = TokenService(store)
-    return Services(settings, store, CallbackService(store, settings.shared.policy(), settings.shared.region),
+    return Services(settings, store, ApiCallbacks(store, settings.shared.policy(), settings.shared.region),
                     CallbackChanges(store), CallerIds(store, settings.shared.region), AgentService(store), tokens,
                     ApiRecords(store.engine), Authenticator(tokens, RateLimiter(settings.rate_limit, settings.rate_burst)))
 

@@ -34,6 +34,16 @@ class Services:
     auth: Authenticator
 
 
+class ApiCallbacks(CallbackService):
+    """The bookings' service, reading a booking's place through the statement prepared once."""
+
+    def _position(self, contact_id: int) -> int | None:
+        try:
+            return api_queries.queue_status(self.store, contact_id)["position"]
+        except (StaleState, NotFound):
+            return None
+
+
 def services(request: Request) -> Services:
     return request.app.state.services
 
@@ -42,7 +52,7 @@ def position_ewt(store: Store, contact_id: int, not_before: datetime | None = No
     """Its place in the queue (1 = next) and the estimated seconds until an agent is offered it (at
     the earliest its not_before); (None, None) once an agent has it or it ended."""
     try:
-        status = store.queue_status(contact_id)
+        status = api_queries.queue_status(store, contact_id)
     except (StaleState, NotFound):
         return None, None
     if status["being_served"]:
