@@ -110,8 +110,7 @@ def bookings_per_second(api: Api, n: int, concurrency: int = 8) -> float:
 
 
 class Load:
-    """`rate` API requests a second, started on a fixed schedule (each in its own greenlet): reads of
-    one callback, a page of the list, the queues with their rows, and one booking in ten."""
+    """`rate` API requests a second, started on a fixed schedule (each in its own greenlet)."""
 
     def __init__(self, api: Api, ids: list[int], rate: float) -> None:
         self.api, self.ids, self.rate = api, ids, rate
@@ -120,12 +119,21 @@ class Load:
         self.runner = gevent.spawn(self._run)
 
     def _one(self, i: int) -> None:
-        calls = (lambda: self.api.client.get(f"/api/v1/callbacks/{random.choice(self.ids)}"),
-                 lambda: self.api.client.get("/api/v1/callbacks", params={"limit": 20}),
-                 lambda: self.api.client.get("/api/v1/queues", params={"detail": "true"} if i % 50 == 0 else {}))
+        """Of each 20: 12 reads of one callback, 4 pages of the list, 2 queue summaries, 2 bookings;
+        one request in 200 is a wall screen reading every row (queues?detail=true)."""
+        c = self.api.client
+        k = i % 20
+        if i % 200 == 199:
+            call = lambda: c.get("/api/v1/queues", params={"detail": "true"})      # noqa: E731
+        elif k < 12:
+            call = lambda: c.get(f"/api/v1/callbacks/{random.choice(self.ids)}")  # noqa: E731
+        elif k < 16:
+            call = lambda: c.get("/api/v1/callbacks", params={"limit": 20})       # noqa: E731
+        elif k < 18:
+            call = lambda: c.get("/api/v1/queues")                                # noqa: E731
+        else:
+            call = lambda: c.post("/api/v1/callbacks", json=booking())            # noqa: E731
         try:
-            call = (lambda: self.api.client.post("/api/v1/callbacks", json=booking())) if i % 10 == 0 \
-                else calls[i % 3]
             self.latencies.append(timed(call))
         except Exception:
             self.failed += 1
@@ -186,7 +194,7 @@ def main() -> None:
             busy = offer_latency(rig, "busy", "9200", offers)
             sent = load.stop()
             seconds = time.perf_counter() - t0
-            gevent.sleep(1.0)                                             # the last requests finish
+            wait_for(lambda: len(load.latencies) + load.failed >= sent, 60, "the last requests")
             api_cpu = (proc_stats(api.proc.pid)[0] - cpu0) / seconds * 100
         finally:
             api.close()

@@ -34,19 +34,26 @@ def queues(caller: Caller = Depends(current_caller), svc: Services = Depends(ser
         raise Forbidden("the rows of a queue (detail=true) take a supervisor or admin token")
     now = datetime.now(timezone.utc)
     out = []
-    for name, q in api_queries.board(svc.store, now).items():
-        rows = q["contacts"]
-        waiting = [r for r in rows if r["place"] is not None]
+    if detail:
+        board = api_queries.board(svc.store, now)
+        counted = {}
+        for name, q in board.items():
+            waiting = [r for r in q["contacts"] if r["place"] is not None]
+            counted[name] = {**q, "waiting_callers": sum(1 for r in waiting if r["kind"] == "live"),
+                             "waiting_callbacks": sum(1 for r in waiting if r["kind"] == "callback"),
+                             "being_served": len(q["contacts"]) - len(waiting)}
+    else:
+        counted = api_queries.queue_counts(svc.store, now)
+    for name, q in counted.items():
         staffed = sum(q["agents"].get(s, 0) for s in STAFFED)
+        waiting = q["waiting_callers"] + q["waiting_callbacks"]
         doc = {"skill": name, "open": q["open"], "outbound_caller_id": q["outbound_caller_id"],
-               "waiting_callers": sum(1 for r in waiting if r["kind"] == "live"),
-               "waiting_callbacks": sum(1 for r in waiting if r["kind"] == "callback"),
-               "being_served": len(rows) - len(waiting), "agents": q["agents"],
-               "agents_available": q["agents_available"],
-               "ewt_sec": estimate_wait(len(waiting) + 1, staffed, q["agents_available"], q["aht_sec"]),
+               "waiting_callers": q["waiting_callers"], "waiting_callbacks": q["waiting_callbacks"],
+               "being_served": q["being_served"], "agents": q["agents"], "agents_available": q["agents_available"],
+               "ewt_sec": estimate_wait(waiting + 1, staffed, q["agents_available"], q["aht_sec"]),
                "aht_sec": q["aht_sec"]}
         if detail:
-            doc["contacts"] = rows
+            doc["contacts"] = q["contacts"]
         out.append(doc)
     return {"time": now, "queues": out}
 

@@ -4,6 +4,7 @@ only behind one."""
 from __future__ import annotations
 
 import logging
+import os
 
 import uvicorn
 
@@ -14,6 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def serve(settings: ApiSettings, log_level: str = "info") -> None:
+    more = settings.nice - os.nice(0)
+    if more > 0:
+        os.nice(more)                             # threads started later (the pools') inherit it
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level.lower(),
                             ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None,

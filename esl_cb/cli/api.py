@@ -28,6 +28,9 @@ from .policy import policy_options
               help="CA certificates (PEM) to trust for webhook receivers. [default: the system's]")
 @click.option("--webhook-retry", type=float, envvar="ESL_CB_API_WEBHOOK_RETRY",
               help="Seconds before a failed webhook is tried again; doubled each time, at most an hour. [default: 5]")
+@click.option("--nice", type=int, envvar="ESL_CB_API_NICE",
+              help="Run at this niceness (0-19), below a controller on the same host, so a flood of requests takes "
+                   "CPU from the API, not from a due dial. [default: 10]")
 @policy_options
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
