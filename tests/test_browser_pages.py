@@ -125,3 +125,42 @@ def test_the_reports_page_draws_its_chart(api, pg_url, browser_factory):
         b.screenshot("reports")
     finally:
         store.close()
+
+
+def test_the_supervisor_page_works_by_keyboard_and_keeps_the_focus_through_live_updates(api, pg_url, browser_factory):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    store = Store(pg_url)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        store.add_skill("support")
+        store.add_agent("alice", "user/1001", ["support"])
+        secret, _ = make_token(store, "wall", "supervisor")
+        with api.client(secret) as c:
+            c.post("/api/v1/callbacks", json={"number": "+13125550100", "skill": "support"})
+            b = browser_factory(api.url)
+            b.sign_in(secret, "/ui/supervisor")
+            b.wait(lambda d: b.css("button[aria-label='Select callback 1']"), what="callback 1's row")
+            keys = ActionChains(b.driver)
+            focused = lambda: b.driver.switch_to.active_element.get_attribute("aria-label") or \
+                b.driver.switch_to.active_element.get_attribute("id")                        # noqa: E731
+            for _ in range(30):                                   # Tab from the top of the page to the row
+                keys.send_keys(Keys.TAB).perform()
+                if focused() == "Select callback 1":
+                    break
+            assert focused() == "Select callback 1"
+            # A live update (another booking) re-renders the rows: the focus stays on the same button.
+            c.post("/api/v1/callbacks", json={"number": "+13125550101", "skill": "support"})
+            b.wait(lambda d: b.css("tr[data-contact='2']"), what="the second booking's row")
+            assert focused() == "Select callback 1"
+            keys.send_keys(Keys.ENTER).perform()
+            b.wait(lambda d: focused() == "act-priority", what="the priority field")
+            keys.send_keys(Keys.BACKSPACE, Keys.BACKSPACE, "42", Keys.TAB, Keys.ENTER).perform()
+            until(lambda: store.contact(1).priority_initial == 42, timeout=5, what="priority 42")
+            b.wait(lambda d: "priority set" in b.css("#message")[0].text, what="the confirmation")
+            assert {"act-priority", "act-agent", "act-when"} <= {e.get_attribute("for") for e in b.css("label[for]")}
+            b.screenshot("supervisor-acting-by-keyboard")
+    finally:
+        store.close()
