@@ -143,3 +143,23 @@ def test_a_rate_limit_of_0_means_none(pg_url, tmp_path):
     finally:
         api.stop()
         store.close()
+
+
+def test_on_sqlite_bookings_work_and_live_events_say_they_need_postgresql(tmp_path):
+    from esl_cb.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgrade(url)
+    store = Store(url)
+    store.add_skill("support")
+    secret, _ = make_token(store, "wall", "supervisor")
+    api = ApiProcess(tmp_path, url)
+    try:
+        with api.client(secret) as c:
+            r = c.post("/api/v1/callbacks", json={"number": "+13125550100", "skill": "support"})
+            assert r.status_code == 201 and c.get("/api/v1/callbacks/1").json()["position"] == 1
+            problem(c.get("/api/v1/events"), 503, "unavailable")
+        assert "password" not in api.log.read_text() and "settings: listen 127.0.0.1:" in api.log.read_text()
+    finally:
+        api.stop()
+        store.close()

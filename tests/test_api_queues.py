@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import gevent
-import pytest
 from sqlalchemy import text
 
 from esl_cb.domain.states import AgentState

@@ -24,6 +24,10 @@ def serve(settings: ApiSettings, log_level: str = "info") -> None:
                             proxy_headers=settings.behind_proxy,
                             forwarded_allow_ips=settings.forwarded_allow_ips if settings.behind_proxy else None,
                             timeout_graceful_shutdown=3, server_header=False, access_log=False)
+    log.info("settings: listen %s, db %s, region %s, tls %s, behind proxy %s, rate %g/s (bursts %d) per token, "
+             "nice %d", settings.listen, settings.shared.masked()["db"], settings.shared.region,
+             "yes" if settings.tls else "no", "yes" if settings.behind_proxy else "no", settings.rate_limit,
+             settings.rate_burst, settings.nice)
     scheme = "https" if settings.tls else "http"
     log.info("esl-cb api on %s://%s (pages at /ui/supervisor, OpenAPI at /api/v1/openapi.json)", scheme,
              settings.listen)
