@@ -2,6 +2,7 @@
 process, with the real FreeSWITCH where a caller or a phone is in the story (issue 19)."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -152,9 +153,11 @@ def test_the_supervisor_page_works_by_keyboard_and_keeps_the_focus_through_live_
                     break
             assert focused() == "Select callback 1"
             # A live update (another booking) re-renders the rows: the focus stays on the same button.
-            c.post("/api/v1/callbacks", json={"number": "+13125550101", "skill": "support"})
+            c.post("/api/v1/callbacks", json={"number": "+13125550101", "skill": "support", "not_before": "+600"})
             b.wait(lambda d: b.css("tr[data-contact='2']"), what="the second booking's row")
             assert focused() == "Select callback 1"
+            not_before = b.css("tr[data-contact='2'] td")[7].text               # its countdown, ticking
+            assert re.fullmatch(r"10:00|9:[0-5]\d", not_before), not_before
             keys.send_keys(Keys.ENTER).perform()
             b.wait(lambda d: focused() == "act-priority", what="the priority field")
             keys.send_keys(Keys.BACKSPACE, Keys.BACKSPACE, "42", Keys.TAB, Keys.ENTER).perform()

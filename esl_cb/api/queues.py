@@ -75,6 +75,7 @@ def agent(name: str, caller: Caller = Depends(current_caller), svc: Services = D
     if not found:
         raise NotFound(f"no agent named {name!r}")
     doc = agent_document(found[0], now)
+    doc["time"] = now
     doc["contact"] = _contact(svc, found[0]["contact_id"]) if found[0]["contact_id"] else None
     return doc
 

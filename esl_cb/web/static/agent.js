@@ -8,7 +8,9 @@
 
   async function refresh() {
     try {
+      const sent = Date.now();
       me = await api(`/api/v1/agents/${encodeURIComponent(name)}`);
+      if (me.time) ESLCB.syncClock(me.time, sent, Date.now());
       render();
     } catch (e) { say("Could not read your state: " + e.message); }
   }

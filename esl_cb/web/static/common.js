@@ -5,6 +5,7 @@ const ESLCB = (() => {
   const token = () => sessionStorage.getItem(KEY);
   const signedIn = () => !!token();
   let clockOffset = 0;            // server time - this browser's time, in ms
+  let clockSynced = false;
 
   function el(tag, attrs = {}, ...children) {
     const e = document.createElement(tag);
@@ -44,7 +45,7 @@ const ESLCB = (() => {
     if (options.json !== undefined) { headers["Content-Type"] = "application/json"; options.body = JSON.stringify(options.json); }
     const r = await fetch(path, Object.assign({}, options, {headers}));
     const date = r.headers.get("Date");
-    if (date) clockOffset = Date.parse(date) - Date.now();
+    if (date && !clockSynced) clockOffset = Date.parse(date) - Date.now();      // to the second, until synced
     if (r.status === 401) { signOut(); throw new Error("signed out"); }
     const type = r.headers.get("Content-Type") || "";
     const body = type.includes("json") ? await r.json() : null;
@@ -92,6 +93,14 @@ const ESLCB = (() => {
   }
 
   const now = () => Date.now() + clockOffset;
+  // The server's time (an answer's `time`, to the microsecond) against this browser's, taken half-way
+  // through the request: countdowns and waits are then right to a few ms whatever the PC's clock says.
+  function syncClock(iso, sentAt, receivedAt) {
+    const server = Date.parse(iso);
+    if (isNaN(server)) return;
+    clockOffset = server - (sentAt + receivedAt) / 2;
+    clockSynced = true;
+  }
 
   function duration(seconds) {
     if (seconds === null || seconds === undefined || isNaN(seconds)) return "";
@@ -124,5 +133,5 @@ const ESLCB = (() => {
   }
 
   return {KEY, token, el, api, events, say, signOut, requireSignIn, duration, until, since, keepFocus, debounce,
-          whoami, now};
+          whoami, now, syncClock};
 })();

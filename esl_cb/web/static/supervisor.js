@@ -11,7 +11,9 @@
 
   async function refresh() {
     try {
+      const sent = Date.now();
       const [q, a] = await Promise.all([api("/api/v1/queues?detail=true"), api("/api/v1/agents")]);
+      ESLCB.syncClock(q.time, sent, Date.now());
       board = {queues: q.queues, agents: a.agents};
       keepFocus(render);
     } catch (e) { say("Could not read the queues: " + e.message); }
