@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import click
 
-from esl_cb.cli import agents, callbacks, database, demo, policy, reports, running, scripts, simulator, switches
+from esl_cb.cli import (agents, api, callbacks, database, demo, policy, reports, running, scripts, simulator, switches,
+                        tokens)
 
 
 @click.group()
@@ -28,7 +29,8 @@ def main() -> None:
 
 
 for command in (database.db, running.run, running.doctor, scripts.script, agents.agent, agents.skill, reports.status,
-                callbacks.callback, reports.report, policy.audit, demo.demo, simulator.sim, switches.switch):
+                callbacks.callback, reports.report, policy.audit, demo.demo, simulator.sim, switches.switch, api.api,
+                tokens.token):
     main.add_command(command)
 
 

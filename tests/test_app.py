@@ -171,6 +171,7 @@ def test_bad_fields_are_named(store, callbacks):
 
 
 def _dialling(store: Store, cid: int) -> None:
+    # Through the legal states only (the database refuses any other change, migration 0007).
     with store.engine.begin() as conn:
         for state in ("offered", "accepted", "dialling"):       # the legal path (the database holds to it)
             conn.execute(text("UPDATE contacts SET state = :s WHERE id = :id"), {"s": state, "id": cid})

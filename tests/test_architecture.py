@@ -19,6 +19,9 @@ FORBIDDEN = {
     "esl_cb.app": ("esl_cb.esl", "esl_cb.controller", "esl_cb.sim", "esl_cb.cli", "cli", "esl_cb.config",
                    "greenswitch", "click", "gevent"),
     "esl_cb.sim": ("esl_cb.controller", "esl_cb.db", "esl_cb.cli", "cli"),
+    # the HTTP API: its own process, talking to the database only (never to a controller or the switch)
+    "esl_cb.api": ("esl_cb.esl", "esl_cb.controller", "esl_cb.sim", "esl_cb.cli", "cli", "greenswitch", "click",
+                   "gevent"),
 }
 
 

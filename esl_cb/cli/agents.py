@@ -156,17 +156,55 @@ def skill() -> None:
 
 @skill.command("add")
 @click.argument("name")
+@click.option("--caller-id", help="The skill's outbound caller ID (see esl-cb skill caller-id).")
+@click.option("--region", default="US", show_default=True, help="Country for a caller ID written without +.")
 @db_option
-def skill_add(name: str, db: str | None) -> None:
+@operator_option
+def skill_add(name: str, caller_id: str | None, region: str, db: str | None, operator: str) -> None:
     """Add a skill (Reqagent also creates skills on first use).
 
     \b
     Example:
-      esl-cb skill add billing
+      esl-cb skill add billing --caller-id +13125557000
     """
     store = open_store(db)
     store_call(store.add_skill, name)
-    click.echo(f"skill {name} ready")
+    if caller_id:
+        from esl_cb.app.changes import CallerIds
+
+        caller_id = store_call(CallerIds(store, region).set, name, caller_id, operator,
+                               fields={"caller_id": "--caller-id"})
+    click.echo(f"skill {name} ready" + (f"; its callbacks show {caller_id}" if caller_id else ""))
+
+
+@skill.command("caller-id")
+@click.argument("name")
+@click.argument("number", required=False)
+@click.option("--clear", is_flag=True, help="Remove the skill's outbound caller ID.")
+@click.option("--region", default="US", show_default=True, help="Country for a number written without +.")
+@db_option
+@operator_option
+def skill_caller_id(name: str, number: str | None, clear: bool, region: str, db: str | None, operator: str) -> None:
+    """Show or set the number a skill's customers see on its callbacks: the one they know.
+
+    \b
+    It is shown on a callback booked without a caller ID (esl-cb callback schedule, the HTTP API) and
+    on a script's Callback whose CallerID is no dialable number (the example's {DNIS} when the call
+    came in on an extension such as 5000).
+    Example:
+      esl-cb skill caller-id support +13125557000
+    """
+    from esl_cb.app.changes import CallerIds
+
+    ids = CallerIds(open_store(db), region)
+    if number is None and not clear:
+        shown = store_call(ids.of, name)
+        click.echo(f"skill {name}: " + (f"callbacks show {shown}" if shown else "no outbound caller ID"))
+        return
+    if number and clear:
+        fail("give a NUMBER or --clear, not both", EXIT_USAGE)
+    shown = store_call(ids.set, name, None if clear else number, operator, fields={"caller_id": "NUMBER"})
+    click.echo(f"skill {name}: " + (f"callbacks show {shown}" if shown else "no outbound caller ID"))
 
 
 @skill.command("list")

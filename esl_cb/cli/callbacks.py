@@ -91,7 +91,8 @@ SCHEDULE_FIELDS = {"number": "NUMBER", "skill": "--skill", "not_before": "--at",
                                               "add).")
 @click.option("--at", "when", required=True, help="When: 2026-12-01T14:30 (the skill's time zone unless given), "
                                                    "14:30 (the next one) or +3600 (seconds from now).")
-@click.option("--caller-id", default="", help="The number the customer sees. [default: the number itself]")
+@click.option("--caller-id", default="", help="The number the customer sees. [default: the skill's caller ID "
+                                              "(esl-cb skill caller-id), else the number itself]")
 @click.option("--priority", type=float, help="Initial and maximum priority. [default: 0]")
 @click.option("--expire-after", type=float, help="Seconds after --at before it expires (0: never). "
                                                  "[default: the skill's --expire-after]")
@@ -115,11 +116,15 @@ def callback_schedule(number: str, skill: str, when: str, caller_id: str, priori
     from esl_cb.app import CallbackService
     from esl_cb.config import ConfigError, load_settings
 
+    from esl_cb.app.changes import CallerIds
+
     try:
         settings = load_settings(config_file, {**policy, "region": region})
-        service = CallbackService(open_store(db), settings.policy(), settings.region)
+        store = open_store(db)
+        service = CallbackService(store, settings.policy(), settings.region)
     except ConfigError as e:
         fail_error(e)
+    caller_id = store_call(CallerIds(store, settings.region).for_booking, skill, caller_id)   # else the skill's
     booking = store_call(service.book_callback, number, skill, caller_id, priority=priority, not_before=when,
                          expire_after=expire_after, operator=operator, fields=SCHEDULE_FIELDS)
     if booking.merged:

@@ -12,6 +12,7 @@ from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from esl_cb.db.callback_changes import contact_outbound_caller_id
 from esl_cb.db.store import Store, StoreError
 from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.queue import Priority
@@ -197,6 +198,13 @@ class StoreQueue:
             raise ActionFailed(f"database unavailable, callback not stored: {type(e).__name__}") from None
         log.info("contact %s callback stored: %s from %s after %ss", self.contact_id, number, caller_id, delay)
         self.wake()
+
+    def outbound_caller_id(self) -> str | None:
+        """The caller ID of the contact's skill, for a script's CallerID that is no dialable number."""
+        try:
+            return contact_outbound_caller_id(self.store, self.contact_id)
+        except SQLAlchemyError as e:
+            raise ActionFailed(f"database unavailable, the skill's caller ID unknown: {type(e).__name__}") from None
 
     def status(self) -> dict:
         """Queuestatus: where the contact stands (esl_cb/db/queue_status.py); the domain estimates the wait."""

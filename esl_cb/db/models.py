@@ -39,6 +39,9 @@ class Skill(Base):
     callback_expire_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Kept by the controllers from the hours above, so the claim needs no calendar arithmetic.
     callbacks_open: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The number the skill's customers know: a booking without a caller ID and a script's CallerID
+    # that is no dialable number show it (migration 0008).
+    outbound_caller_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Agent(Base):
@@ -228,3 +231,71 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(40))
     target: Mapped[str] = mapped_column(String(255))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# -- the HTTP API (migration 0008) ------------------------------------------------------------------
+class ApiToken(Base):
+    """A bearer token of the HTTP API: only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))                   # booking | agent | supervisor | admin
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)   # an agent token's own agent
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)   # signs, so kept as is
+
+
+class ApiBooking(Base):
+    """Which token booked (or joined) which callback: a booking token sees only these."""
+
+    __tablename__ = "api_bookings"
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), primary_key=True)
+    booked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_api_bookings_token", "token_id", "contact_id"),)
+
+
+class IdempotencyKey(Base):
+    """A POST's first answer under its Idempotency-Key, per token, kept 24 hours (status 0: running)."""
+
+    __tablename__ = "idempotency_keys"
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    location: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class CallbackAssignment(Base):
+    """A callback a supervisor reserved for one agent: claim_queue offers it to that agent only."""
+
+    __tablename__ = "callback_assignments"
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """A callback's outcome to POST to a token's webhook (written by a trigger when the callback ends)."""
+
+    __tablename__ = "webhook_outbox"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    given_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (UniqueConstraint("token_id", "contact_id", name="uq_webhook_outbox_token_contact"),
+                      Index("ix_webhook_outbox_due", "delivered_at", "next_attempt_at"))

@@ -55,6 +55,10 @@ class QueuePort(Protocol):
     def callback(self, number: str, caller_id: str, delay: int, ani: str, dnis: str,
                  options: CallbackOptions | None = None) -> None: ...
 
+    def outbound_caller_id(self) -> str | None:
+        """The contact's skill's outbound caller ID (E.164), None when it has none."""
+        ...
+
 
 @dataclass
 class RunResult:
@@ -194,7 +198,7 @@ class ScriptRunner:
         try:
             caller_id = normalize(self.text(action, "CallerID"), self.region)
         except InvalidNumber as e:
-            raise ActionFailed(f"CallerID: {e}") from None
+            caller_id = self.skill_caller_id(e)
         delay_text = self.text(action, "CallDelaySec")
         try:
             delay = int(float(delay_text))
@@ -209,6 +213,18 @@ class ScriptRunner:
         self.vars["ANI"], self.vars["DNIS"] = caller_id, number
         self.call.hangup()
         return "Default"
+
+    def skill_caller_id(self, problem: InvalidNumber) -> str:
+        """A CallerID that is no dialable number (the example's {DNIS} when the call came in on an
+        extension such as 5000) gives way to the skill's outbound caller ID; without one the action
+        fails as before."""
+        lookup = getattr(self.queue, "outbound_caller_id", None)
+        number = lookup() if lookup is not None else None
+        if not number:
+            raise ActionFailed(f"CallerID: {problem}, and the skill has no outbound caller ID "
+                               "(esl-cb skill caller-id SKILL NUMBER)")
+        log.info("%s CallerID: %s; the skill's outbound caller ID %s is shown instead", self.label, problem, number)
+        return number
 
     def callback_options(self, action: Action) -> CallbackOptions:
         """ExpireAfterSec, ConfirmPrompt/ConfirmKey, WhisperPrompt and NotBefore (issue 14), checked."""

@@ -1,0 +1,129 @@
+"""/api/v1/queues, /api/v1/agents and /api/v1/reports: what the supervisor's wall screen, the agent's
+page and the reports page show."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from esl_cb.db import api_queries, queries
+from esl_cb.db.store import NotFound
+from esl_cb.domain.errors import InvalidInput
+from esl_cb.domain.ewt import estimate_wait
+
+from .auth import Caller, current_caller
+from .errors import Forbidden
+from .views import Services, agent_document, services
+
+router = APIRouter(prefix="/api/v1")
+STAFFED = ("Available", "Offered", "OnCall")
+
+
+@router.get("/me", tags=["tokens"], summary="The token of the request: its name, role and agent")
+def me(caller: Caller = Depends(current_caller)) -> dict:
+    return {"name": caller.token.name, "role": caller.role, "agent": caller.token.agent}
+
+
+@router.get("/queues", tags=["queues"], summary="Per skill: waiting callers and callbacks, EWT, agents by state")
+def queues(caller: Caller = Depends(current_caller), svc: Services = Depends(services),
+           detail: bool = Query(False, description="Also every open contact as a row (supervisor, admin)")) -> dict:
+    if detail and not caller.oversees:
+        raise Forbidden("the rows of a queue (detail=true) take a supervisor or admin token")
+    now = datetime.now(timezone.utc)
+    out = []
+    if detail:
+        board = api_queries.board(svc.store, now)
+        counted = {}
+        for name, q in board.items():
+            waiting = [r for r in q["contacts"] if r["place"] is not None]
+            counted[name] = {**q, "waiting_callers": sum(1 for r in waiting if r["kind"] == "live"),
+                             "waiting_callbacks": sum(1 for r in waiting if r["kind"] == "callback"),
+                             "being_served": len(q["contacts"]) - len(waiting)}
+    else:
+        counted = api_queries.queue_counts(svc.store, now)
+    for name, q in counted.items():
+        staffed = sum(q["agents"].get(s, 0) for s in STAFFED)
+        waiting = q["waiting_callers"] + q["waiting_callbacks"]
+        doc = {"skill": name, "open": q["open"], "outbound_caller_id": q["outbound_caller_id"],
+               "waiting_callers": q["waiting_callers"], "waiting_callbacks": q["waiting_callbacks"],
+               "being_served": q["being_served"], "agents": q["agents"], "agents_available": q["agents_available"],
+               "ewt_sec": estimate_wait(waiting + 1, staffed, q["agents_available"], q["aht_sec"]),
+               "aht_sec": q["aht_sec"]}
+        if detail:
+            doc["contacts"] = q["contacts"]
+        out.append(doc)
+    return {"time": now, "queues": out}
+
+
+@router.get("/agents", tags=["agents"], summary="Agents with state and time in it (an agent token: its own)")
+def agents(caller: Caller = Depends(current_caller), svc: Services = Depends(services)) -> dict:
+    if not caller.oversees and caller.role != "agent":
+        raise Forbidden("a booking token does not see agents")
+    now = datetime.now(timezone.utc)
+    rows = [a for a in svc.store.agents() if caller.oversees or a["name"] == caller.token.agent]
+    return {"time": now, "agents": [agent_document(a, now) for a in rows]}
+
+
+@router.get("/agents/{name}", tags=["agents"], summary="One agent, the contact offered or connected, its history")
+def agent(name: str, caller: Caller = Depends(current_caller), svc: Services = Depends(services)) -> dict:
+    caller.require_agent(name)
+    now = datetime.now(timezone.utc)
+    found = [a for a in svc.store.agents() if a["name"] == name]
+    if not found:
+        raise NotFound(f"no agent named {name!r}")
+    doc = agent_document(found[0], now)
+    doc["time"] = now
+    doc["contact"] = _contact(svc, found[0]["contact_id"]) if found[0]["contact_id"] else None
+    return doc
+
+
+def _contact(svc: Services, contact_id: int) -> dict | None:
+    from .views import callback_summary
+    try:
+        c = svc.store.contact(contact_id)
+    except NotFound:
+        return None
+    row = api_queries.callback_row(svc.store, contact_id)
+    number = c.callback_number or c.original_ani
+    doc = callback_summary(row) if row is not None else {"id": c.id, "state": c.state, "number": number, "data": None}
+    doc.update(kind="callback" if c.callback_requested else "live", number=number,
+               history=api_queries.number_history(svc.store, number, c.id) if number else [])
+    return doc
+
+
+class AgentStateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"state": "break", "reason": "lunch"}]})
+    state: Literal["login", "available", "unavailable", "break", "logout"] = Field(
+        description="login (then unavailable), available, unavailable, break (unavailable, with a reason), logout")
+    reason: str | None = Field(None, max_length=200, description="Why (a break's reason), for the audit log.")
+
+
+@router.put("/agents/{name}/state", tags=["agents"], summary="Log in, available, a break, log out")
+def set_state(name: str, body: AgentStateIn, caller: Caller = Depends(current_caller),
+              svc: Services = Depends(services)) -> dict:
+    caller.require_agent(name)
+    if body.state == "break" and not (body.reason or "").strip():
+        raise InvalidInput("reason: a break needs a reason (lunch, training...)", where="reason")
+    change = "unavailable" if body.state == "break" else body.state
+    done = svc.agents.set_agent_state(name, change, operator=caller.operator)
+    if body.reason:
+        svc.store.audit(caller.operator, "agent break" if body.state == "break" else "agent state reason", name,
+                        body.reason.strip())
+    return {"name": done.name, "before": done.before, "after": done.after, "reason": body.reason}
+
+
+@router.get("/reports/today", tags=["reports"], summary="Today's outcomes, callback rate and waits by hour")
+def today(caller: Caller = Depends(current_caller), svc: Services = Depends(services),
+          tz: str = Query("UTC", max_length=64, description="IANA time zone the day and its hours are in")) -> dict:
+    caller.require("supervisor", "admin")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"tz: {tz!r} is not an IANA time zone (e.g. Europe/Amsterdam)", where="tz") from None
+    since, until = api_queries.day_bounds(tz)
+    doc = queries.report(svc.store, since, until)
+    doc.update(tz=tz, since=since, until=until, waits_by_hour=api_queries.waits_by_hour(svc.store, since, until, tz))
+    return doc
