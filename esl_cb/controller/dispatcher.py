@@ -29,7 +29,7 @@ from esl_cb.esl.inbound import ESLError, Event
 
 from .callers import CallerSessions
 from .dialler import Dialler
-from .legs import LegRegistry, LegWatch, answered_at, billsec, job_failed, synthetic
+from .legs import LegRegistry, LegWatch, answered_at, billsec, job_failed, quiet, synthetic
 from .pacing import OriginatePacer
 from .switch import NO_CHANNEL_CAUSES, SwitchHealth, SwitchLink
 
@@ -96,7 +96,8 @@ class Dispatcher:
                 if not self.health.paused():
                     self._offer_waiting()
             except SQLAlchemyError as e:
-                log.error("dispatcher: database unavailable (%s); retrying", type(e).__name__)
+                log.log(quiet(self.store, logging.ERROR), "dispatcher: database unavailable (%s); retrying",
+                        type(e).__name__)
                 gevent.sleep(min(self.settings.poll_interval, 1.0))
             except ESLError as e:
                 # An ESL timeout in the sweep used to end this greenlet for good (issue 17).

@@ -3,8 +3,8 @@ its limits hold across all of them. At each heartbeat the controller reads its s
 (`esl-cb switch add`: sessions-per-second, voice ports, up or draining) and how many live
 controllers beat for the same switch, and takes its share: the originate pacer's rate and the voice
 ports it may use are the switch's divided among them (db/switches.py:switch_share). A controller
-that joins offers nothing for two heartbeat intervals, so the others have lowered their shares by
-the time it uses its own. A draining switch makes no new offers; what is in flight finishes.
+that joins a switch with a registered sessions-per-second offers nothing for two heartbeat intervals,
+so the others have lowered their shares by the time it uses its own. A draining switch makes no new offers; what is in flight finishes.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class SwitchShareKeeper:
         share = self.store.switch_share(self.settings.esl, seen=connected)
         if not self._joined:
             self._joined = True
-            if share.controllers > 1:
+            if share.controllers > 1 and share.sessions_per_second is not None:
                 self.dispatcher.offers_from = time.monotonic() + 2 * self.settings.heartbeat_interval
         rate = self.settings.originate_rate if share.sessions_per_second is None else \
             min(self.settings.originate_rate, share.sessions_per_second)

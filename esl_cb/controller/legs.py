@@ -107,6 +107,8 @@ class LegRegistry:
         # A handler failed with something other than the database (the controller reconciles that
         # contact and counts it): (watch, event name, exception).
         self.on_failure: Callable[[LegWatch, str, Exception], None] | None = None
+        # True during a database outage that was already said once (db/outage.py): retries say less.
+        self.database_away: Callable[[], bool] = lambda: False
 
     def __contains__(self, uuid: object) -> bool:
         return uuid in self.legs
@@ -182,8 +184,9 @@ class LegRegistry:
                 return done
             except SQLAlchemyError as e:
                 # Never act without storing: hold this contact's events until the database is back.
-                log.error("contact %s leg %s: database unavailable handling %s (%s); retrying in %.1fs",
-                          watch.contact_id, watch.uuid, ev.name, type(e).__name__, backoff)
+                log.log(logging.DEBUG if self.database_away() else logging.ERROR,
+                        "contact %s leg %s: database unavailable handling %s (%s); retrying in %.1fs",
+                        watch.contact_id, watch.uuid, ev.name, type(e).__name__, backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as e:
@@ -194,6 +197,13 @@ class LegRegistry:
                 if self.on_failure is not None:
                     self.on_failure(watch, ev.name, e)
                 return False
+
+
+def quiet(store, level: int) -> int:
+    """The level for a retry's log line: DEBUG while the database outage it meets was said once already
+    (db/outage.py says it once, and once when it is back)."""
+    outage = getattr(store, "outage", None)
+    return logging.DEBUG if outage is not None and outage.away else level
 
 
 def synthetic(name: str, uuid: str, body: bytes = b"") -> Event:

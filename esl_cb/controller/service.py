@@ -36,7 +36,7 @@ from .dialler import Dialler
 from .dispatcher import Dispatcher
 from .fleet import SwitchShareKeeper
 from .guard import CallbackGuard
-from .legs import LegRegistry
+from .legs import LegRegistry, quiet
 from .membership import Membership
 from .pacing import OriginatePacer
 from .recovery import Recovery
@@ -81,6 +81,7 @@ class Controller:
         self.stopped = GEvent()
         self.step_failures: Counter[str] = Counter()      # handlers that failed half way, by leg kind
         self.legs.on_failure = self._step_failed
+        self.legs.database_away = lambda: quiet(self.store, logging.ERROR) == logging.DEBUG
 
     # -- life cycle -----------------------------------------------------
     def start(self) -> "Controller":
@@ -274,7 +275,7 @@ class Controller:
                     self.recovery.reconcile()
                     self.wake_dispatcher()
             except SQLAlchemyError as e:
-                log.warning("heartbeat: database unavailable (%s)", type(e).__name__)
+                log.log(quiet(self.store, logging.WARNING), "heartbeat: database unavailable (%s)", type(e).__name__)
             except ESLError as e:
                 log.warning("heartbeat: reconcile after a takeover failed (%s); retrying", e)
             gevent.sleep(self.settings.heartbeat_interval)
@@ -307,7 +308,7 @@ class Controller:
             try:
                 self.calendar_tick()
             except SQLAlchemyError as e:
-                log.warning("calendar: database unavailable (%s)", type(e).__name__)
+                log.log(quiet(self.store, logging.WARNING), "calendar: database unavailable (%s)", type(e).__name__)
             except ESLError as e:
                 log.warning("calendar: FreeSWITCH did not answer (%s)", e)
             gevent.sleep(max(self.settings.poll_interval, 0.2))
@@ -343,5 +344,6 @@ class Controller:
                 finally:
                     raw.invalidate()
             except Exception as e:      # database restarting: polling covers us meanwhile
-                log.warning("LISTEN for wake-ups failed (%s); retrying", type(e).__name__)
+                log.log(quiet(self.store, logging.WARNING), "LISTEN for wake-ups failed (%s); retrying",
+                        type(e).__name__)
                 gevent.sleep(1.0)
