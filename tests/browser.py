@@ -54,9 +54,27 @@ class Browser:
         self.wait(lambda d: d.current_url.endswith(then), what=f"the sign-in to land on {then}")
 
     def wait(self, condition, timeout: float = 10.0, what: str = "the page"):
+        """Until `condition(driver)`; an element the page re-rendered meanwhile (live updates) is read again."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(condition, f"timed out waiting for {what}")
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(
+            condition, f"timed out waiting for {what}")
+
+    def click(self, selector: str) -> None:
+        """Click the first element matching `selector`, found again if a live update replaced it."""
+        def clicked(_):
+            found = self.css(selector)
+            if found:
+                found[0].click()
+            return bool(found)
+        self.wait(clicked, what=f"{selector} to click")
+
+    def text(self, selector: str) -> str:
+        """The text of the first element matching `selector` ('' when none), read again if the page
+        re-rendered it while it was being read."""
+        return self.wait(lambda d: [e.text for e in self.css(selector)[:1]] or [""], what=selector)[0] or ""
 
     def css(self, selector: str):
         from selenium.webdriver.common.by import By

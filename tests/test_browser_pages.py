@@ -41,7 +41,7 @@ def test_a_callers_callback_shows_on_the_supervisors_page_at_once_and_is_cancell
     secret, _ = make_token(rig.store, "wall", "supervisor")
     b = browser_factory(api.url)
     b.sign_in(secret, "/ui/supervisor")
-    b.wait(lambda d: b.css("table.queue[data-skill='support']") and "Live" in b.css("#live")[0].text,
+    b.wait(lambda d: b.css("table.queue[data-skill='support']") and "Live" in b.text("#live"),
            what="the support queue, live")
     b.watch_rows()
     rig.call(CUSTOMER, key="1", key_after=0.5)            # presses 1 on the real switch
@@ -49,15 +49,15 @@ def test_a_callers_callback_shows_on_the_supervisors_page_at_once_and_is_cancell
     b.wait(lambda d: b.seen_at(1, "callback_queued"), timeout=5, what="contact 1's row as a callback")
     shown_after = b.seen_at(1, "callback_queued") - queued.callback_requested_at.timestamp()
     assert shown_after < 1.0, f"the callback showed {shown_after:.3f}s after it was stored"
-    row = b.css("tr[data-contact='1']")[0]
-    assert CUSTOMER in row.text and "callback queued" in row.text
+    row = b.text("tr[data-contact='1']")
+    assert CUSTOMER in row and "callback queued" in row
     b.screenshot("supervisor-callback-waiting")
 
-    b.css("button[aria-label='Cancel callback 1']")[0].click()
+    b.click("button[aria-label='Cancel callback 1']")
     ended = rig.wait_state("ended", timeout=5)
     assert ended.outcome == "cancelled"
     b.wait(lambda d: not b.css("tr[data-contact='1']"), what="the cancelled row to go")
-    assert "Callback #1 cancelled" in b.css("#message")[0].text
+    assert "Callback #1 cancelled" in b.text("#message")
     b.screenshot("supervisor-callback-cancelled")
 
     # An agent free now is offered the next callback, never the cancelled one; the wire says so.
@@ -83,12 +83,11 @@ def test_an_agent_goes_available_on_the_agent_page_and_the_offer_arrives(rig, ap
         assert booked.status_code == 201
     b = browser_factory(api.url)
     b.sign_in(secret, "/ui/agent")
-    b.wait(lambda d: b.css("#my-state") and b.css("#my-state")[0].text == "Unavailable", what="alice's state")
+    b.wait(lambda d: b.text("#my-state") == "Unavailable", what="alice's state")
     b.screenshot("agent-unavailable")
-    b.css("#go-available")[0].click()
-    b.wait(lambda d: b.css("#contact-number") and b.css("#contact-number")[0].text == CUSTOMER, timeout=10,
-           what="the offered contact on the page")
-    assert "Ada Lovelace" in b.css("#contact-data")[0].text and "4711" in b.css("#contact-data")[0].text
+    b.click("#go-available")
+    b.wait(lambda d: b.text("#contact-number") == CUSTOMER, timeout=10, what="the offered contact on the page")
+    assert "Ada Lovelace" in b.text("#contact-data") and "4711" in b.text("#contact-data")
     offer = until(lambda: rig.invites_to("agent1"), timeout=10, what="the offer's INVITE to alice's phone")[0]
     assert f"Callback {CUSTOMER}" in offer.text
     b.screenshot("agent-offered")
@@ -122,7 +121,7 @@ def test_the_reports_page_draws_its_chart(api, pg_url, browser_factory):
         b.wait(lambda d: b.css("#wait-chart rect.bar"), what="the chart's bars")
         bars = b.css("#wait-chart rect.bar")
         assert 1 <= len(bars) <= 2 and all(float(r.get_attribute("height")) > 1 for r in bars)
-        assert "4" in b.css("#summary")[0].text and "handled" in b.css("#outcomes")[0].text
+        assert "4" in b.text("#summary") and "handled" in b.text("#outcomes")
         b.screenshot("reports")
     finally:
         store.close()
@@ -156,13 +155,13 @@ def test_the_supervisor_page_works_by_keyboard_and_keeps_the_focus_through_live_
             c.post("/api/v1/callbacks", json={"number": "+13125550101", "skill": "support", "not_before": "+600"})
             b.wait(lambda d: b.css("tr[data-contact='2']"), what="the second booking's row")
             assert focused() == "Select callback 1"
-            not_before = b.css("tr[data-contact='2'] td")[7].text               # its countdown, ticking
+            not_before = b.text("tr[data-contact='2'] td:nth-child(8)")          # its countdown, ticking
             assert re.fullmatch(r"10:00|9:[0-5]\d", not_before), not_before
             keys.send_keys(Keys.ENTER).perform()
             b.wait(lambda d: focused() == "act-priority", what="the priority field")
             keys.send_keys(Keys.BACKSPACE, Keys.BACKSPACE, "42", Keys.TAB, Keys.ENTER).perform()
             until(lambda: store.contact(1).priority_initial == 42, timeout=5, what="priority 42")
-            b.wait(lambda d: "priority set" in b.css("#message")[0].text, what="the confirmation")
+            b.wait(lambda d: "priority set" in b.text("#message"), what="the confirmation")
             assert {"act-priority", "act-agent", "act-when"} <= {e.get_attribute("for") for e in b.css("label[for]")}
             b.screenshot("supervisor-acting-by-keyboard")
     finally:
