@@ -91,12 +91,14 @@ BEGIN
           CROSS JOIN LATERAL (
               (SELECT x.* FROM contacts x
                 WHERE grp.pa >= 0 AND x.skill_id = grp.skill_id AND x.state = grp.state
+                  AND x.state IN ('queued', 'callback_queued')     -- the index's predicate, spelt out
                   AND x.priority_initial = grp.pi AND x.priority_acceleration = grp.pa
                   AND x.priority_max = grp.pm {eligible}
                 ORDER BY x.queued_at, x.id LIMIT 1)
               UNION ALL
               (SELECT x.* FROM contacts x
                 WHERE grp.pa < 0 AND x.skill_id = grp.skill_id AND x.state = grp.state
+                  AND x.state IN ('queued', 'callback_queued')     -- the index's predicate, spelt out
                   AND x.priority_initial = grp.pi AND x.priority_acceleration = grp.pa
                   AND x.priority_max = grp.pm {eligible}
                 ORDER BY {effective_x} DESC, x.queued_at, x.id LIMIT 1)) h
