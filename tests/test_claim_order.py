@@ -152,3 +152,22 @@ def test_a_claim_passes_over_a_skill_whose_free_agents_another_transaction_holds
     holder.rollback()
     offer = store.claim_offer("leg-c")
     assert (offer.contact_id, offer.agent_name) == (best, "cid")
+
+
+def test_a_reserved_callback_goes_to_its_agent_only(store):
+    """claim_queue (migration 0008) offers a callback a supervisor reserved to that agent only, not to
+    the one idle longest; while its agent is busy the next contact goes first and the reserved waits."""
+    _staff(store)
+    now = utcnow()
+    reserved = _queue(store, 1, Priority(50, 0, 50), now - timedelta(minutes=2), "support", callback=True)
+    later = _queue(store, 2, Priority(50, 0, 50), now - timedelta(minutes=1), "support", callback=True)
+    other = _queue(store, 3, Priority(1, 0, 1), now - timedelta(minutes=1), "support")
+    with store.engine.begin() as conn:
+        for cid in (reserved, later):
+            conn.execute(text("INSERT INTO callback_assignments (contact_id, agent_id, assigned_at) "
+                              "SELECT :cid, id, :now FROM agents WHERE name = 'bob'"), {"cid": cid, "now": now})
+    offer = store.claim_offer("leg-1")
+    assert (offer.contact_id, offer.agent_name) == (reserved, "bob")       # ann has been idle longer
+    offer = store.claim_offer("leg-2")
+    assert (offer.contact_id, offer.agent_name) == (other, "ann")          # bob is busy: `later` waits
+    assert store.claim_offer("leg-3") is None
