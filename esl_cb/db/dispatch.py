@@ -78,8 +78,9 @@ class DispatchStore(StoreBase):
         return cls._offer(row, leg_uuid)
 
     def _claim(self, conn, new_leg_uuid: str, now: datetime) -> Offer | None:
-        # The view claim_queue (migration 0007) orders the queue and says who may be offered, for
-        # esl_cb_claim on PostgreSQL and here alike; SQLite has one writer at a time, so no row locks.
+        # The view claim_queue (migrations 0007, 0008) orders the queue and says who may be offered;
+        # PostgreSQL's esl_cb_claim gives the same pair from indexes (0010), tests hold both to
+        # order_key. SQLite has one writer at a time, so no row locks.
         pair = conn.execute(_CLAIM_NEXT, {"ctl": self.controller_id}).first()
         if pair is None:
             return None

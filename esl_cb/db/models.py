@@ -16,12 +16,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite so ids still autoincrement.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# The states of a contact waiting to be offered (the partial index of the claim, migration 0010).
+_WAITING = "state IN ('queued', 'callback_queued')"
 
 
 class Base(DeclarativeBase):
@@ -58,6 +61,10 @@ class Agent(Base):
     controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The switch refused to ring this agent (it was full): not offered again before this time.
     offer_not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    # The agent idle longest, for esl_cb_claim (migration 0010).
+    __table_args__ = (Index("ix_agents_available", "available_since", "id", postgresql_where=text("state = 'Available'"),
+                            sqlite_where=text("state = 'Available'")),)
 
 
 class AgentSkill(Base):
@@ -118,6 +125,9 @@ class Contact(Base):
         Index("ix_contacts_ani_requested", "original_ani", "callback_requested_at"),
         # Queuestatus averages the handle time of a skill's contacts ended in the last hour.
         Index("ix_contacts_skill_ended", "skill_id", "ended_at"),
+        # esl_cb_claim's queue heads (migration 0010): one group per skill, state and priority settings.
+        Index("ix_contacts_waiting_head", "skill_id", "state", "priority_initial", "priority_acceleration",
+              "priority_max", "queued_at", "id", postgresql_where=text(_WAITING), sqlite_where=text(_WAITING)),
     )
 
 

@@ -1,0 +1,173 @@
+"""The claim of migration 0010 (PostgreSQL: the queue heads by index) and the view claim_queue
+(SQLite) give the pairs of SPEC 3: the contact first by esl_cb.domain.queue.order_key over several
+skills, with accelerating, constant, capped and tied contacts, then the agent idle longest; and two
+claims at once never take the same contact or agent."""
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import gevent
+import psycopg2
+import pytest
+from sqlalchemy import text
+
+from esl_cb.db.migrate import upgrade
+from esl_cb.db.store import Store, utcnow
+from esl_cb.domain.queue import Priority, order_key
+from esl_cb.domain.states import AgentState
+
+from .fixtures import create_database, drop_database
+
+AGENTS = {"ann": ["support"], "bob": ["support", "sales"], "cid": ["sales", "billing"], "dee": ["billing"]}
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request, tmp_path):
+    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'claim.db'}"
+    upgrade(url)
+    st = Store(url, "test")
+    yield st
+    st.close()
+    if request.param == "postgresql":
+        drop_database(url)
+
+
+def _queue(store: Store, i: int, priority: Priority, queued_at, skill: str, callback: bool = False) -> int:
+    cid = store.create_contact(f"call-{i}", f"+1312555{i:04d}", "3125557000", "t", f"+1312555{i:04d}", "3125557000")
+    store.queue_contact(cid, skill, priority)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE contacts SET queued_at = :t WHERE id = :id"), {"t": queued_at, "id": cid})
+        if callback:
+            conn.execute(text("UPDATE contacts SET state = 'callback_queued', callback_requested = :yes WHERE id = :id"),
+                         {"yes": True, "id": cid})
+    return cid
+
+
+def _staff(store: Store) -> None:
+    for name, skills in AGENTS.items():
+        store.add_agent(name, f"user/{name}", skills)
+        store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))
+        gevent.sleep(0.002)                       # distinct available_since: ann idle longest
+
+
+def _expected(queued: dict, store: Store) -> tuple[int, str] | None:
+    """SPEC 3 in Python: the best contact whose skill has an available agent, then the agent idle longest."""
+    free = [a for a in store.agents() if a["state"] == "Available"]
+    now = utcnow()
+    waiting = [cid for cid, (p, at, skill) in queued.items() if any(skill in a["skills"] for a in free)]
+    if not waiting:
+        return None
+    best = min(waiting, key=lambda cid: order_key(queued[cid][0], queued[cid][1], now, cid))
+    agent = min((a for a in free if queued[best][2] in a["skills"]), key=lambda a: (a["available_since"], a["id"]))
+    return best, agent["name"]
+
+
+def test_claims_over_skills_follow_order_key_with_accelerating_and_constant_contacts(store):
+    rnd = random.Random(18)
+    _staff(store)
+    start = utcnow()
+    queued = {}
+    priorities = [Priority(10, 0, 10), Priority(20, 0, 0), Priority(0, 2, 30), Priority(5, 0.5, 60),
+                  Priority(0, 5, 20), Priority(30, -1, 0), Priority(15, 1, 15)]
+    for i in range(40):
+        skill = rnd.choice(["support", "sales", "billing", "unstaffed"])
+        p = rnd.choice(priorities) if i % 3 else Priority(rnd.choice([0, 10, 20]), rnd.choice([0, 0, 1.5]),
+                                                            rnd.choice([0, 20, 40]))
+        at = start - timedelta(minutes=rnd.randrange(0, 40), seconds=rnd.randrange(0, 60))
+        queued[_queue(store, i, p, at, skill, callback=rnd.random() < 0.4)] = (p, at, skill)
+    tie_at = start - timedelta(minutes=12)
+    for i in range(40, 46):                        # ties: same priority and queued_at (contact id decides),
+        p = Priority(20, 0, 20) if i % 2 else Priority(0, 5, 20)      # and accelerated to the same cap
+        queued[_queue(store, i, p, tie_at, "support", callback=i % 3 == 0)] = (p, tie_at, "support")
+    claimed, expected = [], []
+    while (want := _expected(queued, store)) is not None:
+        offer = store.claim_offer(f"leg-{len(claimed)}")
+        assert offer is not None, f"nothing claimed, expected {want}"
+        claimed.append((offer.contact_id, offer.agent_name))
+        expected.append(want)
+        del queued[offer.contact_id]
+        store.cancel(offer.contact_id, "test: next one", force=True)      # frees the agent, idle anew
+    assert claimed == expected
+    assert {skill for _, _, skill in queued.values()} <= {"unstaffed"}       # every staffed contact claimed
+    assert store.claim_offer("leg-none") is None
+
+
+@pytest.fixture
+def pg_store():
+    url = create_database()
+    upgrade(url)
+    st = Store(url, "test")
+    holder = psycopg2.connect(url.replace("+psycopg2", ""))
+    yield st, holder
+    holder.close()
+    st.close()
+    drop_database(url)
+
+
+def test_two_claims_at_once_take_different_pairs(pg_store):
+    """esl_cb_claim locks its pair (SKIP LOCKED): a second claim while the first is uncommitted takes
+    the next contact and another agent, without waiting."""
+    store, holder = pg_store
+    _staff(store)
+    now = utcnow()
+    first = _queue(store, 1, Priority(10, 0, 10), now - timedelta(minutes=3), "support")
+    second = _queue(store, 2, Priority(0, 2, 30), now - timedelta(minutes=4), "support")    # 8 points
+    with holder.cursor() as cur:
+        cur.execute("SELECT contact_id, agent_name FROM esl_cb_claim(now(), 'leg-a', 'test')")
+        assert cur.fetchone() == (first, "ann")
+        with gevent.Timeout(5, AssertionError("the claim waited for the locked pair")):
+            offer = store.claim_offer("leg-b")
+    assert (offer.contact_id, offer.agent_name) == (second, "bob")
+    holder.commit()
+    assert store.claim_offer("leg-c") is None          # ann and bob are offered; nobody else has support
+
+
+def test_a_claim_skips_a_contact_another_transaction_holds(pg_store):
+    store, holder = pg_store
+    _staff(store)
+    now = utcnow()
+    first = _queue(store, 1, Priority(0, 5, 20), now - timedelta(minutes=9), "sales")       # capped: 20
+    second = _queue(store, 2, Priority(20, 0, 20), now - timedelta(minutes=1), "sales")
+    with holder.cursor() as cur:
+        cur.execute("SELECT id FROM contacts WHERE id = %s FOR UPDATE", (first,))
+        with gevent.Timeout(5, AssertionError("the claim waited for the locked contact")):
+            offer = store.claim_offer("leg-b")
+    assert (offer.contact_id, offer.agent_name) == (second, "bob")
+    holder.rollback()
+    assert store.claim_offer("leg-c").contact_id == first
+
+
+def test_a_claim_passes_over_a_skill_whose_free_agents_another_transaction_holds(pg_store):
+    store, holder = pg_store
+    _staff(store)
+    now = utcnow()
+    best = _queue(store, 1, Priority(50, 0, 50), now - timedelta(minutes=1), "billing")
+    other = _queue(store, 2, Priority(1, 0, 1), now - timedelta(minutes=1), "support")
+    with holder.cursor() as cur:
+        cur.execute("SELECT id FROM agents WHERE name IN ('cid', 'dee') FOR UPDATE")   # billing's agents
+        with gevent.Timeout(5, AssertionError("the claim waited for a locked agent")):
+            offer = store.claim_offer("leg-b")
+    assert (offer.contact_id, offer.agent_name) == (other, "ann")
+    holder.rollback()
+    offer = store.claim_offer("leg-c")
+    assert (offer.contact_id, offer.agent_name) == (best, "cid")
+
+
+def test_a_reserved_callback_goes_to_its_agent_only(store):
+    """claim_queue (migration 0008) offers a callback a supervisor reserved to that agent only, not to
+    the one idle longest; while its agent is busy the next contact goes first and the reserved waits."""
+    _staff(store)
+    now = utcnow()
+    reserved = _queue(store, 1, Priority(50, 0, 50), now - timedelta(minutes=2), "support", callback=True)
+    later = _queue(store, 2, Priority(50, 0, 50), now - timedelta(minutes=1), "support", callback=True)
+    other = _queue(store, 3, Priority(1, 0, 1), now - timedelta(minutes=1), "support")
+    with store.engine.begin() as conn:
+        for cid in (reserved, later):
+            conn.execute(text("INSERT INTO callback_assignments (contact_id, agent_id, assigned_at) "
+                              "SELECT :cid, id, :now FROM agents WHERE name = 'bob'"), {"cid": cid, "now": now})
+    offer = store.claim_offer("leg-1")
+    assert (offer.contact_id, offer.agent_name) == (reserved, "bob")       # ann has been idle longer
+    offer = store.claim_offer("leg-2")
+    assert (offer.contact_id, offer.agent_name) == (other, "ann")          # bob is busy: `later` waits
+    assert store.claim_offer("leg-3") is None
