@@ -213,7 +213,10 @@ class CallerSessions:
         if ev.name == "CHANNEL_HANGUP":
             contact = self.store.contact(watch.contact_id)
             if contact.state == C.CONNECTED.value and not contact.callback_requested:
-                self.conversation_ended(watch.contact_id, f"caller hung up ({ev.get('Hangup-Cause')})")
+                if self.conversation_ended(watch.contact_id, f"caller hung up ({ev.get('Hangup-Cause')})"):
+                    # A caller gone just as the bridge was being made leaves the agent's answered leg
+                    # parked (uuid_bridge said +OK, it never took): the conversation is over, end it.
+                    self.switch.kill(contact.agent_leg_uuid)
         if ev.name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), billsec(ev), True)
             return True

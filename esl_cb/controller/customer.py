@@ -64,7 +64,8 @@ class CustomerLeg:
             if watch.uuid in self.confirming:
                 self._confirmation(watch, ev)
             elif watch.answered:
-                self.conversation_ended(plan.contact_id, f"customer hung up ({ev.get('Hangup-Cause')})")
+                if self.conversation_ended(plan.contact_id, f"customer hung up ({ev.get('Hangup-Cause')})"):
+                    self.switch.kill(plan.agent_leg_uuid)      # not left parked if the bridge never took
             return False
         if name == "CHANNEL_HANGUP_COMPLETE":
             self.store.leg_ended(watch.uuid, ev.get("Hangup-Cause"), billsec(ev), watch.answered)
