@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from esl_cb.db.base import NotFound
 from esl_cb.domain import script as scripts
 from esl_cb.domain.states import AgentState
 
@@ -235,3 +236,33 @@ def test_switch_b_killed_its_callbacks_are_dialled_once_all_through_a(fleet):
         assert f.a.wait_state("ended", cid).outcome == "callback_completed"
     assert len(f.invites_to(digits(X))) == 1 and len(f.invites_to(digits(Y))) == 1
     assert {f.through(m) for m in customers()} == {"A"}
+
+
+def state_of(f: Fleet, contact_id: int) -> str | None:
+    try:
+        return f.a.store.contact(contact_id).state
+    except NotFound:
+        return None
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 report: a live caller gone between the agent's answer "
+                   "('connected' stored) and the bridge leaves the agent's answered leg parked on the switch")
+def test_a_caller_gone_between_the_agents_answer_and_the_bridge_leaves_no_agent_leg_up(fleet):
+    f = fleet()
+    f.start_a()
+    f.agent("ann", "ann1")
+    f.available("ann")
+    f.a.call(X, key=None)                                   # a live caller on A, offered to ann at once
+    deadline = time.time() + 20
+    while state_of(f, 1) != "connected":                    # as soon as it is stored (10 ms polls)
+        assert time.time() < deadline, "never connected"
+        time.sleep(0.01)
+    c = f.a.contact(1)
+    f.fs_a.switch.api(f"uuid_kill {c.caller_uuid}")         # the caller hangs up before the bridge took
+    assert f.a.wait_state("ended", 1).outcome == "handled"
+    try:
+        until(lambda: c.agent_leg_uuid not in f.fs_a.switch.api("show channels"), timeout=10,
+              what=f"ann's leg {c.agent_leg_uuid} to be hung up once her caller left")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; ann is {f.a.store.agent('ann').state} in the database; the leg: "
+                             f"{f.fs_a.switch.api(f'uuid_getvar {c.agent_leg_uuid} current_application')}") from None
