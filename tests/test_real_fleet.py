@@ -245,8 +245,6 @@ def state_of(f: Fleet, contact_id: int) -> str | None:
         return None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 report: a live caller gone between the agent's answer "
-                   "('connected' stored) and the bridge leaves the agent's answered leg parked on the switch")
 def test_a_caller_gone_between_the_agents_answer_and_the_bridge_leaves_no_agent_leg_up(fleet):
     f = fleet()
     f.start_a()
