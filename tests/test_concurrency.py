@@ -268,7 +268,9 @@ def test_an_offer_nobody_watches_goes_back_to_the_queue(pg_url):
         # Given back, then offered again on a leg that is really rung.
         wait_until(lambda: h.contact(cid).agent_leg_uuid not in (None, "lost-leg"), timeout=10,
                    what="the contact offered anew")
-        assert any(o["vars"].get("esl_cb_contact_id") == str(cid) for o in h.sim.switch.originates)
+        # The offer is stored before its originate leaves (and the switch records it a moment later).
+        wait_until(lambda: any(o["vars"].get("esl_cb_contact_id") == str(cid) for o in h.sim.switch.originates),
+                   timeout=5, what="the new offer's originate at the switch")
         assert h.contact(cid).outcome in (None, "callback_completed")     # not lost, not failed
     finally:
         h.close()

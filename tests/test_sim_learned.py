@@ -286,7 +286,11 @@ def check_refusals(conn, burst: int) -> None:
         conn.api(f"fsctl max_sessions {conn.max_sessions}")
     gevent.sleep(1.0 - time.time() % 1 + 0.05)
     legs = [str(uuidlib.uuid4()) for _ in range(burst)]
-    jobs = {conn.bgapi(f"originate {{origination_uuid={leg}}}{conn.dial} &park()"): leg for leg in legs}
+    # Sent together (each without waiting for the one before's reply): on a busy machine one at a time
+    # could straddle a second, and FreeSWITCH counts sessions per calendar second.
+    sends = {leg: gevent.spawn(conn.bgapi, f"originate {{origination_uuid={leg}}}{conn.dial} &park()") for leg in legs}
+    gevent.joinall(list(sends.values()), raise_error=True)
+    jobs = {g.value: leg for leg, g in sends.items()}
 
     def refused_now() -> list[str]:
         results = {jobs[e.get("Job-UUID")]: e.body for e in conn.events if e.get("Job-UUID") in jobs}
