@@ -224,7 +224,7 @@ def _prompts(switch: _Switch, script: Script | None, script_error: str) -> Resul
         return Result("prompts", OK, f"script {script.name!r} plays no prompt")
     problems = check_prompts(switch.api, pairs)
     missing = [p for p in problems if p.missing]
-    runtime = [p for p in problems if not p.missing and "variables" in p.reason]
+    runtime = [p for p in problems if p.at_run_time]
     unsure = [p for p in problems if not p.missing and p not in runtime]
     checked = len(pairs) - len(runtime) - len(unsure)
     note = f"; {len(runtime)} with {{variables}} checked at run time" if runtime else ""

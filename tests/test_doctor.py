@@ -240,3 +240,17 @@ def test_check_prompts_falls_back_to_sounds_dir_and_to_the_default_stream():
     problems = check_prompts(call, [("A", "ivr/a.wav"), ("M", "local_stream://moh")])
     assert [(p.caption, p.missing) for p in problems] == [("M", False)]
     assert "plays 'default' instead" in problems[0].reason
+
+
+def test_a_file_string_with_variables_has_its_fixed_parts_checked_now():
+    files = {"/snd/en/us/callie/ivr/8000/you.wav"}
+    call = fake_switch(files, set())
+    prompts = [("P", "file_string://ivr/you.wav!{PositionSounds}"),        # fine: only its variable waits
+               ("Q", "file_string://ivr/you.wav!{PositionSounds}!ivr/gone.wav"),
+               ("R", "{PROMPT}")]
+    problems = check_prompts(call, prompts)
+    assert [(p.caption, p.missing, p.at_run_time) for p in problems] == [
+        ("P", False, True), ("Q", True, False), ("R", False, True)]
+    assert "ivr/gone.wav" in problems[1].reason and "plays the rest" in problems[1].reason
+    unsure = check_prompts(fake_switch(files, set()), [("S", "file_string://say:en number 3!{X}")])
+    assert [(p.missing, p.at_run_time) for p in unsure] == [(False, False)]      # say: is not a variable

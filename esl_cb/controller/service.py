@@ -215,6 +215,8 @@ class Controller:
         for p in problems:
             if p.missing:
                 log.error("script %s: %s; install it on the switch or change the script", self.script.file, p)
+            elif p.at_run_time:
+                log.info("script %s: %s", self.script.file, p)
             else:
                 log.warning("script %s: %s", self.script.file, p)
         if not problems:

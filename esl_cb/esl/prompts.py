@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 RATES = ("8000", "16000", "32000", "48000")
 ALWAYS_THERE = ("tone_stream://", "silence_stream://")
+VARIABLES = "holds variables: it is checked when a call plays it"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class PromptProblem:
     prompt: str
     reason: str
     missing: bool = True
+
+    @property
+    def at_run_time(self) -> bool:
+        """Only its {variables} leave it unchecked: the normal case of a Position or EWT prompt, no fault."""
+        return not self.missing and all(clause.endswith(VARIABLES) for clause in self.reason.split("; "))
 
     def __str__(self) -> str:
         where = f"action {self.caption!r}: " if self.caption else ""
@@ -75,10 +81,11 @@ class _Resolver:
             return "is empty", True
         if prompt.startswith(ALWAYS_THERE):
             return "", True
-        if "{" in prompt:
-            return "holds variables: it is checked when a call plays it", False
         if prompt.startswith("file_string://"):
+            # Its fixed parts are checked now; only the parts with {variables} wait for a call.
             return self._file_string(prompt[len("file_string://"):])
+        if "{" in prompt:
+            return VARIABLES, False
         if prompt.startswith("local_stream://"):
             return self._stream(prompt[len("local_stream://"):])
         scheme = _scheme(prompt)
