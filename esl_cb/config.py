@@ -1,7 +1,9 @@
 """Controller settings, in layers: defaults < config file < ESL_CB_* environment < command line."""
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -14,6 +16,8 @@ from .domain.errors import InvalidInput
 from .domain.policy import DEFAULT_REFUSED_TYPES, DestinationPolicy, PolicyError
 from .esl.commands import UnsafeDialString, dial_for
 from .netaddr import is_loopback, parse_hostport
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.0/8,::1"
 DEFAULT_ESL_PASSWORD = "ClueCon"
@@ -216,11 +220,32 @@ def read_secret(path: str, what: str) -> str:
 
 
 ENV_PREFIX = "ESL_CB_"
+# ESL_CB_* names that are no setting of `run` but are read elsewhere: the CLI's, the API's own layer
+# (ESL_CB_API_*), and the test suite's and its tools'.
+OTHER_ENV = frozenset({"DATABASE_URL", "OPERATOR", "PORTS", "REQUIRE_FREESWITCH", "REQUIRE_BROWSER", "TEST_PG",
+                       "FREESWITCH", "FREESWITCH_CONF", "CAPTURES", "FUZZ_EXAMPLES", "PG_BIN", "PATRONI", "ETCD",
+                       "CHROMIUM", "CHROMEDRIVER"})
+
+
+def unknown_environment(environ) -> list[str]:
+    """One sentence per ESL_CB_* variable that nothing reads (a typo in an EnvironmentFile would
+    otherwise be ignored in silence), naming the setting it was probably meant to be."""
+    known = [ENV_PREFIX + f.name.upper() for f in fields(Settings)] + [ENV_PREFIX + n for n in OTHER_ENV]
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(ENV_PREFIX + "API_"):
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        out.append(f"environment variable {name} is no esl-cb setting and is ignored{hint}")
+    return out
 
 
 def load_settings(config_file: str | None = None, overrides: dict | None = None,
                   environ: dict | None = None) -> Settings:
     environ = os.environ if environ is None else environ
+    for sentence in unknown_environment(environ):
+        log.warning("%s", sentence)
     values: dict = {}
     names = {f.name: f for f in fields(Settings)}
     if config_file:

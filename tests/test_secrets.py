@@ -3,6 +3,7 @@ password from a libpq password file (PGPASSFILE, or the credential pgpass); `run
 given as an option; and no secret in any log line, `status` output or metric."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -125,3 +126,19 @@ def test_no_secret_in_the_logs_status_or_metrics(tmp_path, pg_url):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+def test_an_esl_cb_variable_nothing_reads_is_named_with_the_setting_it_resembles(caplog):
+    environ = {"ESL_CB_DATABSE_URL": "postgresql://x", "ESL_CB_DIAL_TEMPLTE": "sofia/gateway/pstn/{number}",
+               "ESL_CB_ESL": "127.0.0.1:8021", "ESL_CB_API_LISTEN": "127.0.0.1:8080", "ESL_CB_TEST_PG": "x",
+               "ESL_CB_ZZZ": "1", "HOME": "/root"}
+    with caplog.at_level(logging.WARNING, logger="esl_cb.config"):
+        settings = load_settings(environ=environ)
+    assert settings.esl == "127.0.0.1:8021"
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "environment variable ESL_CB_DATABSE_URL is no esl-cb setting and is ignored; did you mean "
+        "ESL_CB_DATABASE_URL?",
+        "environment variable ESL_CB_DIAL_TEMPLTE is no esl-cb setting and is ignored; did you mean "
+        "ESL_CB_DIAL_TEMPLATE?",
+        "environment variable ESL_CB_ZZZ is no esl-cb setting and is ignored"]
