@@ -10,7 +10,7 @@ def status_view(st: dict, header: str = ""):
     for skill, items in st["queues"].items():
         for c in items[:15]:
             queue.add_row(skill, str(c["contact_id"]), c["kind"], f"{c['effective_priority']:g}",
-                          f"{c['waiting_s']:.0f}s", str(c["attempts"]))
+                          _waiting(c["waiting_s"]), str(c["attempts"]))
     agents = Table("agent", "state", "skills", "contact", title="Agents")
     for a in st["agents"]:
         agents.add_row(a["name"], a["state"], ", ".join(a["skills"]), str(a["contact_id"] or ""))
@@ -34,6 +34,11 @@ def status_view(st: dict, header: str = ""):
                              f"{w['last_seen']:%H:%M:%S}" if w.get("last_seen") else "never")
         parts.append(switches)
     return Group(*parts)
+
+
+def _waiting(seconds: float) -> str:
+    # A booking for later holds its place from its time on: before then it is not waiting but due.
+    return f"{seconds:.0f}s" if seconds >= 0 else f"due in {-seconds:.0f}s"
 
 
 def _now():

@@ -250,3 +250,14 @@ def test_booking_and_cancelling_on_sqlite(tmp_path):
     assert r.exit_code == 0 and "contact 1: callback_queued -> cancelled" in r.output
     r = run("callback", "cancel", "1")
     assert r.exit_code == 1 and "error [wrong_state]" in r.output
+
+
+def test_status_shows_a_booking_for_later_as_due_not_as_a_negative_wait(run, pg_url):
+    assert run("skill", "add", "support").exit_code == 0
+    r = run("callback", "schedule", "+13125550100", "--skill", "support", "--at", "+600")
+    assert r.exit_code == 0, r.output
+    r = run("status", "--once")
+    assert r.exit_code == 0
+    import re
+    assert re.search(r"due in (5\d\d|600)s", r.output), r.output
+    assert not re.search(r"-\d+s", r.output), r.output
