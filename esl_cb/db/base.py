@@ -306,11 +306,13 @@ class StoreBase(object):
                 sid = conn.execute(select(Skill.id).where(Skill.name == name)).scalar()
         return sid
 
-    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime, fenced: bool = True) -> None:
+    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime, fenced: bool = True,
+                       **values) -> None:
         # Only from this contact: the agent may already be on the next one; and only our own agent.
         if agent_id is None:
             return
-        params = {"b_id": agent_id, "b_contact": contact_id, "state_changed_at": now, "available_since": now}
+        params = {"b_id": agent_id, "b_contact": contact_id, "state_changed_at": now, "available_since": now,
+                  **values}
         if fenced and self.controller_id:
             conn.execute(_RELEASE_MY_AGENT, {**params, "b_owner": self.controller_id})
         else:
