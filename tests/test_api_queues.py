@@ -62,7 +62,9 @@ def test_agent_state_changes_through_the_api(clients, store):
     problem(clients["alice"].put("/api/v1/agents/alice/state", json={"state": "break"}), 422, "invalid_input",
             "reason")
     assert clients["alice"].put("/api/v1/agents/alice/state", json={"state": "break", "reason": "lunch"}).json()[
-        "after"] == "Unavailable"
+        "after"] == "OnBreak"                         # issue 20: a break is a state of its own, with its reason
+    assert store.agent("alice").state_reason == "lunch"
+    problem(clients["alice"].put("/api/v1/agents/alice/state", json={"state": "end_wrap_up"}), 409, "wrong_state")
     problem(clients["alice"].put("/api/v1/agents/bob/state", json={"state": "login"}), 403, "forbidden")
     problem(clients["website"].put("/api/v1/agents/bob/state", json={"state": "login"}), 403, "forbidden")
     assert clients["wall"].put("/api/v1/agents/bob/state", json={"state": "available"}).status_code == 200

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
 from datetime import date, datetime, timedelta
+from typing import Callable
 
 from sqlalchemy import select, text, update
 

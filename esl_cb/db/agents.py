@@ -9,6 +9,7 @@ from sqlalchemy import insert, select, text, update
 from esl_cb.domain.hours import HoursError, OpeningHours
 from esl_cb.domain.states import AgentState as A
 
+from .agent_states import why_not_offered
 from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
 from .models import Agent, AgentSkill, Skill
 
@@ -130,9 +131,14 @@ class AgentsStore(StoreBase):
         by_agent: dict[int, list[str]] = {}
         for aid, sname in skills:
             by_agent.setdefault(aid, []).append(sname)
+        now = utcnow()
         return [{"id": a.id, "name": a.name, "dial_string": a.dial_string, "state": a.state,
                  "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
-                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
+                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, [])),
+                 "state_reason": a.state_reason, "state_until": as_utc(a.state_until),
+                 "pending_state": a.pending_state, "pending_reason": a.pending_reason,
+                 "missed_in_a_row": a.missed_in_a_row,
+                 "not_offered_because": why_not_offered(a, now)} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
         """change_agent_state without reason or pending state: the state before."""
