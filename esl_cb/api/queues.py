@@ -19,7 +19,7 @@ from .errors import Forbidden
 from .views import Services, agent_document, services
 
 router = APIRouter(prefix="/api/v1")
-STAFFED = ("Available", "Offered", "OnCall")
+STAFFED = ("Available", "Offered", "OnCall", "WrapUp")      # as db/queue_status.py: at work
 
 
 @router.get("/me", tags=["tokens"], summary="The token of the request: its name, role and agent")
