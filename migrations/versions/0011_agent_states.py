@@ -137,8 +137,9 @@ WITH t AS (
       FROM agent_day_states GROUP BY agent_id, day),
 e AS (
     SELECT h.agent_id, {day_h} AS day,
-           sum(CASE WHEN h.from_state = 'OnCall' AND c.outcome IN ('handled', 'callback_completed')
-                     AND c.ended_at IS NOT NULL THEN 1 ELSE 0 END) AS handled,
+           -- handled: the contacts this agent ended a conversation with (its last agent), once each
+           count(DISTINCT CASE WHEN h.from_state = 'OnCall' AND c.agent_id = h.agent_id
+                                    AND c.outcome IN ('handled', 'callback_completed') THEN h.contact_id END) AS handled,
            sum(CASE WHEN h.to_state = 'Refused' OR (h.to_state = 'OnBreak' AND h.reason = 'no_answer'
                                                     AND h.from_state IN ('Offered', 'OnCall')) THEN 1 ELSE 0 END) AS missed
       FROM agent_state_history h LEFT JOIN contacts c ON c.id = h.contact_id
