@@ -19,7 +19,7 @@ from esl_cb.db.agent_states import AgentHold
 from esl_cb.db.store import Store, as_utc
 
 log = logging.getLogger(__name__)
-LATE = 0.02        # seconds past the stored end: the database compares with its own reading of the clock
+LATE = 0.002       # seconds past the stored end (stored from this process's clock, as end_holds compares)
 
 
 class HoldTimers:
@@ -37,9 +37,12 @@ class HoldTimers:
         old = self._timers.pop(hold.agent_id, None)
         if old is not None:
             old.kill(block=False)
-        self._timers[hold.agent_id] = gevent.spawn_later(delay, self._end, hold.agent_id)
+        self._timers[hold.agent_id] = gevent.spawn_later(delay, self._end, hold.agent_id, until)
 
-    def _end(self, agent_id: int) -> None:
+    def _end(self, agent_id: int, until: datetime) -> None:
+        early = (until - datetime.now(timezone.utc)).total_seconds()
+        if early > 0:           # the loop's clock may run a little ahead of the wall clock
+            gevent.sleep(early + LATE)
         self._timers.pop(agent_id, None)
         try:
             if self.store.end_holds(agent_id):
