@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from esl_cb.app import AgentService
 from esl_cb.db.store import as_utc
@@ -92,5 +93,24 @@ def test_an_agent_who_misses_twice_waits_each_delay_then_goes_on_break(pg_url, m
         c = h.contact()
         assert c.state == "callback_queued" and c.queued_at == before.queued_at
         assert "on break (no_answer)" in [x["not_offered_because"] for x in h.store.agents()]
+    finally:
+        h.close()
+
+
+def test_a_wrap_up_no_timer_watches_is_ended_by_the_sweep(pg_url):
+    """A controller that crashed during a wrap-up (or another controller's agent): nobody holds its
+    timer, and the dispatcher's sweep frees the agent once its time is over."""
+    h = Harness(pg_url, quick_script())
+    try:
+        h.agent("ann", "1001", answer=0.1)
+        h.call("3125550100")
+        h.wait_state("queued")
+        with h.store.engine.begin() as conn:       # as another process left it: WrapUp, no timer here
+            conn.execute(text("UPDATE agents SET state = 'WrapUp', state_changed_at = now(), "
+                              "state_until = now() + interval '0.5 second' WHERE name = 'ann'"))
+        assert h.controller.hold_timers._timers == {}
+        c = h.wait_connected(timeout=10)
+        freed = next(r for r in _history(h, "ann") if r["from_state"] == "WrapUp")
+        assert freed["to_state"] == "Available" and as_utc(c.offered_at) >= as_utc(freed["at"])
     finally:
         h.close()
