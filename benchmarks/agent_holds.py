@@ -84,14 +84,14 @@ def main() -> None:
         without = rounds(h, args.rounds, 0)
     finally:
         h.close()
-        drop_database(url)
     print(f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.node()}, "
           f"{len(os.sched_getaffinity(0))} CPUs (shared with other work)")
     print("| from -> the next offer stored | n | p50 ms | p95 ms | max ms |")
     print("|---|---|---|---|---|")
     print(summary(f"wrap-up end ({args.wrap_up} s) -> offer", with_wrap))
-    print(summary("contact ended (wrap-up 0) -> offer, one statement", without))
-
+    print(summary("contact ended (wrap-up 0) -> offer, one statement", without), flush=True)
+    time.sleep(1.0)              # the controller's last connections close
+    drop_database(url)
 
 if __name__ == "__main__":
     main()
