@@ -66,7 +66,7 @@ def miss_of(cause: str | None) -> Miss:
     """The kind of miss a hangup cause of the agent's leg means (what mod_callcenter distinguishes)."""
     if cause == "USER_BUSY":
         return Miss.BUSY
-    if cause in ("CALL_REJECTED", "USER_CHALLENGE"):
+    if cause == "CALL_REJECTED":
         return Miss.REJECTED
     return Miss.NO_ANSWER
 
