@@ -114,6 +114,11 @@ def test_a_miss_holds_the_agent_for_its_own_delay_and_the_contact_keeps_its_plac
 def test_max_no_answer_misses_in_a_row_put_the_agent_on_break(store):
     _set(store, reject_delay=0, max_no_answer=2)
     AgentService(store).set_agent_state("alice", "available")
+    with store.engine.begin() as conn:        # a miss long ago, then an answer: the row starts again
+        conn.execute(text("UPDATE agents SET missed_in_a_row = 1"))
+    answered = _live_call(store, 0, "leg-0")
+    assert _agent(store).missed_in_a_row == 0
+    store.complete(answered, "caller hung up")
     cid = _queue(store, 1)
     first = store.claim_offer("leg-1")
     store.offer_failed(first, refused=True, reason="declined", miss=Miss.REJECTED)
@@ -140,6 +145,7 @@ def test_hanging_up_during_call_delay_is_a_miss_with_its_own_delay(store):
     assert store.agent_left_before_dial(cid, "agent hung up")
     a = _agent(store)
     assert (a.state, a.state_reason) == ("Refused", "left")
+    assert a.missed_in_a_row == 1
     assert store.claim_offer("leg-2") is None          # the same callback is not offered to them at once
 
 

@@ -319,8 +319,9 @@ class StoreBase(object):
             conn.execute(_RELEASE_AGENT, params)
 
     def _agent_on_call(self, conn, offer: Offer, now: datetime) -> None:
+        # An answer ends a row of misses (max-no-answer counts misses in a row, as mod_callcenter does).
         params = {"b_id": offer.agent_id, "b_contact": offer.contact_id, "state": A.ON_CALL.value,
-                  "state_changed_at": now}
+                  "state_changed_at": now, "missed_in_a_row": 0}
         mine = bool(self.controller_id)
         res = conn.execute(_MY_AGENT_ON_CALL if mine else _AGENT_ON_CALL,
                            {**params, "b_owner": self.controller_id} if mine else params)

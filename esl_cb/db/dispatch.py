@@ -34,7 +34,8 @@ WITH ok AS (
       AND (:ctl = '' OR (c.controller_id = :ctl AND a.controller_id = :ctl))
     FOR UPDATE OF c, a),
 ag AS (
-    UPDATE agents SET state = 'OnCall', state_changed_at = :now WHERE id = :agent AND EXISTS (SELECT 1 FROM ok)),
+    UPDATE agents SET state = 'OnCall', state_changed_at = :now, missed_in_a_row = 0
+     WHERE id = :agent AND EXISTS (SELECT 1 FROM ok)),
 n AS (
     SELECT coalesce(max(attempt_no), 0) + 1 AS no FROM callback_attempts WHERE contact_id = :cid),
 c AS (
