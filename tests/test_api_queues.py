@@ -62,7 +62,19 @@ def test_agent_state_changes_through_the_api(clients, store):
     problem(clients["alice"].put("/api/v1/agents/alice/state", json={"state": "break"}), 422, "invalid_input",
             "reason")
     assert clients["alice"].put("/api/v1/agents/alice/state", json={"state": "break", "reason": "lunch"}).json()[
-        "after"] == "Unavailable"
+        "after"] == "OnBreak"                         # issue 20: a break is a state of its own, with its reason
+    assert store.agent("alice").state_reason == "lunch"
+    doc = clients["alice"].get("/api/v1/agents").json()["agents"][0]
+    assert (doc["state"], doc["reason"], doc["not_offered_because"]) == ("OnBreak", "lunch", "on break (lunch)")
+    # During a call a break (or logout) waits for its end: 200, when_call_ends, the agent still OnCall.
+    store.set_agent_state("alice", AgentState.ON_CALL, list(AgentState))
+    r = clients["alice"].put("/api/v1/agents/alice/state", json={"state": "break", "reason": "meeting"})
+    assert r.status_code == 200 and r.json()["when_call_ends"] and r.json()["before"] == "OnCall"
+    doc = clients["alice"].get("/api/v1/agents").json()["agents"][0]
+    assert (doc["state"], doc["pending_state"]) == ("OnCall", "OnBreak")
+    store.set_agent_state("alice", AgentState.AVAILABLE, list(AgentState))     # the call ends: the break starts
+    assert (store.agent("alice").state, store.agent("alice").state_reason) == ("OnBreak", "meeting")
+    problem(clients["alice"].put("/api/v1/agents/alice/state", json={"state": "end_wrap_up"}), 409, "wrong_state")
     problem(clients["alice"].put("/api/v1/agents/bob/state", json={"state": "login"}), 403, "forbidden")
     problem(clients["website"].put("/api/v1/agents/bob/state", json={"state": "login"}), 403, "forbidden")
     assert clients["wall"].put("/api/v1/agents/bob/state", json={"state": "available"}).status_code == 200

@@ -207,11 +207,15 @@ def test_agent_state_changes(store):
     refused(lambda: agents.set_agent_state("alice", "login"), "wrong_state")          # only from LoggedOut
     refused(lambda: agents.set_agent_state("nobody", "available"), "not_found")
     refused(lambda: agents.set_agent_state("alice", "lunch"), "invalid_input", "state")
+    refused(lambda: agents.set_agent_state("alice", "break"), "invalid_input", "reason")      # a break needs one
     store.set_agent_state("alice", AgentState.ON_CALL, list(AgentState))
-    e = refused(lambda: agents.set_agent_state("alice", "logout"), "wrong_state")
-    assert "is OnCall; it cannot go to LoggedOut now" in str(e)
-    assert store.agent("alice").state == "OnCall"
-    assert [a["action"] for a in store.audit_log()] == ["agent state", "agent state"]
+    e = refused(lambda: agents.set_agent_state("alice", "login"), "wrong_state")
+    assert "is OnCall; it cannot go to Unavailable now" in str(e)
+    # A logout asked during a call waits for its end (issue 20): the call is not cut.
+    change = agents.set_agent_state("alice", "logout", "olga")
+    assert change.when_call_ends and store.agent("alice").state == "OnCall"
+    assert store.agent("alice").pending_state == "LoggedOut"
+    assert [a["action"] for a in store.audit_log()] == ["agent state", "agent state", "agent state"]
 
 
 def test_skill_hours(store):

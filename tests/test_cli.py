@@ -48,6 +48,32 @@ def test_agent_lifecycle(run):
     assert r.exit_code == 1 and "no agent named 'alice'" in r.output
 
 
+def test_agent_break_wrap_up_settings_and_report(run):
+    run("agent", "add", "alice", "--dial-string", "user/1001", "--skill", "support")
+    r = run("skill", "set", "support", "--wrap-up", "10", "--max-no-answer", "2")
+    assert r.exit_code == 0 and "wrap_up_sec=10" in r.output and "max_no_answer=2" in r.output
+    r = run("agent", "set", "alice", "--wrap-up", "skill", "--reject-delay", "5")
+    assert r.exit_code == 0 and "wrap_up_sec=the skill's" in r.output and "reject_delay_sec=5" in r.output
+    r = run("agent", "set", "alice", "--busy-delay", "soon")
+    assert r.exit_code == 2 and "--busy-delay" in r.output
+    assert run("skill", "set", "nosuch", "--wrap-up", "1").exit_code == 1
+    run("agent", "available", "alice")
+    r = run("agent", "break", "alice")
+    assert r.exit_code == 2 and "--reason" in r.output
+    r = run("agent", "break", "alice", "--reason", "lunch")
+    assert r.exit_code == 0 and "Available -> OnBreak" in r.output
+    r = run("agent", "list")
+    assert "on break (lunch)" in r.output
+    r = run("status", "--once")
+    assert r.exit_code == 0 and "on break (lunch)" in r.output
+    r = run("agent", "end-wrap-up", "alice")
+    assert r.exit_code == 1 and "OnBreak" in r.output
+    r = run("report", "agents")
+    assert r.exit_code == 0 and "alice" in r.output and "lunch" in r.output
+    r = run("report", "agents", "--json")
+    assert '"agent_name": "alice"' in r.output
+
+
 def test_agent_errors(run):
     r = run("agent", "add", "bob", "--dial-string", "user/1001,user/1002", "--skill", "s")
     assert r.exit_code == 2 and "no spaces, commas, pipes or braces" in r.output

@@ -136,6 +136,9 @@ def test_the_rules_and_the_dashboard_name_only_what_a_running_controller_exports
     finally:
         h.close()
     labels, values = exported(body)
+    # Every agent state is a series from the start, issue 20's too (at 0 until an agent is in it).
+    assert {"WrapUp", "OnBreak", "Refused"} <= values[("esl_cb_agents", "state")]
+    assert {"WrapUp", "OnBreak"} <= values[("esl_cb_skill_agents", "state")]
     expressions = rule_expressions() + dashboard_expressions()
     assert len(expressions) > 30
     problems = [p for where, expr, named in expressions for p in problems_of(where, expr, named, labels, values)]

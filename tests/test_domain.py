@@ -112,3 +112,13 @@ def test_config_validation():
 def test_originate_rate_must_be_positive():
     with pytest.raises(ConfigError, match="originate_rate"):
         load_settings(None, {"db": "sqlite://", "originate_rate": 0}, environ={}).validate()
+
+
+def test_the_miss_a_hangup_cause_means():
+    """What mod_callcenter distinguishes (issue 20): each kind has its own delay."""
+    from esl_cb.domain.states import Miss, miss_of
+
+    assert miss_of("CALL_REJECTED") is Miss.REJECTED
+    assert miss_of("USER_BUSY") is Miss.BUSY
+    for cause in ("NO_ANSWER", "NO_USER_RESPONSE", "ALLOTTED_TIMEOUT", "SUBSCRIBER_ABSENT", None):
+        assert miss_of(cause) is Miss.NO_ANSWER

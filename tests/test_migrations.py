@@ -16,12 +16,14 @@ from esl_cb.db.models import Base
 from .fixtures import create_database, drop_database
 
 VERSIONS = Path(__file__).resolve().parent.parent / "migrations" / "versions"
-VIEWS = {"reporting_contacts", "billing_legs"}
-TRIGGERS = {"contacts_initial_state", "contacts_state_transition"}
+VIEWS = {"reporting_contacts", "billing_legs", "agent_day_states", "agent_day_report"}
+# Both dialects; the agents' ones (migration 0011): every state change kept, a pending state applied.
+TRIGGERS = {"contacts_initial_state", "contacts_state_transition", "agents_history_insert", "agents_history_state",
+            "agents_pending_state"}
 # PostgreSQL only (migration 0008): the live events and the webhooks' outbox.
 PG_TRIGGERS = {"contacts_event_insert", "contacts_event_state", "agents_event_state", "contacts_outcome_outbox"}
 FUNCTIONS = {"esl_cb_claim", "esl_cb_complete", "esl_cb_effective_priority", "esl_cb_check_contact_state",
-             "esl_cb_notify_event", "esl_cb_outcome_to_outbox"}
+             "esl_cb_notify_event", "esl_cb_outcome_to_outbox", "esl_cb_agent_history", "esl_cb_apply_pending_state"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

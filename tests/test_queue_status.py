@@ -233,6 +233,15 @@ def test_agents_and_recent_handle_time(store):
     status = store.queue_status(cid, now, aht_max_age=0)             # ...unless told otherwise
     assert (status["agents_staffed"], status["agents_available"]) == (4, 1)     # a, b, c, g; only a
     assert status["aht_samples"] == 2 and status["aht_sec"] == pytest.approx(150, abs=0.01)
+    # Issue 20: an agent in WrapUp is at work (staffed, not available), and the skill's wrap-up time is
+    # part of the time an agent is tied up by a contact.
+    store.add_agent("h", "user/h", ["support"])
+    store.set_agent_state("h", AgentState.WRAP_UP, list(AgentState))
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE skills SET wrap_up_sec = 30 WHERE name = 'support'"))
+    status = store.queue_status(cid, now, aht_max_age=0)
+    assert (status["agents_staffed"], status["agents_available"]) == (5, 1)
+    assert status["aht_sec"] == pytest.approx(180, abs=0.01)
 
 
 def test_only_a_queued_contact_has_a_status(store):

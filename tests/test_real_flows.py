@@ -10,6 +10,7 @@ import re
 import gevent
 import pytest
 
+from esl_cb.app import AgentService
 from esl_cb.domain import script as scripts
 
 from .freeswitch.rig import RealRig, fs_rig, until  # noqa: F401  (fs_rig is a fixture)
@@ -193,6 +194,9 @@ def test_caller_who_hangs_up_before_callback_gets_no_callback(rig):
 def test_agent_hangs_up_during_call_delay_nothing_is_dialled(rig):
     r = rig(quick(delay=4))
     r.agent("gina", "agent6")                                 # answers, hangs up 1.5 s later, every time
+    # Each hangup holds her for the skill's left delay (issue 20; tests/test_real_agent_states.py):
+    # short here, this test is about the dial that must not happen.
+    AgentService(r.store).set_settings("support", skill=True, left_delay=1)
     r.call(CUSTOMER, key="1", key_after=0.5)
     queued = r.wait_state("callback_queued")
     r.available("gina")

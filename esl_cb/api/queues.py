@@ -19,7 +19,7 @@ from .errors import Forbidden
 from .views import Services, agent_document, services
 
 router = APIRouter(prefix="/api/v1")
-STAFFED = ("Available", "Offered", "OnCall")
+STAFFED = ("Available", "Offered", "OnCall", "WrapUp")      # as db/queue_status.py: at work
 
 
 @router.get("/me", tags=["tokens"], summary="The token of the request: its name, role and agent")
@@ -96,23 +96,24 @@ def _contact(svc: Services, contact_id: int) -> dict | None:
 
 class AgentStateIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"state": "break", "reason": "lunch"}]})
-    state: Literal["login", "available", "unavailable", "break", "logout"] = Field(
-        description="login (then unavailable), available, unavailable, break (unavailable, with a reason), logout")
-    reason: str | None = Field(None, max_length=200, description="Why (a break's reason), for the audit log.")
+    state: Literal["login", "available", "unavailable", "break", "logout", "end_wrap_up"] = Field(
+        description="login (then unavailable), available (also ends a break, a delay or wrap-up), unavailable, "
+                    "break (OnBreak, with a reason), logout, end_wrap_up. A logout, break or unavailable asked "
+                    "during a call (Offered, OnCall, WrapUp) takes effect when it ends (when_call_ends).")
+    reason: str | None = Field(None, max_length=200, description="Why (a break's reason, its first 64 characters "
+                                                                 "kept on the agent), for the audit log.")
 
 
-@router.put("/agents/{name}/state", tags=["agents"], summary="Log in, available, a break, log out")
+@router.put("/agents/{name}/state", tags=["agents"], summary="Log in, available, a break, end wrap-up, log out")
 def set_state(name: str, body: AgentStateIn, caller: Caller = Depends(current_caller),
               svc: Services = Depends(services)) -> dict:
     caller.require_agent(name)
-    if body.state == "break" and not (body.reason or "").strip():
-        raise InvalidInput("reason: a break needs a reason (lunch, training...)", where="reason")
-    change = "unavailable" if body.state == "break" else body.state
-    done = svc.agents.set_agent_state(name, change, operator=caller.operator)
+    done = svc.agents.set_agent_state(name, body.state, operator=caller.operator, reason=body.reason)
     if body.reason:
         svc.store.audit(caller.operator, "agent break" if body.state == "break" else "agent state reason", name,
                         body.reason.strip())
-    return {"name": done.name, "before": done.before, "after": done.after, "reason": body.reason}
+    return {"name": done.name, "before": done.before, "after": done.after, "reason": body.reason,
+            "when_call_ends": done.when_call_ends}
 
 
 @router.get("/reports/today", tags=["reports"], summary="Today's outcomes, callback rate and waits by hour")

@@ -98,4 +98,7 @@ def agent_document(agent: dict, now: datetime) -> dict:
     since = agent["state_changed_at"]
     return {"name": agent["name"], "state": agent["state"], "since": since,
             "in_state_sec": round((now - since).total_seconds(), 1) if since else None,
-            "skills": agent["skills"], "contact_id": agent["contact_id"]}
+            "skills": agent["skills"], "contact_id": agent["contact_id"],
+            # issue 20: why Refused or OnBreak, when WrapUp or a delay ends, a state asked during the call
+            "reason": agent.get("state_reason"), "until": agent.get("state_until"),
+            "pending_state": agent.get("pending_state"), "not_offered_because": agent.get("not_offered_because")}

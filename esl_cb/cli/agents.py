@@ -46,11 +46,90 @@ def agent_add(name: str, dial_string: str, skills: tuple[str, ...], db: str | No
                f"make them available with: esl-cb agent available {name}")
 
 
-def _agent_state(name: str, db: str | None, change: str, operator: str) -> None:
+def _agent_state(name: str, db: str | None, change: str, operator: str, reason: str | None = None) -> None:
     from esl_cb.app import AgentService
 
-    done = store_call(AgentService(open_store(db)).set_agent_state, name, change, operator)
-    click.echo(f"agent {name}: {done.before} -> {done.after}")
+    done = store_call(AgentService(open_store(db)).set_agent_state, name, change, operator, reason,
+                      fields={"reason": "--reason"})
+    click.echo(f"agent {name}: {done.before} -> {done.after}" + (" when the call ends" if done.when_call_ends else ""))
+
+
+@agent.command("break")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why: lunch, training, meeting... (shown in status and reports).")
+@db_option
+@operator_option
+def agent_break(name: str, reason: str, db: str | None, operator: str) -> None:
+    """Put an agent on a break with a reason (during a call: when it ends).
+
+    
+    Example:
+      esl-cb agent break alice --reason lunch && esl-cb agent available alice
+    """
+    _agent_state(name, db, "break", operator, reason)
+
+
+@agent.command("end-wrap-up")
+@click.argument("name")
+@db_option
+@operator_option
+def agent_end_wrap_up(name: str, db: str | None, operator: str) -> None:
+    """End an agent's wrap-up now: offered the next contact at once.
+
+    
+    Example:
+      esl-cb agent end-wrap-up alice
+    """
+    _agent_state(name, db, "end_wrap_up", operator)
+
+
+def _settings_options(f):
+    """--wrap-up, the delays and --max-no-answer, for a skill or an agent."""
+    for opt, what in reversed([
+            ("wrap-up", "Seconds in WrapUp after each conversation."),
+            ("reject-delay", "Seconds not offered after rejecting an offer."),
+            ("busy-delay", "Seconds not offered after an offer found the phone busy."),
+            ("no-answer-delay", "Seconds not offered after an offer rang out."),
+            ("left-delay", "Seconds not offered after hanging up a callback during CallDelaySec."),
+            ("max-no-answer", "Misses in a row before OnBreak 'no_answer' (0: never).")]):
+        f = click.option(f"--{opt}", opt.replace("-", "_"), help=what)(f)
+    return f
+
+
+def _settings(name: str, values: dict, skill: bool, db: str | None, operator: str) -> None:
+    from esl_cb.app import AgentService
+
+    given = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if not skill and value == "skill":
+            given[key] = None
+        elif value.isdigit():
+            given[key] = int(value)
+        else:
+            fail(f"--{key.replace('_', '-')}: {value!r} is not a whole number of seconds or misses"
+                 + ("" if skill else " (or 'skill': the skill's)"), EXIT_USAGE)
+    if not given:
+        fail("give at least one setting (see --help)", EXIT_USAGE)
+    done = store_call(AgentService(open_store(db)).set_settings, name, operator, skill, **given)
+    click.echo(f"{'skill' if skill else 'agent'} {name}: "
+               + ", ".join(f"{k}={'the skill' + chr(39) + 's' if v is None else v}" for k, v in done.items()))
+
+
+@agent.command("set")
+@click.argument("name")
+@_settings_options
+@db_option
+@operator_option
+def agent_set(name: str, db: str | None, operator: str, **values) -> None:
+    """Override the skill's wrap-up, delays or max-no-answer for one agent ('skill': back to the skill's).
+
+    
+    Example:
+      esl-cb agent set alice --wrap-up 30 --max-no-answer skill
+    """
+    _settings(name, values, False, db, operator)
 
 
 @agent.command("available")
@@ -142,10 +221,10 @@ def agent_list(as_json: bool, db: str | None) -> None:
         return
     from rich.table import Table
 
-    table = Table("name", "state", "since", "dial string", "skills", "contact")
+    table = Table("name", "state", "since", "dial string", "skills", "contact", "not offered because")
     for a in agents:
         table.add_row(a["name"], a["state"], f"{a['state_changed_at']:%H:%M:%S}", a["dial_string"],
-                      ", ".join(a["skills"]), str(a["contact_id"] or ""))
+                      ", ".join(a["skills"]), str(a["contact_id"] or ""), a["not_offered_because"])
     console().print(table)
 
 
@@ -252,3 +331,18 @@ def skill_hours(name: str, week, tz, closed, expire_after, db: str | None, opera
     hours = store_call(SkillService(store).set_hours, name, week, tz, closed, expire_after, operator,
                        fields={"expire_after": "--expire-after"})
     click.echo(f"skill {name}: {hours.describe()}")
+
+
+@skill.command("set")
+@click.argument("name")
+@_settings_options
+@db_option
+@operator_option
+def skill_set(name: str, db: str | None, operator: str, **values) -> None:
+    """Set a skill's wrap-up, delays after a miss and max-no-answer (agents may override them).
+
+    \b
+    Example:
+      esl-cb skill set support --wrap-up 10 --reject-delay 10 --busy-delay 60 --no-answer-delay 60 --max-no-answer 3
+    """
+    _settings(name, values, True, db, operator)

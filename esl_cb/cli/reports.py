@@ -52,18 +52,22 @@ def status(once: bool, as_json: bool, ports: int | None, db: str | None) -> None
             pass
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--from", "since", type=click.DateTime(), help="Contacts that arrived from (UTC).")
 @click.option("--to", "until", type=click.DateTime(), help="... until before (UTC).")
 @click.option("--csv", "as_csv", is_flag=True, help="One metric per line as CSV.")
 @db_option
-def report(since, until, as_csv: bool, db: str | None) -> None:
-    """Summary of the reporting and billing views for a time range.
+@click.pass_context
+def report(ctx: click.Context, since, until, as_csv: bool, db: str | None) -> None:
+    """Summary of the reporting and billing views for a time range (`report agents`: per agent and day).
 
     \b
     Example:
       esl-cb report --from 2026-11-01 --to 2026-12-01 --csv
+      esl-cb report agents --from 2026-12-01
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from datetime import timezone as tz
 
     from esl_cb.db import queries
@@ -80,3 +84,39 @@ def report(since, until, as_csv: bool, db: str | None) -> None:
         return
     for k, v in lines:
         click.echo(f"{k:28} {'-' if v is None else v}")
+
+
+def _hms(seconds) -> str:
+    s = int(round(float(seconds or 0)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@report.command("agents")
+@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d"]), help="Days from (UTC, YYYY-MM-DD).")
+@click.option("--agent", help="One agent only.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+def report_agents(since, agent: str | None, as_json: bool, db: str | None) -> None:
+    """Per agent and day (UTC): time logged in, available, on call, in wrap-up, on break by reason;
+    contacts handled and missed; occupancy (offered + on call + wrap-up over those and available).
+
+    \b
+    From the view agent_day_report (migration 0011); an interval counts on the day it started.
+    Example:
+      esl-cb report agents --from 2026-12-01
+    """
+    rows = store_call(open_store(db).agent_day_report, since.date() if since else None, agent)
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("day", "agent", "logged in", "available", "on call", "wrap-up", "delays", "on break",
+                  "handled", "missed", "occupancy", title="Agents by day")
+    for r in rows:
+        breaks = ", ".join(f"{k} {_hms(v)}" for k, v in sorted(r["breaks"].items()))
+        table.add_row(r["day"], r["agent_name"], _hms(r["logged_in_sec"]), _hms(r["available_sec"]),
+                      _hms(r["on_call_sec"]), _hms(r["wrap_up_sec"]), _hms(r["delay_sec"]),
+                      _hms(r["on_break_sec"]) + (f" ({breaks})" if breaks else ""), str(r["handled"]),
+                      str(r["missed"]), "-" if r["occupancy"] is None else f"{float(r['occupancy']):.0%}")
+    console().print(table)

@@ -24,6 +24,7 @@ from esl_cb.config import Settings
 from esl_cb.db.store import Offer, Store, as_utc
 from esl_cb.domain.runtime import ConnectedToAgent
 from esl_cb.domain.states import ContactState as C
+from esl_cb.domain.states import miss_of
 from esl_cb.esl import commands
 from esl_cb.esl.inbound import ESLError, Event
 
@@ -91,8 +92,8 @@ class Dispatcher:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + max(5 * self.settings.poll_interval, 1.0)
                     self._sweep_lost_offers()
-                if self.settings.refused_reset > 0:
-                    self.store.reset_refused(self.settings.refused_reset)
+                    # Wrap-ups and delays over (the backstop of agent_timers.py: a crash, another controller).
+                    self.store.end_holds(refused_reset=self.settings.refused_reset)
                 if not self.health.paused():
                     self._offer_waiting()
             except SQLAlchemyError as e:
@@ -124,8 +125,9 @@ class Dispatcher:
                 return            # the switch is unreachable: wait for the next wake-up or poll
 
     def conversation_ended(self, contact_id: int, reason: str) -> bool:
-        """A conversation ended. The freed agent's next offer is claimed in the same transaction and
-        rung at once, here: no wake-up hop, no wrap-up penalty. True if this call completed it."""
+        """A conversation ended. The agent goes WrapUp if they have a wrap-up time (a timer ends it:
+        agent_timers.py); otherwise their next offer is claimed in the same transaction and rung at
+        once, here: no wake-up hop. True if this call completed it."""
         claim = (str(uuidlib.uuid4()) if self._running and self.switch.ready.is_set() and not self.health.paused()
                  and self._may_offer() else None)
         with self.legs.critical.running_now():
@@ -244,8 +246,9 @@ class Dispatcher:
                                         not_before=agent_pause)
             else:
                 self.health.accepted(offer.agent_id)
-                if cause is not None:
-                    self.store.offer_failed(offer, refused=True, reason=f"agent did not take the call ({cause})")
+                if cause is not None:      # a miss: the agent's delay for it, or OnBreak at max-no-answer
+                    self.store.offer_failed(offer, refused=True, reason=f"agent did not take the call ({cause})",
+                                            miss=miss_of(cause))
             if cause is not None:
                 self.wake()
                 if cause in NO_CHANNEL_CAUSES:

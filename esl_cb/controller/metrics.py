@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONTACT_STATES = ("arrived", "queued", "offered", "callback_queued", "accepted", "dialling", "connected")
-AGENT_STATES = ("LoggedOut", "Available", "Offered", "OnCall", "Refused", "Unavailable")
+AGENT_STATES = ("LoggedOut", "Available", "Offered", "OnCall", "WrapUp", "Refused", "OnBreak", "Unavailable")
 
 
 class Metrics:

@@ -31,6 +31,7 @@ from esl_cb.esl.outbound import CallServer
 from esl_cb.esl.prompts import check_prompts
 from esl_cb.netaddr import parse_hostport
 
+from .agent_timers import HoldTimers
 from .callers import CallerSessions
 from .dialler import Dialler
 from .dispatcher import Dispatcher
@@ -61,6 +62,7 @@ class Controller:
         self.dispatcher = Dispatcher(settings, self.store, self.switch, self.legs, pacer, self.health,
                                      self.callers, self.dialler)
         self.guard = CallbackGuard(settings.policy(), self.store)
+        self.hold_timers = HoldTimers(self.store, wake)       # wrap-ups and delays end on time
         self.membership = Membership(self.store, settings.esl, settings.heartbeat_timeout)
         self.membership.on_fenced = self._start_over
         self.fleet = SwitchShareKeeper(settings, self.store, pacer, self.dialler, self.dispatcher)
@@ -114,6 +116,7 @@ class Controller:
         if self.server is not None:
             self.server.stop()
         self.dispatcher.stop()
+        self.hold_timers.stop()
         self.switch.close()
         self.dialler.stop()
         self.callers.stop()

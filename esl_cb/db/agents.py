@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Iterable
 
 from sqlalchemy import insert, select, text, update
@@ -10,6 +9,7 @@ from sqlalchemy import insert, select, text, update
 from esl_cb.domain.hours import HoursError, OpeningHours
 from esl_cb.domain.states import AgentState as A
 
+from .agent_states import why_not_offered
 from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
 from .models import Agent, AgentSkill, Skill
 
@@ -23,15 +23,24 @@ _PG_SET_STATE = text("""
 WITH a AS (SELECT id, state FROM agents WHERE name = :name FOR UPDATE),
 u AS (
     UPDATE agents SET state = :to, state_changed_at = :now,
-        available_since = CASE WHEN :to = 'Available' THEN :now ELSE agents.available_since END
+        available_since = CASE WHEN :to = 'Available' THEN :now ELSE agents.available_since END,
+        missed_in_a_row = CASE WHEN :to = 'Available' THEN 0 ELSE agents.missed_in_a_row END,
+        state_reason = :reason, state_until = NULL
     FROM a WHERE agents.id = a.id AND a.state <> :to AND a.state = ANY(:allowed)
+    RETURNING agents.id),
+p AS (
+    UPDATE agents SET pending_state = :to, pending_reason = :reason
+    FROM a WHERE agents.id = a.id AND a.state = ANY(:later)
     RETURNING agents.id),
 audit AS (
     INSERT INTO audit_log (at, operator, action, target, detail)
-    SELECT :now, :operator, 'agent state', :target, a.state || ' -> ' || :to FROM a, u
-    WHERE :operator IS NOT NULL),
+    SELECT :now, :operator, 'agent state', :target,
+           a.state || ' -> ' || :to || coalesce(' (' || :reason || ')', '')
+                   || CASE WHEN EXISTS (SELECT 1 FROM p) THEN ' when the call ends' ELSE '' END
+      FROM a WHERE :operator IS NOT NULL AND (EXISTS (SELECT 1 FROM u) OR EXISTS (SELECT 1 FROM p))),
 wake AS (SELECT pg_notify(:channel, :what) FROM u)
-SELECT a.state AS before, (SELECT count(*) FROM u) AS changed, (SELECT count(*) FROM wake) AS woken FROM a
+SELECT a.state AS before, (SELECT count(*) FROM u) + (SELECT count(*) FROM p) AS changed,
+       (SELECT count(*) FROM p) AS pending, (SELECT count(*) FROM wake) AS woken FROM a
 """)
 
 
@@ -122,45 +131,66 @@ class AgentsStore(StoreBase):
         by_agent: dict[int, list[str]] = {}
         for aid, sname in skills:
             by_agent.setdefault(aid, []).append(sname)
+        now = utcnow()
         return [{"id": a.id, "name": a.name, "dial_string": a.dial_string, "state": a.state,
                  "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
-                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
+                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, [])),
+                 "state_reason": a.state_reason, "state_until": as_utc(a.state_until),
+                 "pending_state": a.pending_state, "pending_reason": a.pending_reason,
+                 "missed_in_a_row": a.missed_in_a_row,
+                 "not_offered_because": why_not_offered(a, now)} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
-        """Operator-driven agent state change (CLI); refused with the reason when not allowed. The
-        controllers are woken (NOTIFY) by the same commit."""
+        """change_agent_state without reason or pending state: the state before."""
+        return self.change_agent_state(name, to, allowed_from, operator)[0]
+
+    def change_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None,
+                           reason: str | None = None, later_from: Iterable[A] = ()) -> tuple[A, bool]:
+        """Operator-driven agent state change (CLI, API, the agent's phone); refused with the reason when
+        not allowed. From a state in `later_from` (on a call) it is stored as pending, and the database
+        applies it when the call ends. Returns (the state before, whether it waits for the call's end).
+        The controllers are woken (NOTIFY) by the same commit."""
         allowed = [s.value for s in allowed_from]
+        later = [s.value for s in later_from]
+        reason = reason.strip()[:64] if reason and reason.strip() else None
         if self._pg:
             with self._autocommit.connect() as conn:
                 row = conn.execute(_PG_SET_STATE, {
-                    "name": name, "to": to.value, "now": utcnow(), "allowed": allowed,
-                    "operator": operator[:64] if operator else None, "target": name[:255],
+                    "name": name, "to": to.value, "now": utcnow(), "allowed": allowed, "later": later,
+                    "reason": reason, "operator": operator[:64] if operator else None, "target": name[:255],
                     "channel": self.NOTIFY_CHANNEL, "what": f"agent {name}"[:100]}).first()
-            _check_change(name, row.before if row else None, to, allowed, bool(row and row.changed))
-            before = row.before
+            _check_change(name, row.before if row else None, to, allowed + later, bool(row and row.changed))
+            before, pending = row.before, bool(row.pending)
         else:
             with self.engine.begin() as conn:
                 row = conn.execute(select(Agent.id, Agent.state).where(Agent.name == name)).first()
-                _check_change(name, row.state if row else None, to, allowed, True)
-                values = dict(state=to.value, state_changed_at=utcnow())
-                if to is A.AVAILABLE:
-                    values["available_since"] = utcnow()
+                _check_change(name, row.state if row else None, to, allowed + later, True)
+                pending = row.state in later
+                if pending:
+                    values = dict(pending_state=to.value, pending_reason=reason)
+                else:
+                    values = dict(state=to.value, state_changed_at=utcnow(), state_reason=reason, state_until=None)
+                    if to is A.AVAILABLE:
+                        values.update(available_since=utcnow(), missed_in_a_row=0)
                 res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))
-                _check_change(name, row.state, to, allowed, res.rowcount == 1)
-                self._audit(conn, operator, "agent state", name, f"{row.state} -> {to.value}")
+                _check_change(name, row.state, to, allowed + later, res.rowcount == 1)
+                self._audit(conn, operator, "agent state", name, f"{row.state} -> {to.value}"
+                            + (f" ({reason})" if reason else "") + (" when the call ends" if pending else ""))
                 self._notify(conn, f"agent {name}")          # the controllers hear of it at commit
                 before = row.state
-        log.info("agent %s %s -[operator %s]-> %s", name, before, operator or "", to.value)
-        return A(before)
+        log.info("agent %s %s -[operator %s]-> %s%s%s", name, before, operator or "", to.value,
+                 f" ({reason})" if reason else "", " when the call ends" if pending else "")
+        return A(before), pending
 
-    def reset_refused(self, after_seconds: float) -> int:
-        """Refused agents become Available again after a while (if the operator configured it)."""
-        now = utcnow()
+    def set_agent_settings(self, name: str, values: dict[str, int | None], operator: str | None = None,
+                           skill: bool = False) -> None:
+        """Wrap-up, delays and max-no-answer of a skill (`skill`) or an agent (None: the skill's)."""
+        model = Skill if skill else Agent
         with self.engine.begin() as conn:
-            res = conn.execute(update(Agent).where(
-                Agent.state == A.REFUSED.value, Agent.state_changed_at <= now - timedelta(seconds=after_seconds)
-            ).values(state=A.AVAILABLE.value, state_changed_at=now, available_since=now))
-            return res.rowcount
+            if conn.execute(update(model).where(model.name == name).values(**values)).rowcount != 1:
+                raise NotFound(f"no {'skill' if skill else 'agent'} named {name!r}")
+            self._audit(conn, operator, f"{'skill' if skill else 'agent'} settings", name,
+                        ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
 def _check_change(name: str, before: str | None, to: A, allowed: list[str], changed: bool) -> None:

@@ -306,19 +306,22 @@ class StoreBase(object):
                 sid = conn.execute(select(Skill.id).where(Skill.name == name)).scalar()
         return sid
 
-    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime, fenced: bool = True) -> None:
+    def _release_agent(self, conn, agent_id: int | None, contact_id: int, now: datetime, fenced: bool = True,
+                       **values) -> None:
         # Only from this contact: the agent may already be on the next one; and only our own agent.
         if agent_id is None:
             return
-        params = {"b_id": agent_id, "b_contact": contact_id, "state_changed_at": now, "available_since": now}
+        params = {"b_id": agent_id, "b_contact": contact_id, "state_changed_at": now, "available_since": now,
+                  **values}
         if fenced and self.controller_id:
             conn.execute(_RELEASE_MY_AGENT, {**params, "b_owner": self.controller_id})
         else:
             conn.execute(_RELEASE_AGENT, params)
 
     def _agent_on_call(self, conn, offer: Offer, now: datetime) -> None:
+        # An answer ends a row of misses (max-no-answer counts misses in a row, as mod_callcenter does).
         params = {"b_id": offer.agent_id, "b_contact": offer.contact_id, "state": A.ON_CALL.value,
-                  "state_changed_at": now}
+                  "state_changed_at": now, "missed_in_a_row": 0}
         mine = bool(self.controller_id)
         res = conn.execute(_MY_AGENT_ON_CALL if mine else _AGENT_ON_CALL,
                            {**params, "b_owner": self.controller_id} if mine else params)

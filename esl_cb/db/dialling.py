@@ -7,10 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy import func, insert, select, text, update
 
+from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
-from esl_cb.domain.states import Outcome
+from esl_cb.domain.states import Miss, Outcome
 
-from .base import DialPlan, StoreBase, as_utc, utcnow
+from .agent_states import AgentStatesStore
+from .base import DialPlan, as_utc, utcnow
 from .models import CallbackAttempt, Contact, Leg, PolicyRefusal
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ SELECT count(*) AS n FROM c
 """)
 
 
-class DiallingStore(StoreBase):
+class DiallingStore(AgentStatesStore):
     """Callback attempts and legs (the billing view)."""
 
     def prepare_dial(self, contact_id: int, leg_uuid: str) -> DialPlan | None:
@@ -172,7 +174,8 @@ class DiallingStore(StoreBase):
             c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.ACCEPTED.value or not self._mine(c, reason):
                 return False
-            self._release_agent(conn, c.agent_id, c.id, now)
+            # A miss (the agent's 'left' delay): the same callback is not offered to them again at once.
+            self._missed(conn, c.agent_id, c.id, Miss.LEFT, now, (A.ON_CALL, A.OFFERED))
             attempts = c.attempts
             if c.callback_leg_uuid:        # the prepared attempt was never dialled: it does not count
                 conn.execute(update(CallbackAttempt).where(CallbackAttempt.leg_uuid == c.callback_leg_uuid).values(

@@ -12,7 +12,10 @@ from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
-from .base import DialPlan, Offer, StoreBase, utcnow
+from esl_cb.domain.states import Miss
+
+from .agent_states import AgentHold, AgentStatesStore
+from .base import DialPlan, Offer, utcnow
 from .models import Agent, Contact
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,8 @@ WITH ok AS (
       AND (:ctl = '' OR (c.controller_id = :ctl AND a.controller_id = :ctl))
     FOR UPDATE OF c, a),
 ag AS (
-    UPDATE agents SET state = 'OnCall', state_changed_at = :now WHERE id = :agent AND EXISTS (SELECT 1 FROM ok)),
+    UPDATE agents SET state = 'OnCall', state_changed_at = :now, missed_in_a_row = 0
+     WHERE id = :agent AND EXISTS (SELECT 1 FROM ok)),
 n AS (
     SELECT coalesce(max(attempt_no), 0) + 1 AS no FROM callback_attempts WHERE contact_id = :cid),
 c AS (
@@ -48,7 +52,7 @@ SELECT c.*, n.no AS attempt_no FROM c, n
 """)
 
 
-class DispatchStore(StoreBase):
+class DispatchStore(AgentStatesStore):
     """Claims, offers and the end of conversations."""
 
     def claim_offer(self, new_leg_uuid: str) -> Offer | None:
@@ -97,23 +101,29 @@ class DispatchStore(StoreBase):
         log.info("agent %s Available -[offer contact %s]-> Offered", pair.agent_name, pair.contact_id)
         return self._offer(pair, new_leg_uuid)
 
-    def offer_failed(self, offer: Offer, refused: bool, reason: str, not_before: float = 0.0) -> None:
+    def offer_failed(self, offer: Offer, refused: bool, reason: str, not_before: float = 0.0,
+                     miss: Miss | None = None) -> AgentHold | None:
         """The agent declined, did not answer, or could not be rung: the contact keeps its place.
-        With `not_before` (seconds), the agent is not offered again before then (the switch was full)."""
+        `refused` (the agent's phone said no: `miss` says how, no answer by default): the agent's delay
+        for that miss, or OnBreak at their max-no-answer (agent_states.py); returned, for a timer.
+        Otherwise Available again, and with `not_before` (seconds) not offered before then (the switch
+        was full)."""
         now = utcnow()
         with self.engine.begin() as conn:
             row = self._lock_contact(conn, offer.contact_id)
             back = C.CALLBACK_QUEUED if row and row.callback_requested else C.QUEUED
             self._move(conn, offer.contact_id, [C.OFFERED], back, reason, agent_id=None, agent_leg_uuid=None)
-            to = A.REFUSED if refused else A.AVAILABLE
+            if refused:
+                return self._missed(conn, offer.agent_id, offer.contact_id, miss or Miss.NO_ANSWER, now, (A.OFFERED,))
             res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.state == A.OFFERED.value,
                                                    Agent.contact_id == offer.contact_id,
                                                    self._owned(Agent.controller_id)).values(
-                state=to.value, state_changed_at=now, contact_id=None, leg_uuid=None,
+                state=A.AVAILABLE.value, state_changed_at=now, contact_id=None, leg_uuid=None,
                 offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None))
             if res.rowcount == 1:
-                log.info("agent %s Offered -[%s]-> %s%s", offer.agent_name, reason, to.value,
+                log.info("agent %s Offered -[%s]-> Available%s", offer.agent_name, reason,
                          f" (not offered for {not_before:g}s)" if not_before > 0 else "")
+            return None
 
     def accept_live(self, offer: Offer) -> bool:
         now = utcnow()
@@ -178,11 +188,10 @@ class DispatchStore(StoreBase):
                 log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
 
     def complete(self, contact_id: int, reason: str, claim_leg_uuid: str | None = None) -> tuple[bool, Offer | None]:
-        """A connected contact ended: handled (live) or callback completed; the agent is free again.
-
-        With `claim_leg_uuid`, the next offer is claimed in the same transaction (one commit on
-        the path from a hangup to the next offer: no wrap-up delay). Returns (completed, offer).
-        """
+        """A connected contact ended: handled (live) or callback completed. The agent goes WrapUp for
+        their wrap-up time (told to `hold_listener`, for a timer), or with none is free again at once: then, with
+        `claim_leg_uuid`, the next offer is claimed in the same transaction (one commit on the path from
+        a hangup to the next offer). Returns (completed, offer)."""
         now = utcnow()
         if self._pg:
             with self._autocommit.connect() as conn:
@@ -193,15 +202,24 @@ class DispatchStore(StoreBase):
             if not row.completed:
                 return False, None
             log.info("contact %s connected -[%s]-> ended", contact_id, reason)
+            if row.wrap_up_until is not None:
+                log.info("agent %s OnCall -[conversation ended]-> WrapUp until %s", row.agent_id,
+                         f"{row.wrap_up_until:%H:%M:%S}")
+                self._held(AgentHold(row.agent_id, "", A.WRAP_UP, row.wrap_up_until))
+                return True, None
             return True, self._claimed(row, claim_leg_uuid) if claim_leg_uuid else None
         with self.engine.begin() as conn:
             c = self._lock_contact(conn, contact_id)
             if c is None or c.state != C.CONNECTED.value or not self._mine(c, reason):
                 return False, None
             outcome = Outcome.CALLBACK_COMPLETED if c.callback_requested else Outcome.HANDLED
-            self._release_agent(conn, c.agent_id, c.id, now)
+            hold = self._wrap_up(conn, c.agent_id, c.id, now)
+            if hold is None:
+                self._release_agent(conn, c.agent_id, c.id, now, missed_in_a_row=0)
             if not self._move(conn, contact_id, [C.CONNECTED], C.ENDED, reason, outcome=outcome.value, ended_at=now):
                 return False, None
+            if hold is not None:
+                return True, None
             return True, (self._claim(conn, claim_leg_uuid, now) if claim_leg_uuid else None)
 
     def abandon_offer(self, contact_id: int, reason: str) -> int | None:

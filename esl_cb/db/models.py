@@ -45,6 +45,13 @@ class Skill(Base):
     # The number the skill's customers know: a booking without a caller ID and a script's CallerID
     # that is no dialable number show it (migration 0008).
     outbound_caller_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # After a conversation and after a miss (migration 0011; README "Agents: wrap-up, delays, breaks").
+    wrap_up_sec: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reject_delay_sec: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
+    busy_delay_sec: Mapped[int] = mapped_column(Integer, default=60, server_default="60")
+    no_answer_delay_sec: Mapped[int] = mapped_column(Integer, default=60, server_default="60")
+    left_delay_sec: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
+    max_no_answer: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
 
 
 class Agent(Base):
@@ -61,10 +68,39 @@ class Agent(Base):
     controller_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The switch refused to ring this agent (it was full): not offered again before this time.
     offer_not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The skill's settings overridden for this agent (NULL: the skill's).
+    wrap_up_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reject_delay_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    busy_delay_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    no_answer_delay_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    left_delay_sec: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_no_answer: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Why Refused (a delay after a miss) or OnBreak; when WrapUp or the delay ends.
+    state_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A logout or break asked during a call: the database applies it when the agent is freed.
+    pending_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    pending_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    missed_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # The agent idle longest, for esl_cb_claim (migration 0010).
     __table_args__ = (Index("ix_agents_available", "available_since", "id", postgresql_where=text("state = 'Available'"),
                             sqlite_where=text("state = 'Available'")),)
+
+
+class AgentStateChange(Base):
+    """Every agent state change, written by triggers on `agents` (migration 0011) whatever the path."""
+    __tablename__ = "agent_state_history"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    agent_id: Mapped[int] = mapped_column(Integer)          # no foreign key: kept after the agent goes
+    agent_name: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    contact_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+
+    __table_args__ = (Index("ix_agent_state_history_agent_at", "agent_id", "at"),)
 
 
 class AgentSkill(Base):

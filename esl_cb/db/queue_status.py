@@ -8,12 +8,14 @@ later may change it).
   of the order of the view claim_queue, migration 0007) descending, then queued_at, then id. A
   callback waiting for its retry time counts: it keeps its place. A contact an agent has (`offered`:
   the phone rings; `connected`: answered, the script is about to stop) is at 1 and `being_served`.
-- agents_staffed: agents with the skill who are at work (Available, Offered, OnCall);
+- agents_staffed: agents with the skill who are at work (Available, Offered, OnCall, WrapUp);
   agents_available: those Available now and not held back after a full switch (what a claim takes).
 - aht_sec: the skill's average handle time over the last hour (domain/ewt.py AHT_WINDOW_SEC): for
   contacts that ended `handled` or `callback_completed` in that hour, the time an agent was tied
   up by each, from the offer to the hangup (ended_at - offered_at; for a callback this includes its
-  CallDelaySec and the dial). None when there is none: the domain uses its default.
+  CallDelaySec and the dial), plus the skill's wrap-up time (the configured one: an agent's own
+  override, or a wrap-up ended early, is not seen). None when there is none: the domain uses its
+  default (which has no wrap-up added).
 
 Cost: the place and the agents are read through indexes (ix_contacts_state_skill, the agents'
 tables); the handle time through ix_contacts_skill_ended (migration 0006; before it, a scan of the
@@ -41,7 +43,7 @@ from .sqlexpr import effective_priority, minutes_between
 
 WAITING = (C.QUEUED.value, C.CALLBACK_QUEUED.value)
 SERVED = (C.OFFERED.value, C.CONNECTED.value)
-STAFFED = (A.AVAILABLE.value, A.OFFERED.value, A.ON_CALL.value)
+STAFFED = (A.AVAILABLE.value, A.OFFERED.value, A.ON_CALL.value, A.WRAP_UP.value)
 HANDLED = (Outcome.HANDLED.value, Outcome.CALLBACK_COMPLETED.value)
 AHT_CACHE_SEC = 60.0            # how old the handle time a store hands out may be
 
@@ -79,7 +81,9 @@ class QueueStatusStore(StoreBase):
                   Contact.ended_at >= now - timedelta(seconds=AHT_WINDOW_SEC), Contact.offered_at.is_not(None))
         mean, samples = conn.execute(select(func.avg(minutes_between(Contact.offered_at, Contact.ended_at) * 60.0),
                                             func.count()).where(*recent)).one()
-        value = (float(mean) if samples else None, int(samples))
+        # The agent is tied up until their wrap-up ends too: the skill's wrap-up time is added (issue 20).
+        wrap = conn.execute(select(Skill.wrap_up_sec).where(Skill.id == skill_id)).scalar() or 0
+        value = (float(mean) + wrap if samples else None, int(samples))
         cache[skill_id] = (time.monotonic(), *value)
         return value
 

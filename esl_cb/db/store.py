@@ -4,6 +4,7 @@ The store is one object in several files, each a step of a contact's life (base.
 share; each state change is one transaction):
 
   agents.py     agents and skills, as operators set them
+  agent_states.py  wrap-up, delays after a miss, their end, the state history's report
   contacts.py   arrival, the queue, the Callback action, cancel
   controllers.py  controllers as members: register (an epoch), heartbeat, adopt the dead ones' contacts
   dispatch.py   offers to agents and the end of conversations

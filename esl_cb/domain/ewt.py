@@ -8,13 +8,15 @@ centre: calls arrive at random, handle times are exponential, N agents serve one
 - `position`: the contact's place in its skill's queue, 1 = next (SPEC 3 order);
 - `available`: agents of the skill free right now; the first `available` contacts are offered at
   once, so they wait 0;
-- `staffed`: agents of the skill at work (Available, Offered or OnCall); once the free ones are
+- `staffed`: agents of the skill at work (Available, Offered, OnCall or WrapUp); once the free ones are
   taken, all `staffed` are busy and, with exponential handle times, one of them frees up on
   average every AHT / staffed seconds (the memoryless property: a call's remaining time has the
   same mean as a whole call);
 - `AHT`: the recent average handle time of the skill, i.e. how long an agent is tied up by one
-  contact, from the offer (ringing) to the hangup; a callback's CallDelaySec and its dial are in it.
-  With no recent data it is DEFAULT_AHT_SEC.
+  contact, from the offer (ringing) to the hangup; a callback's CallDelaySec and its dial are in it,
+  and so is wrap-up: the store adds the skill's configured wrap-up time to the measured average
+  (db/queue_status.py), since an agent in WrapUp is not free for the next contact. With no recent
+  data it is DEFAULT_AHT_SEC (no wrap-up added).
 
 Limits (what makes the actual wait differ; benchmarks/ewt_day.py measures the error over a day):
 
@@ -22,7 +24,10 @@ Limits (what makes the actual wait differ; benchmarks/ewt_day.py measures the er
   random time; the estimate is their mean, not a bound. Its spread grows with sqrt(position).
 - Contacts behind can overtake: a higher priority (or its acceleration) puts a later contact ahead,
   and lengthens the wait. Contacts ahead that hang up shorten it.
-- Staffing changes: agents who log in, go Unavailable or are Refused after the estimate.
+- Staffing changes: agents who log in, go Unavailable, OnBreak or are Refused (a delay after a miss)
+  after the estimate. Agents in such a delay are not counted as staffed.
+- Wrap-up as configured: agents who end it early, or whose own wrap-up differs from the skill's,
+  make the real handle time differ.
 - An agent with several skills is counted fully in each of them, so a skill that shares its agents
   waits longer than estimated.
 - With no agent staffed the wait is unknown: EWT is NO_AGENT_EWT_SEC (an hour), meaning "long".

@@ -42,8 +42,33 @@ class AgentState(str, enum.Enum):
     AVAILABLE = "Available"
     OFFERED = "Offered"
     ON_CALL = "OnCall"
-    REFUSED = "Refused"
+    REFUSED = "Refused"          # missed an offer: not offered until its delay ends (state_until, state_reason)
     UNAVAILABLE = "Unavailable"
+    WRAP_UP = "WrapUp"           # after a conversation, until its wrap-up time ends or they end it
+    ON_BREAK = "OnBreak"         # with a reason (state_reason): asked for, or 'no_answer' after max-no-answer
+
+
+# Why an agent missed an offer (the delay and its reason; each one counts towards max-no-answer).
+class Miss(str, enum.Enum):
+    REJECTED = "rejected"        # declined the call (603, CALL_REJECTED)
+    BUSY = "busy"                # 486, USER_BUSY
+    NO_ANSWER = "no_answer"      # rang out, or any other reason the phone did not take it
+    LEFT = "left"                # answered a callback, then hung up during CallDelaySec
+
+
+# The reason an agent put on a break by max-no-answer carries.
+NO_ANSWER_BREAK = "no_answer"
+# An agent in these states is on a call (or just after it): a logout or break asked now waits for its end.
+ON_A_CALL = frozenset({AgentState.OFFERED, AgentState.ON_CALL, AgentState.WRAP_UP})
+
+
+def miss_of(cause: str | None) -> Miss:
+    """The kind of miss a hangup cause of the agent's leg means (what mod_callcenter distinguishes)."""
+    if cause == "USER_BUSY":
+        return Miss.BUSY
+    if cause == "CALL_REJECTED":
+        return Miss.REJECTED
+    return Miss.NO_ANSWER
 
 
 C = ContactState
@@ -65,13 +90,17 @@ CONTACT_TRANSITIONS: dict[ContactState, set[ContactState]] = {
 CONTACT_INITIAL_STATES: frozenset[ContactState] = frozenset({C.ARRIVED, C.CALLBACK_QUEUED})
 
 A = AgentState
+# Offered/OnCall/WrapUp -> LoggedOut/OnBreak/Unavailable: a state asked during the call (pending_state),
+# applied by the database when the agent is freed.
 AGENT_TRANSITIONS: dict[AgentState, set[AgentState]] = {
-    A.LOGGED_OUT: {A.AVAILABLE, A.UNAVAILABLE},
-    A.AVAILABLE: {A.OFFERED, A.UNAVAILABLE, A.LOGGED_OUT},
-    A.OFFERED: {A.ON_CALL, A.REFUSED, A.AVAILABLE, A.UNAVAILABLE, A.LOGGED_OUT},
-    A.ON_CALL: {A.AVAILABLE, A.REFUSED, A.UNAVAILABLE, A.LOGGED_OUT},
-    A.REFUSED: {A.AVAILABLE, A.UNAVAILABLE, A.LOGGED_OUT},
-    A.UNAVAILABLE: {A.AVAILABLE, A.LOGGED_OUT},
+    A.LOGGED_OUT: {A.AVAILABLE, A.UNAVAILABLE, A.ON_BREAK},
+    A.AVAILABLE: {A.OFFERED, A.UNAVAILABLE, A.ON_BREAK, A.LOGGED_OUT},
+    A.OFFERED: {A.ON_CALL, A.REFUSED, A.ON_BREAK, A.AVAILABLE, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.ON_CALL: {A.WRAP_UP, A.AVAILABLE, A.REFUSED, A.ON_BREAK, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.WRAP_UP: {A.AVAILABLE, A.ON_BREAK, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.REFUSED: {A.AVAILABLE, A.ON_BREAK, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.ON_BREAK: {A.AVAILABLE, A.UNAVAILABLE, A.LOGGED_OUT},
+    A.UNAVAILABLE: {A.AVAILABLE, A.ON_BREAK, A.LOGGED_OUT},
 }
 
 

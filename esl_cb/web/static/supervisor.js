@@ -7,7 +7,7 @@
   let board = {queues: [], agents: []};
   let selected = null;          // the callback the action panel acts on
 
-  const STATES = ["login", "available", "unavailable", "logout"];
+  const STATES = ["login", "available", "unavailable", "end_wrap_up", "logout"];
 
   async function refresh() {
     try {
