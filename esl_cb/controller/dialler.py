@@ -254,6 +254,11 @@ class Dialler(CustomerLeg):
             self.legs.forget(leg)
             self.store.dial_failed(contact_id, leg, "switch_error", SWITCH_ERROR_RETRY, self.settings.max_attempts,
                                    counts=False)
+            agent = self.legs.get(plan.agent_leg_uuid)
+            if agent is not None:
+                # No longer this contact's agent leg (it may be hung up only once the switch answers
+                # again, when the contact has moved on): its hangup ends its billing leg, nothing else.
+                agent.answered = False
             self.switch.kill(plan.agent_leg_uuid)
             self.wake()
             return False

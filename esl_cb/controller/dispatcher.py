@@ -220,7 +220,8 @@ class Dispatcher:
             if watch is not None:
                 watch.finished = True
                 self.legs.forget(c.agent_leg_uuid)
-            self.give_back_offer(c, lambda uuid: False, "switch unreachable")
+            # Not asked (it cannot answer): its leg, if the agent picked up there, is hung up once it does.
+            self.give_back_offer(c, lambda uuid: True, "switch unreachable")
 
     def give_back_offer(self, c, exists: Callable[[str | None], bool], reason: str) -> None:
         """An unwatched offer: hang up its agent leg if the switch has one; the contact keeps its place
