@@ -131,6 +131,8 @@ def test_esl_cut_while_a_callback_is_connected_on_b_nothing_is_redialled_and_its
     until(lambda: all(leg.ended_at is not None for leg in f.legs(1)), timeout=10,
           what="every billing leg of X with its end time")       # written as each leg's hangup completes
     assert len(f.endings(1)) == 1, f.endings(1)
+    if ends == "during the cut":      # its end was not heard: billed as ended when B answered again
+        assert [leg.hangup_cause for leg in f.legs(1) if leg.uuid == x.callback_leg_uuid] == ["LOST_EVENTS"]
 
     # ann is free now, and only now: the waiting callback is hers.
     y = f.bridged_on_b(2)
