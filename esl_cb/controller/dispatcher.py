@@ -83,8 +83,10 @@ class Dispatcher:
                 self._wake.wait(timeout=self.settings.poll_interval)
             self._wake.clear()
             if not self.switch.ready.is_set():
+                # Nothing else to do while the switch is away: look once a poll interval (an offer rung
+                # there goes back within one of its ring time + grace, not up to 5 of them later).
                 if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + max(5 * self.settings.poll_interval, 1.0)
+                    next_sweep = time.monotonic() + self.settings.poll_interval
                     self._offers_on_a_lost_switch()
                 continue
             try:
