@@ -9,8 +9,10 @@ both switches registered (`esl-cb switch add`) with that limit, so each controll
    at most sps/2 a second and two should give close to twice that.
 2. The offer latency on the wire (an agent made available with a contact waiting -> the agent's
    originate at whichever simulator), one controller against two, in the same run.
+3. Arrivals: R callers a second at switch A alone, then R a second at each switch: how long a caller
+   waits to start (sent -> its contact stored), and how many admission control held.
 
-    python benchmarks/fleet_bench.py [--sps 20] [--callbacks 100] [--agents 30] [--samples 30]
+    python benchmarks/fleet_bench.py [--sps 20] [--callbacks 100] [--agents 30] [--samples 30] [--rate 50]
 The machine is shared: short runs, and say so with the numbers.
 """
 from __future__ import annotations
@@ -197,12 +199,38 @@ def offer_latency(f: Fleet, samples: int, tag: str) -> list[float]:
     return out
 
 
+def arrivals(f: Fleet, switches: list[Switch], rate: float, seconds: float, tags: list[str]) -> dict:
+    """`rate` callers a second at each of `switches` for `seconds`: each caller's start (ms) and what
+    admission control held, per controller."""
+    calls = int(rate * seconds)
+    held0 = [s.metric("esl_cb_admission_delayed_total") for s in switches]
+    sent: dict[str, float] = {}
+
+    def arrive(s: Switch, tag: str) -> None:
+        t0 = time.time()
+        for i in range(calls):
+            number = f"{tag}{i:05d}"
+            sent[number] = time.time()
+            s.esl.command(f"bgapi sim call {number} 3125557000")
+            time.sleep(max(t0 + (i + 1) / rate - time.time(), 0))
+    gevent.joinall([gevent.spawn(arrive, s, tag) for s, tag in zip(switches, tags)])
+    like = " OR ".join(f"original_ani LIKE '%{tag}%'" for tag in tags)
+    wait_for(lambda: f.rows(f"SELECT count(*) FROM contacts WHERE {like}")[0][0] >= calls * len(switches) * 0.99,
+             60, "the arrivals stored")
+    rows = f.rows(f"SELECT original_ani, arrived_at FROM contacts WHERE {like}")
+    start = [(at.timestamp() - sent[ani[-10:]]) * 1000 for ani, at in rows if ani[-10:] in sent]
+    return {"callers": len(rows), "start": start,
+            "held": [s.metric("esl_cb_admission_delayed_total") - h for s, h in zip(switches, held0)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sps", type=int, default=20, help="each simulated switch's sessions-per-second")
     ap.add_argument("--callbacks", type=int, default=100)
     ap.add_argument("--agents", type=int, default=30)
     ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--rate", type=float, default=50.0, help="arriving callers a second at each switch")
+    ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         f = Fleet(Path(tmp), args.sps)
@@ -216,6 +244,12 @@ def main() -> None:
             time.sleep(3)                   # a joiner offers nothing for two heartbeats
             lat2 = offer_latency(f, args.samples, "3125621")
             two, by2 = connected_per_second(f, "two", args.callbacks, args.agents, "312563")
+            # Last: the callers stay (music) and would load what follows. One switch, then both.
+            arr1 = arrivals(f, [a], args.rate, args.seconds, ["31290"])
+            for uuid, in f.rows("SELECT caller_uuid FROM contacts WHERE original_ani LIKE '%31290%'"):
+                a.api(f"uuid_kill {uuid}")
+            time.sleep(2)
+            arr2 = arrivals(f, [a, b], args.rate, args.seconds, ["31291", "31292"])
             refused = [s.metric("esl_cb_switch_refusals_total") for s in f.switches]
         finally:
             f.close()
@@ -227,6 +261,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for label, v in (("one controller, one switch", lat1), ("two controllers, two switches", lat2)):
         print(f"| {label} | {pct(v, 50):.1f} | {pct(v, 95):.1f} | {max(v):.1f} | {len(v)} |")
+    for label, r in ((f"{args.rate:g}/s at one controller", arr1), (f"{args.rate:g}/s at each of two", arr2)):
+        v = r["start"]
+        print(f"arrivals, {label}: {r['callers']} callers, start p50 {pct(v, 50):.0f} ms, p95 {pct(v, 95):.0f} ms, "
+              f"max {max(v):.0f} ms; held by admission control: {r['held']}")
     print(f"originates the switches refused (each controller's esl_cb_switch_refusals_total): {refused}")
     gevent.sleep(0)
 
