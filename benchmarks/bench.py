@@ -63,7 +63,7 @@ actions:
 
 
 class Rig:
-    def __init__(self, tmp: Path, event_lag_ms: float) -> None:
+    def __init__(self, tmp: Path, event_lag_ms: float, extra: tuple[str, ...] = ()) -> None:
         self.db_name = "eslcb_bench_" + uuidlib.uuid4().hex[:10]
         admin = psycopg2.connect(PG_ADMIN)
         admin.autocommit = True
@@ -85,7 +85,7 @@ class Rig:
                           str(self.metrics_port), "--retry-interval", "1", "--agent-ring-timeout", "5",
                           "--callback-ring-timeout", "5", "--ports", "1000",
                           # The simulated switch has no sessions-per-second limit; pace like one set to 60.
-                          "--originate-rate", "50", "--log-level", "WARNING",
+                          "--originate-rate", "50", "--log-level", "WARNING", *extra,
                           log=(tmp / "controller.log").open("wb"))
         wait_port(self.ctl_port)
         wait_port(self.metrics_port)
@@ -252,7 +252,7 @@ def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, r
             time.sleep(max(started + min(window, 2.0) * i / agents - time.time(), 0))
         rig.available(f"{skill}{i}")
     if arrivals is not None:
-        arrivals.join()
+        sent_at = arrivals.get()
         time.sleep(0.5)
         handled1 = rig.answer_handled_buckets()
     for name in skills:
@@ -272,6 +272,15 @@ def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, r
     result = {"errors": errors, "acted": acted,
               "sent_late": {le: n - late[le] for le, n in rig.dial_late_buckets().items()},
               "handled": {le: v - handled0.get(le, 0.0) for le, v in handled1.items()}}
+    if arrivals is not None:
+        # How long each arriving caller waited before its contact was stored (its script starting):
+        # what admission control makes longer past the knee.
+        with rig.store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT original_ani, arrived_at FROM contacts WHERE original_ani LIKE "
+                                     "'%31277%'")).all()
+        result["start_ms"] = [(at.timestamp() - sent_at[int(ani[-5:])]) * 1000 for ani, at in rows
+                              if int(ani[-5:]) < len(sent_at)]
+        result["admission_delayed"] = rig.metric("esl_cb_admission_delayed_total")
     if baseline is not None:
         out = json.loads(baseline.communicate(timeout=60)[0])
         result["greenswitch_timer_late_ms"] = out["timer_late_ms"]
@@ -279,12 +288,16 @@ def delay_precision(rig: Rig, skill: str, n: int, agents: int, burst: int = 0, r
     return result
 
 
-def arrive(rig: Rig, calls: int, rate: float) -> None:
-    """`calls` new callers at `rate` a second (~45 events each), as the real switch would send them."""
+def arrive(rig: Rig, calls: int, rate: float) -> list[float]:
+    """`calls` new callers at `rate` a second (~45 events each), as the real switch would send them.
+    Returns when each was sent."""
     t0 = time.time()
+    sent = []
     for i in range(calls):
+        sent.append(time.time())
         rig.esl.command(f"bgapi sim call 31277{i:05d} 3125557000")
         time.sleep(max(t0 + (i + 1) / rate - time.time(), 0))
+    return sent
 
 
 def scale(rig: Rig, calls: int, rate: float) -> dict:
@@ -326,6 +339,8 @@ def main() -> None:
     # after); at 200/s the simulator itself (and the baseline's `event plain ALL`) falls seconds behind.
     ap.add_argument("--burst", type=int, default=0, help="callers in the burst scenario (default 480, smoke 40)")
     ap.add_argument("--burst-rate", type=float, default=150.0, help="callers a second in the burst scenario")
+    ap.add_argument("--admission-max-lag", type=float, default=None,
+                    help="the controller's --admission-max-lag (0: admission control off, for a before/after)")
     ap.add_argument("--samples", type=int, default=0, help="samples per latency row (default 200, smoke 10)")
     ap.add_argument("--only", choices=SCENARIOS, action="append",
                     help="run only this scenario (repeatable); for working on one number")
@@ -335,7 +350,8 @@ def main() -> None:
     cli, after, after_event, quiet, burst = [], [], [], {"errors": []}, {"errors": []}
     stmts_per_cb, ingest, sc = float("nan"), None, None
     with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp), args.event_lag_ms)
+        extra = () if args.admission_max_lag is None else ("--admission-max-lag", str(args.admission_max_lag))
+        rig = Rig(Path(tmp), args.event_lag_ms, extra)
         try:
             if "cli" in run:
                 cli = offer_latency_cli(rig, n)
@@ -370,6 +386,8 @@ def main() -> None:
               burst["errors"], "p99 <= 50, max <= 100"))
     print(row("agent's answer -> customer's originate, CallDelaySec 0, during the burst (the whole time-critical "
               "path)", burst.get("acted", []), ""))
+    print(row("a burst caller's start: sent -> its contact stored (admission control holds it past the knee)",
+              burst.get("start_ms", []), "(longer past the knee)"))
     print(row("baseline: greenswitch `event plain ALL` + 20 ms gevent timer, lateness during the burst",
               burst.get("greenswitch_timer_late_ms", []), "(for comparison)"))
     print()
@@ -383,6 +401,8 @@ def main() -> None:
         print(f"database: {stmts_per_cb:.1f} SQL statements per callback (offer, accept, dial, answer, complete)")
     if "burst" in run:
         print(f"burst: greenswitch baseline received {burst.get('greenswitch_events', 0)} events")
+        print(f"burst: {burst.get('admission_delayed', 0):.0f} callers held by admission control "
+              f"(esl_cb_admission_delayed_total)")
     for name, res in (("quiet", quiet), ("burst", burst)):
         if res.get("sent_late", {}).get("+Inf"):
             n = res["sent_late"]

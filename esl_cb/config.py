@@ -62,6 +62,8 @@ class Settings:
     stop_grace: float = 10.0          # seconds a clean stop (SIGTERM) waits for the work in flight
     db_wait: float = 60.0             # how long a new caller hears music while the database is away
     arrival_db_connections: int = 4   # database connections for callers' arrivals (the rest keep theirs)
+    admission_max_lag: float = 0.02   # new callers wait while the event loop is later than this (s); 0: off
+    admission_max_wait: float = 10.0  # ... for at most this long (s)
     metrics_port: int = 0
     realtime_priority: int = 0        # run SCHED_RR at this priority (1-99), above FreeSWITCH's 10; 0: normal
     watchdog_max_lag: float = 1.0     # systemd's watchdog is fed only while the event loop is later than
@@ -105,6 +107,9 @@ class Settings:
         if not 0 < self.heartbeat_interval < self.heartbeat_timeout / 2:
             raise ConfigError(f"heartbeat_interval ({self.heartbeat_interval}s) must be above 0 and under half of "
                               f"heartbeat_timeout ({self.heartbeat_timeout}s), or a slow beat looks like a death")
+        if self.admission_max_lag < 0 or self.admission_max_wait < 0:
+            raise ConfigError(f"admission_max_lag and admission_max_wait must not be negative, not "
+                              f"{self.admission_max_lag} and {self.admission_max_wait}")
         if not self.watchdog_max_lag > 0:
             raise ConfigError(f"watchdog_max_lag must be above 0 (seconds), not {self.watchdog_max_lag}")
         self.callback_wait_targets()

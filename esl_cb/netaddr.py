@@ -23,6 +23,21 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
     return host or "127.0.0.1", int(port_text)
 
 
+def switch_identity(text: str) -> str:
+    """A switch's ESL address as one spelling, so that `127.0.0.1:8021`, `localhost:8021` and
+    ` LOCALHOST:8021` name one switch (its row, its controllers, who may adopt whose contacts). Names
+    other than localhost are kept (lowercased): resolving them would tie identity to one host's DNS."""
+    host, port = parse_hostport(text, default_port=8021)
+    host = host.strip().lower().rstrip(".")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    return f"[{ip.compressed}]:{port}" if ip.version == 6 else f"{ip.compressed}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     """This host only: localhost or a loopback address (an empty host is not)."""
     if host in ("localhost", ""):

@@ -44,7 +44,9 @@ def esl_cb(*args: str) -> str:
 class Fleet:
     """Controller A (in-process, on switch A) and controller B (`esl-cb run`, on switch B)."""
 
-    def __init__(self, rigs, pg_url: str, tmp_path, delay: int = 0, b_ring_timeout: int = 5) -> None:
+    def __init__(self, rigs, pg_url: str, tmp_path, delay: int = 0, b_ring_timeout: int = 5,
+                 b_esl_port: int | None = None) -> None:
+        """`b_esl_port`: where controller B finds switch B's event socket (a relay in front of it)."""
         self.fs_a, self.fs_b = rigs
         if self.fs_b.switch.proc.poll() is not None:      # killed by an earlier test
             self.fs_b.switch.start()
@@ -58,12 +60,13 @@ class Fleet:
         self.db = self.a.settings.db
         esl_cb("switch", "add", "fs-a", "--esl", self.fs_a.switch.esl, "--sessions-per-second", "20",
                "--ports", "20", "--db", self.db)
-        esl_cb("switch", "add", "fs-b", "--esl", self.fs_b.switch.esl, "--sessions-per-second", "20",
+        b_esl_port = b_esl_port or self.fs_b.switch.esl_port
+        esl_cb("switch", "add", "fs-b", "--esl", f"127.0.0.1:{b_esl_port}", "--sessions-per-second", "20",
                "--ports", "20", "--db", self.db)
         config = tmp_path / "b.yaml"
         config.write_text(f"heartbeat_timeout: {TIMEOUT}\nheartbeat_interval: {BEAT}\ncontroller_id: ctl-b\n")
         self.log = tmp_path / "controller.log"
-        self.b = ControllerProcess(tmp_path, self.db, self.fs_b.switch.esl_port, self.fs_b.controller_port,
+        self.b = ControllerProcess(tmp_path, self.db, b_esl_port, self.fs_b.controller_port,
                                    script_file, "--config", str(config), "--dial-template", phones.dial_template(),
                                    "--agent-ring-timeout", str(b_ring_timeout), "--callback-ring-timeout", "8")
         self.b_callers = []

@@ -58,6 +58,12 @@ from .policy import policy_options
               help="Seconds a due callback may wait for an agent, for the alert on "
                    "esl_cb_callback_oldest_wait_seconds: a number, or skill=seconds,... and a number for the "
                    "other skills (e.g. support=600,900). [default: 900]")
+@click.option("--admission-max-lag", type=float,
+              help="Seconds the event loop may run late before new callers wait for their first prompt "
+                   "(admission control: due dials and agents' answers stay on time); 0 turns it off. "
+                   "[default: 0.02]")
+@click.option("--admission-max-wait", type=float,
+              help="Seconds a new caller waits at most for admission. [default: 10]")
 @click.option("--watchdog-max-lag", type=float,
               help="Under systemd's WatchdogSec=, feed the watchdog only while the event loop is late by less "
                    "than this (seconds). [default: 1]")

@@ -193,16 +193,17 @@ class Dialler(CustomerLeg):
                 self.switch.kill(plan.agent_leg_uuid)
                 self.wake()
                 return
+        # In `sending` until 'dialling' is stored: a clean stop waits for it (it stopped between the
+        # originate and its record, and the restart found the contact 'accepted' with a leg ringing).
         self.sending[plan.leg_uuid] = plan
         try:
-            sent = self._send_when_clear(plan)
+            if self._send_when_clear(plan):
+                log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no,
+                         plan.number, plan.caller_id, plan.leg_uuid)
+                self._record_dialling(plan)
         finally:
             self.sending.pop(plan.leg_uuid, None)
             self.cancelled.discard(plan.leg_uuid)
-        if sent:
-            log.info("contact %s attempt %d: dialling %s as %s on leg %s", contact_id, plan.attempt_no, plan.number,
-                     plan.caller_id, plan.leg_uuid)
-            self._record_dialling(plan)
 
     def _still_wanted(self, plan: DialPlan) -> bool:
         """After a wait: the agent may have left (agent_left cancels) or another controller may own the
@@ -254,6 +255,11 @@ class Dialler(CustomerLeg):
             self.legs.forget(leg)
             self.store.dial_failed(contact_id, leg, "switch_error", SWITCH_ERROR_RETRY, self.settings.max_attempts,
                                    counts=False)
+            agent = self.legs.get(plan.agent_leg_uuid)
+            if agent is not None:
+                # No longer this contact's agent leg (it may be hung up only once the switch answers
+                # again, when the contact has moved on): its hangup ends its billing leg, nothing else.
+                agent.answered = False
             self.switch.kill(plan.agent_leg_uuid)
             self.wake()
             return False

@@ -84,8 +84,10 @@ class Dispatcher:
                 self._wake.wait(timeout=self.settings.poll_interval)
             self._wake.clear()
             if not self.switch.ready.is_set():
+                # Nothing else to do while the switch is away: look once a poll interval (an offer rung
+                # there goes back within one of its ring time + grace, not up to 5 of them later).
                 if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + max(5 * self.settings.poll_interval, 1.0)
+                    next_sweep = time.monotonic() + self.settings.poll_interval
                     self._offers_on_a_lost_switch()
                 continue
             try:
@@ -222,7 +224,8 @@ class Dispatcher:
             if watch is not None:
                 watch.finished = True
                 self.legs.forget(c.agent_leg_uuid)
-            self.give_back_offer(c, lambda uuid: False, "switch unreachable")
+            # Not asked (it cannot answer): its leg, if the agent picked up there, is hung up once it does.
+            self.give_back_offer(c, lambda uuid: True, "switch unreachable")
 
     def give_back_offer(self, c, exists: Callable[[str | None], bool], reason: str) -> None:
         """An unwatched offer: hang up its agent leg if the switch has one; the contact keeps its place

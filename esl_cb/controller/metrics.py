@@ -64,6 +64,11 @@ class Metrics:
         self.step_failures = Counter("esl_cb_step_failures", "Leg handlers that failed half way with something "
                                      "other than the database (the contact is reconciled)", ["leg", "event"],
                                      registry=r)
+        # Admission control (controller/admission.py): new callers held while the event loop is late.
+        self.admission_delayed = Counter("esl_cb_admission_delayed", "New callers who waited before their first "
+                                         "prompt because the event loop was late (admission control)", registry=r)
+        self.admission_waiting = Gauge("esl_cb_admission_waiting", "New callers waiting now to start (admission "
+                                       "control)", registry=r)
         self.db_statements = Counter("esl_cb_db_statements", "SQL statements sent to the database", registry=r)
         # For the alerts of deploy/prometheus/esl-cb.rules.yml and the dashboard.
         self.esl_connected = Gauge("esl_cb_esl_connected", "1 while connected to FreeSWITCH's event socket",

@@ -31,6 +31,7 @@ from esl_cb.esl.outbound import CallServer
 from esl_cb.esl.prompts import check_prompts
 from esl_cb.netaddr import parse_hostport
 
+from .admission import Admission
 from .agent_timers import HoldTimers
 from .callers import CallerSessions
 from .dialler import Dialler
@@ -53,6 +54,7 @@ class Controller:
         self.store = store or Store(settings.db, settings.controller_id)
         self.script = script or scripts.load(settings.script or scripts.DEFAULT_SCRIPT)
         self.legs = LegRegistry()
+        self.admission = Admission(settings.admission_max_lag, settings.admission_max_wait)
         self.switch = SwitchLink(settings, self.legs.route)
         self.health = SwitchHealth()
         pacer = OriginatePacer(settings.originate_rate)      # under the switch's sessions-per-second
@@ -90,13 +92,14 @@ class Controller:
         self._running = True
         host, port = parse_hostport(self.settings.listen)
         self.server = CallServer(host, port, self.callers.on_call, allowed=self.settings.allowed_networks(),
-                                 on_refused=self._connection_refused)
+                                 on_refused=self._connection_refused, admit=self.admission.admit)
         self.server.bind()          # a port in use fails here, in the caller, not in a greenlet
         spawn = self.supervisor.spawn
         spawn("outbound-socket server", self.server.listen, restart=False)
         if not self.server.ready.wait(5):
             raise RuntimeError("outbound-socket server did not start")
         spawn("esl", self.switch.run)
+        self.admission.start()
         spawn("dispatcher", self.dispatcher.run)
         spawn("heartbeat", self._heartbeat_loop)
         spawn("calendar", self._calendar_loop)
@@ -111,6 +114,7 @@ class Controller:
         """Stop at once (what is stored stays for the next start or another controller)."""
         self._running = False
         self.supervisor.stop()
+        self.admission.stop()
         if self._metrics is not None:
             self._metrics.stop()
         if self.server is not None:
@@ -234,6 +238,7 @@ class Controller:
     @metrics.setter
     def metrics(self, metrics) -> None:
         self._metrics = self.switch.metrics = self.health.metrics = self.dialler.metrics = self.guard.metrics = metrics
+        self.admission.metrics = metrics
 
     @property
     def observer(self) -> Callable[[str, str, str], None] | None:

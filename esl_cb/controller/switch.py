@@ -60,6 +60,9 @@ class SwitchLink:
         self.metrics = None
         self._running = False
         self.lost_at: float | None = time.monotonic()    # since when we cannot reach it (None: connected)
+        # Legs we meant to hang up while the switch could not be reached (the ESL cut, the switch
+        # alive): hung up as soon as it answers again, before recovery looks (README 'A switch lost').
+        self.kill_when_back: dict[str, str] = {}
 
     # -- the connection -----------------------------------------------------
     def run(self) -> None:
@@ -82,6 +85,7 @@ class SwitchLink:
             self.stopping = False
             self.lost_at = None
             log.info("connected to FreeSWITCH at %s:%d", host, port)
+            self._kill_pending()
             try:
                 self.on_connected()
             except Exception:
@@ -127,14 +131,27 @@ class SwitchLink:
         self.conn.bgapi(cmd, job_uuid=job_uuid)
 
     def kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> bool:
-        """Hang up a leg; one that is gone already is fine. True if the switch hung it up now."""
+        """Hang up a leg; one that is gone already is fine. True if the switch hung it up now. One the
+        switch could not be asked about is hung up once it answers again (a uuid is never reused: a
+        leg we meant to end must not stay up, e.g. an agent parked on a switch whose ESL was cut)."""
         if not uuid:
             return False
         try:
             return self.api(f"uuid_kill {uuid} {cause}").startswith("+OK")
         except ESLError as e:
-            log.warning("could not hang up %s: %s", uuid, e)
+            log.warning("could not hang up %s (%s); hanging it up once FreeSWITCH answers again", uuid, e)
+            self.kill_when_back[uuid] = cause
             return False
+
+    def _kill_pending(self) -> None:
+        pending, self.kill_when_back = self.kill_when_back, {}
+        for uuid, cause in pending.items():
+            try:
+                if self.api(f"uuid_kill {uuid} {cause}").startswith("+OK"):
+                    log.warning("hung up leg %s, which we could not hang up while FreeSWITCH was unreachable", uuid)
+            except ESLError as e:
+                log.warning("could not hang up %s (%s); trying again at the next connection", uuid, e)
+                self.kill_when_back[uuid] = cause
 
     def leg_state(self, uuid: str | None) -> LegState | None:
         """The leg's live state; None when the switch has no such leg."""

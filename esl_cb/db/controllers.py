@@ -24,6 +24,7 @@ import logging
 from sqlalchemy import delete, func, literal_column, select, text, update
 
 from esl_cb.domain.states import ContactState as C
+from esl_cb.netaddr import switch_identity as identity
 
 from .base import Fenced, StoreBase, StoreError
 from .models import Agent, Contact, ControllerMember
@@ -60,6 +61,7 @@ class ControllersStore(StoreBase):
         """A fresh membership for this controller on switch `esl`: returns its new epoch (also self.epoch)."""
         if not self.controller_id:
             raise StoreError("only a controller registers: this store has no controller_id")
+        esl = identity(esl)
         with self.engine.begin() as conn:
             if self._pg:
                 epoch = conn.execute(_PG_REGISTER, {"id": self.controller_id, "esl": esl}).scalar_one()
@@ -78,7 +80,7 @@ class ControllersStore(StoreBase):
                              "register first")
         with self.engine.begin() as conn:
             n = conn.execute(_PG_HEARTBEAT if self._pg else _SQLITE_HEARTBEAT,
-                             {"id": self.controller_id, "epoch": self.epoch, "esl": esl}).rowcount
+                             {"id": self.controller_id, "epoch": self.epoch, "esl": identity(esl)}).rowcount
         if n == 0:
             raise Fenced(f"controller {self.controller_id} (epoch {self.epoch}) was taken over by another "
                          "controller while it stalled: drop what it holds and register again")
@@ -119,7 +121,7 @@ class ControllersStore(StoreBase):
 
     def _adopt(self, conn, member, esl: str) -> bool:
         mine, open_ = Contact.controller_id == member.id, Contact.state != C.ENDED.value
-        same_switch = member.esl == esl
+        same_switch = _same_switch(member.esl, esl)
         waiting = conn.execute(update(Contact).where(mine, open_ if same_switch else
                                                      Contact.state == C.CALLBACK_QUEUED.value)
                                .values(controller_id=self.controller_id)).rowcount
@@ -139,3 +141,13 @@ class ControllersStore(StoreBase):
         log.warning("controller %s (epoch %s) on switch %s stopped beating; %s took over its %d open contacts and "
                     "its agents", member.id, member.epoch, member.esl, self.controller_id, waiting)
         return True
+
+
+def _same_switch(a: str | None, b: str | None) -> bool:
+    """Two ESL addresses naming one switch (rows stored before addresses were normalised included)."""
+    if not a or not b:
+        return a == b
+    try:
+        return identity(a) == identity(b)
+    except ValueError:
+        return a == b

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select, update
 
+from esl_cb.netaddr import switch_identity as identity
+
 from .base import NotFound, StaleState, StoreBase, StoreError, utcnow
 from .models import Contact, ControllerMember, Switch
 
@@ -36,6 +38,10 @@ class SwitchesStore(StoreBase):
                             ("voice_ports", voice_ports)):
             if value is not None and value < 1:
                 raise StoreError(f"switch {name}: {what} must be at least 1, not {value}", where=what)
+        try:
+            esl = identity(esl)
+        except ValueError as e:
+            raise StoreError(f"switch {name}: {e}", where="esl") from None
         with self.engine.begin() as conn:
             if conn.execute(select(Switch.name).where((Switch.name == name) | (Switch.esl == esl))).first():
                 raise StaleState(f"a switch named {name!r} or at {esl} is registered already; remove it first",
@@ -92,6 +98,7 @@ class SwitchesStore(StoreBase):
     def switch_share(self, esl: str, seen: bool) -> SwitchShare:
         """At a controller's heartbeat: its switch's limits divided among the controllers beating for it
         (itself included), whether it drains; and, `seen`, that it reached the switch now."""
+        esl = identity(esl)
         with self.engine.begin() as conn:
             if seen:
                 conn.execute(update(Switch).where(Switch.esl == esl).values(last_seen=func.now()))

@@ -170,9 +170,12 @@ class CallServer(greenswitch.OutboundESLServer):
     error raised to the caller instead of sys.exit()."""
 
     def __init__(self, host: str, port: int, on_call: Callable[["CallChannel"], None], max_connections: int = 10000,
-                 allowed: list | None = None, on_refused: Callable[[str], None] | None = None):
+                 allowed: list | None = None, on_refused: Callable[[str], None] | None = None,
+                 admit: Callable[[], object] | None = None):
         super().__init__(bind_address=host, bind_port=port, application=_Application, max_connections=max_connections)
         self.on_call = on_call
+        # Waited on before a new call's first word (connect): the switch holds the call meanwhile.
+        self.admit = admit
         self.ready = GEvent()
         # Only the switch may hand us calls: a connection from elsewhere is closed at once, unread.
         self.allowed = allowed if allowed is not None else [ipaddress.ip_network("127.0.0.0/8"),
@@ -241,6 +244,8 @@ class CallServer(greenswitch.OutboundESLServer):
         # minute, so a small buffer saves memory at 2,000 calls (its reader has not run yet).
         session.sock_file = sock.makefile("rb", buffering=2048)
         channel = CallChannel(session)
+        if self.admit is not None:
+            self.admit()
         try:
             with gevent.Timeout(CONNECT_TIMEOUT, CallGone(f"no connect reply in {CONNECT_TIMEOUT:g}s")):
                 session.connect()
