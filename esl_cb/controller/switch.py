@@ -70,13 +70,14 @@ class SwitchLink:
         self._running = True
         backoff = 0.1
         host, port = parse_hostport(self.settings.esl)
+        outage = _Outage()
         while self._running:
             lost = GEvent()
             conn = InboundConnection(host, port, self.settings.esl_password, self._on_event, lost.set)
             try:
                 conn.connect(EVENTS)
             except Exception as e:      # ESLError mostly; this greenlet must never die
-                log.warning("FreeSWITCH not reachable (%s); retrying in %.1fs", e, backoff)
+                outage.failed(str(e), backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -84,7 +85,7 @@ class SwitchLink:
             self.conn = conn
             self.stopping = False
             self.lost_at = None
-            log.info("connected to FreeSWITCH at %s:%d", host, port)
+            log.info("connected to FreeSWITCH at %s:%d%s", host, port, outage.ended())
             self._kill_pending()
             try:
                 self.on_connected()
@@ -225,3 +226,36 @@ class SwitchHealth:
         if self.backoff.probe_passed(token):
             self.accepted()
             self.wake()
+
+
+class _Outage:
+    """Says a switch that cannot be reached once, not at every retry (every 5 s for as long as it is
+    down): again only when the reason changes and as a reminder every REMIND seconds; the rest at
+    DEBUG. esl_cb_esl_connected and its alert say it meanwhile."""
+
+    REMIND = 300.0
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.said_at = 0.0
+        self.reason = ""
+
+    def failed(self, reason: str, retry_in: float) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if reason != self.reason or now - self.said_at >= self.REMIND:
+            down = "" if now - self.since < 1 else f" for {now - self.since:.0f}s"
+            log.warning("FreeSWITCH not reachable%s (%s); retrying every %.0fs or sooner, said again only if "
+                        "this changes or every %.0f min", down, reason, 5.0, self.REMIND / 60)
+            self.said_at, self.reason = now, reason
+        else:
+            log.debug("FreeSWITCH still not reachable (%s); retrying in %.1fs", reason, retry_in)
+
+    def ended(self) -> str:
+        """The tail of the 'connected' line: how long it was away, if it was."""
+        if self.since is None:
+            return ""
+        away = time.monotonic() - self.since
+        self.since, self.reason, self.said_at = None, "", 0.0
+        return f", after {away:.1f}s unreachable"
