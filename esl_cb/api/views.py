@@ -37,9 +37,9 @@ class Services:
 class ApiCallbacks(CallbackService):
     """The bookings' service, reading a booking's place through the statement prepared once."""
 
-    def _position(self, contact_id: int) -> int | None:
+    def _position(self, contact_id: int, conn=None) -> int | None:
         try:
-            return api_queries.queue_status(self.store, contact_id)["position"]
+            return api_queries.queue_status(self.store, contact_id, conn=conn)["position"]
         except (StaleState, NotFound):
             return None
 
@@ -48,11 +48,13 @@ def services(request: Request) -> Services:
     return request.app.state.services
 
 
-def position_ewt(store: Store, contact_id: int, not_before: datetime | None = None) -> tuple[int | None, int | None]:
+def position_ewt(store: Store, contact_id: int, not_before: datetime | None = None,
+                 conn=None) -> tuple[int | None, int | None]:
     """Its place in the queue (1 = next) and the estimated seconds until an agent is offered it (at
-    the earliest its not_before); (None, None) once an agent has it or it ended."""
+    the earliest its not_before); (None, None) once an agent has it or it ended. `conn`: within that
+    transaction."""
     try:
-        status = api_queries.queue_status(store, contact_id)
+        status = api_queries.queue_status(store, contact_id, conn=conn)
     except (StaleState, NotFound):
         return None, None
     if status["being_served"]:

@@ -6,9 +6,9 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import Connection, func, insert, or_, select, text, update
 
 from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.hours import parse_when
@@ -202,7 +202,8 @@ class ContactsStore(StoreBase):
                           delay: int | None = None, priority: Priority | None = None,
                           expire_after: float | None = None, operator: str | None = None, *,
                           limits: RateLimits | None = None, override: bool = False, expire_at: datetime | None = None,
-                          data: dict | None = None) -> Scheduled:
+                          data: dict | None = None,
+                          then: Callable[[Connection, Scheduled], None] | None = None) -> Scheduled:
         """A callback booked by an operator or a program (no call came in): offered to an agent from
         `at` (None: now), within the skill's hours, ahead of contacts queued after it at the same
         priority. In one transaction, as a script's Callback: at most one open callback per number
@@ -215,7 +216,9 @@ class ContactsStore(StoreBase):
         `caller_id`, `delay`, `priority` None: not given (a new callback shows the number itself, no
         delay, priority 0). Expiry: `expire_at`, else `expire_after` seconds after `at`, else the
         skill's default. `override`: the destination policy allowed it only by an operator's override
-        (the dial-time check honours it). UnknownSkill when `skill` does not exist."""
+        (the dial-time check honours it). UnknownSkill when `skill` does not exist. `then`: more
+        work for this transaction, once the callback is stored (the HTTP API ties it to its token and
+        keeps its Idempotency-Key's answer there): all of it commits, or none."""
         now = utcnow()
         # In UTC: SQLite keeps a datetime's wall time and drops its zone.
         at, expire_at = (t.astimezone(timezone.utc) if t is not None else None for t in (at, expire_at))
@@ -238,6 +241,8 @@ class ContactsStore(StoreBase):
                     detail = f"{number} on {skill} at {(at or now).isoformat()}"
                 self._audit(conn, operator, "callback schedule", f"contact {done.contact_id}", detail)
                 self._notify(conn, f"schedule {done.contact_id}")
+                if then is not None:
+                    then(conn, done)
         except RateLimited as e:
             self.record_refusal(None, number, e.calling_number, "request", e.rule, str(e))
             raise

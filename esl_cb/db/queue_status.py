@@ -50,21 +50,27 @@ class QueueStatusStore(StoreBase):
     """The Queuestatus action's read."""
 
     def queue_status(self, contact_id: int, now: datetime | None = None,
-                     aht_max_age: float = AHT_CACHE_SEC) -> dict:
+                     aht_max_age: float = AHT_CACHE_SEC, conn=None) -> dict:
         """{'position', 'being_served', 'agents_staffed', 'agents_available', 'aht_sec', 'aht_samples',
         'state'}
         of a contact in the queue; StaleState when it is not queued, NotFound when there is none.
-        The handle time may be up to `aht_max_age` seconds old."""
+        The handle time may be up to `aht_max_age` seconds old. `conn`: read within that transaction
+        (a booking reads its own place before it commits)."""
         now = now or utcnow()
+        if conn is not None:
+            return self._queue_status(conn, contact_id, now, aht_max_age)
         with self.engine.connect() as conn:
-            row = conn.execute(self._status_query(contact_id, now)).first()
-            if row is None:
-                raise NotFound(f"no contact {contact_id}")
-            if row.state not in WAITING + SERVED or row.skill_id is None:
-                raise StaleState(f"contact {contact_id} is {row.state}, not in a queue: Queuestatus needs a "
-                                 "queued contact (run Reqagent first)")
-            aht, samples = self._recent_aht(conn, row.skill_id, now, aht_max_age)
-            in_hours = conn.execute(select(Skill.callbacks_open).where(Skill.id == row.skill_id)).scalar()
+            return self._queue_status(conn, contact_id, now, aht_max_age)
+
+    def _queue_status(self, conn, contact_id: int, now: datetime, aht_max_age: float) -> dict:
+        row = conn.execute(self._status_query(contact_id, now)).first()
+        if row is None:
+            raise NotFound(f"no contact {contact_id}")
+        if row.state not in WAITING + SERVED or row.skill_id is None:
+            raise StaleState(f"contact {contact_id} is {row.state}, not in a queue: Queuestatus needs a "
+                             "queued contact (run Reqagent first)")
+        aht, samples = self._recent_aht(conn, row.skill_id, now, aht_max_age)
+        in_hours = conn.execute(select(Skill.callbacks_open).where(Skill.id == row.skill_id)).scalar()
         served = row.state in SERVED
         return {"position": 1 if served else int(row.ahead) + 1, "being_served": served,
                 "agents_staffed": int(row.staffed), "agents_available": int(row.available),
