@@ -5,6 +5,7 @@ import click
 
 from .common import EXIT_USAGE, HOSTPORT, db_option, fail, open_store, setup_logging
 from .policy import policy_options
+from .running import use_credentials
 
 
 @click.command()
@@ -44,6 +45,7 @@ def api(config_file, db, region, log_level, log_format, **options) -> None:
       esl-cb api --listen 127.0.0.1:8088 --db postgresql+psycopg2://postgres@127.0.0.1/eslcb
     """
     setup_logging(log_level, log_format)
+    use_credentials()                 # systemd's LoadCredential=pgpass (deploy/systemd/esl-cb-api.service)
     from esl_cb.api.settings import ApiSettings
     from esl_cb.config import ConfigError, load_settings
 
