@@ -48,7 +48,8 @@ class BookingIn(BaseModel):
     caller_id: str | None = Field(None, max_length=64,
                                   description="What the customer sees. Default: the skill's outbound caller ID, "
                                               "else the number itself.")
-    priority: float | None = Field(None, description="Initial and maximum priority (default 0).")
+    priority: float | None = Field(None, description="A fixed priority: initial and maximum, no acceleration "
+                                                     "(default 0). Higher is offered first.")
     not_before: str | None = Field(None, max_length=64, description="Not before: ISO 8601 (naive: the skill's time "
                                                                     "zone), '14:30' or '+3600'.")
     window: WindowIn | None = Field(None, description="Instead of not_before: call between start and end.")
@@ -59,7 +60,9 @@ class BookingIn(BaseModel):
 
 class CallbackPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"priority": 50, "agent": "alice"}]})
-    priority: float | None = Field(None, description="A fixed priority (supervisor, admin).")
+    priority: float | None = Field(None, description="A fixed priority (supervisor, admin): initial and maximum "
+                                                     "become this value and the acceleration 0, so a priority that "
+                                                     "rose with the wait stops rising. Higher is offered first.")
     not_before: str | None = Field(None, max_length=64, description="A new time (null: as soon as possible).")
     agent: str | None = Field(None, max_length=64,
                               description="Offer it only to this agent of its skill (null: any agent; supervisor, "
