@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from esl_cb.app import Booking, Window
 from esl_cb.app.changes import UNCHANGED
 from esl_cb.db import api_queries
-from esl_cb.db.api_records import KeyAnsweredMeanwhile
 from esl_cb.db.store import NotFound
 from esl_cb.domain.errors import InvalidInput
 from esl_cb.domain.numbers import InvalidNumber, normalize
@@ -92,7 +91,7 @@ def book(body: BookingIn, caller: Caller = Depends(current_caller), svc: Service
     if seen.state == "new":
         try:
             return _book(svc, caller, body, (key, fingerprint))
-        except KeyAnsweredMeanwhile:          # the same key at once: the other request's booking stands
+        except IdempotencyKeyInUse:          # the same key at once: the other request's booking stands
             seen = svc.records.recall(caller.token.id, key, fingerprint)
     if seen.state == "mismatch":
         raise IdempotencyKeyReused("Idempotency-Key: this key was used with another request in the last 24 hours; "

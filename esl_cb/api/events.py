@@ -8,11 +8,15 @@ callbacks, an agent token its own agent and the contact it is offered. A stream 
 behind, or a listener that lost its connection, gets a `resync` event: read the state again.
 
 The events say what changed, not everything about it: a page reads the state again on each
-(debounced). Events are not kept: a client that reconnects reads the state first."""
+(debounced). Each event of `esl_cb_events` is kept in the table `api_events` (migration 0013) in the
+transaction of its change, and its row's id is its SSE `id:`, the same in every API process: a
+client that reconnects with the header Last-Event-ID gets the events it missed, in order, then the
+live ones. How far back: the log keeps `event_log_hours` (6) and at most the last 100,000 events;
+an id no longer there (or never given), or more than REPLAY_MAX events behind, gets one `reset`
+event instead: read the state again. `wake`, `resync`, `reset` and `hello` carry no id."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import select
@@ -20,7 +24,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Callable
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["events"])
 WAKE_CHANNEL = "esl_cb_wake"
 QUEUE_SIZE = 1000
+REPLAY_MAX = 10_000             # more missed than this: a reset (reading the state is cheaper)
 
 
 class EventHub:
@@ -49,7 +54,6 @@ class EventHub:
         self.streams: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
         self.listeners: list[Callable[[dict], None]] = []        # in the listener's thread (webhooks)
         self.lock = threading.Lock()
-        self.ids = itertools.count(1)
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.thread = threading.Thread(target=self._run, name="esl-cb-events", daemon=True)
@@ -74,7 +78,6 @@ class EventHub:
             self.streams = {s for s in self.streams if s[1] is not q}
 
     def publish(self, doc: dict) -> None:
-        doc = {"seq": next(self.ids), **doc}
         with self.lock:
             streams = list(self.streams)
         for loop, q in streams:
@@ -119,7 +122,7 @@ def _put(q: asyncio.Queue, doc: dict) -> None:
     if q.full():                               # the reader is behind: it must read the state again
         while not q.empty():
             q.get_nowait()
-        q.put_nowait({"seq": doc["seq"], "kind": "resync", "why": "the stream fell behind"})
+        q.put_nowait({"kind": "resync", "why": "the stream fell behind"})
         return
     q.put_nowait(doc)
 
@@ -149,7 +152,7 @@ class Filter:
 
     async def allows(self, doc: dict) -> bool:
         kind = doc.get("kind")
-        if kind == "resync" or self.caller.oversees:
+        if kind in ("resync", "reset") or self.caller.oversees:
             return True
         if self.caller.role == "agent":
             if kind == "agent":
@@ -171,21 +174,34 @@ class Filter:
 
 @router.get("/events", summary="Server-Sent Events: contacts and agents changing",
             responses={200: {"content": {"text/event-stream": {}}, "description": "event: contact | agent | "
-                             "wake | resync; data: a JSON document"}})
-async def events(request: Request, caller: Caller = Depends(current_caller),
-                 svc: Services = Depends(services)) -> StreamingResponse:
+                             "wake | resync | reset; data: a JSON document. Send Last-Event-ID to get the events "
+                             "missed since (a reset when they are no longer kept)."}})
+async def events(request: Request, caller: Caller = Depends(current_caller), svc: Services = Depends(services),
+                 last_event_id: str | None = Header(None, description="The id of the last event received: "
+                                                                      "the events after it are sent first.")
+                 ) -> StreamingResponse:
     hub: EventHub | None = request.app.state.hub
     if hub is None or not hub.available:
         raise Unavailable("live events need PostgreSQL (LISTEN/NOTIFY) and the API's event listener")
     allowed = await run_in_threadpool(Filter, svc, caller)
     heartbeat = svc.settings.event_heartbeat
-    q = hub.subscribe()
+    q = hub.subscribe()            # before the replay is read: nothing falls between the two
+    try:
+        missed = await run_in_threadpool(_missed, svc, last_event_id) if last_event_id is not None else []
+    except BaseException:
+        hub.unsubscribe(q)
+        raise
 
     async def stream():
         try:
             hello = {"kind": "hello", "role": caller.role, "agent": caller.token.agent,
                      "time": datetime.now(timezone.utc).isoformat(), "listening": hub.connected.is_set()}
             yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
+            seen = 0
+            for doc in missed:
+                seen = max(seen, doc.get("event_id") or 0)
+                if await allowed.allows(doc):
+                    yield _frame(doc)
             while True:
                 try:
                     doc = await asyncio.wait_for(q.get(), timeout=heartbeat)
@@ -194,9 +210,35 @@ async def events(request: Request, caller: Caller = Depends(current_caller),
                         return
                     yield ": keep-alive\n\n"
                     continue
+                if doc.get("event_id") and doc["event_id"] <= seen:
+                    continue               # replayed already
                 if await allowed.allows(doc):
-                    yield f"id: {doc['seq']}\nevent: {doc.get('kind', 'unknown')}\ndata: {json.dumps(doc)}\n\n"
+                    yield _frame(doc)
         finally:
             hub.unsubscribe(q)
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _frame(doc: dict) -> str:
+    event_id = doc.get("event_id")
+    return (f"id: {event_id}\n" if event_id else "") + f"event: {doc.get('kind', 'unknown')}\ndata: {json.dumps(doc)}\n\n"
+
+
+def _missed(svc: Services, last_event_id: str) -> list[dict]:
+    """The events after `last_event_id`, oldest first; [a reset] when they are not all kept."""
+    text = last_event_id.strip()
+    after = int(text) if text.isdigit() and len(text) < 19 else None
+    rows = svc.records.events_after(after, REPLAY_MAX) if after is not None else None
+    if rows is None or len(rows) > REPLAY_MAX:
+        why = ("more events were missed than are replayed" if rows is not None else
+               "the events since that id are no longer kept" if after is not None else "not an event id")
+        return [{"kind": "reset", "why": f"Last-Event-ID {text[:40]!r}: {why}; read the state again",
+                 "last_event_id": text[:40]}]
+    out = []
+    for event_id, doc in rows:
+        try:
+            out.append({"event_id": event_id, **json.loads(doc)})
+        except ValueError:
+            out.append({"event_id": event_id, "kind": "unknown", "payload": doc})
+    return out

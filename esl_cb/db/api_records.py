@@ -12,11 +12,11 @@ from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
-from .models import ApiBooking, ApiToken, IdempotencyKey, WebhookDelivery
+from .models import ApiBooking, ApiEvent, ApiToken, IdempotencyKey, WebhookDelivery
 
 log = logging.getLogger(__name__)
 _TIE_PG = text("WITH tie AS (INSERT INTO api_bookings (contact_id, token_id, booked_at) VALUES (:c, :t, :now) "
-               "ON CONFLICT DO NOTHING) SELECT pg_notify('esl_cb_events', :d)")
+               "ON CONFLICT DO NOTHING) SELECT esl_cb_event(CAST(:d AS json))")      # kept and NOTIFYed (0013)
 _RECALL = select(IdempotencyKey.__table__).where(IdempotencyKey.token_id == bindparam("t"),
                                                  IdempotencyKey.key == bindparam("k"))
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -39,10 +39,13 @@ class Token:
                    row.webhook_url)
 
 
-class KeyAnsweredMeanwhile(StoreError):
-    """Another request with the same Idempotency-Key committed first: read what it kept."""
+class IdempotencyKeyInUse(StoreError):
+    """Another request with the same Idempotency-Key committed first (the API then answers with what
+    it kept), or has not finished: retry in a moment."""
 
     code = "idempotency_key_in_use"
+    http_status = 409
+    title = "a request with this Idempotency-Key is still running"
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class ApiRecords(StoreBase):
     def answer_key(conn, token_id: int, key: str, request_sha256: str, status: int, response: str,
                    location: str | None) -> None:
         """Keep the answer of a keyed request, in the transaction of what it did. A request with the
-        same key that committed meanwhile makes this fail (KeyAnsweredMeanwhile): its whole
+        same key that committed meanwhile makes this fail (IdempotencyKeyInUse): its whole
         transaction is undone, and the caller answers with what the other one kept (PostgreSQL makes
         the second insert of a key wait for the first one's commit)."""
         now = utcnow()
@@ -166,7 +169,22 @@ class ApiRecords(StoreBase):
                                                        status=status, response=response, location=location,
                                                        created_at=now))
         except IntegrityError:
-            raise KeyAnsweredMeanwhile(f"Idempotency-Key {key!r} was answered by another request meanwhile") from None
+            raise IdempotencyKeyInUse(f"Idempotency-Key {key!r} was answered by another request meanwhile") from None
+
+    # -- the live events' log (migration 0013) ----------------------------------------------------------
+    def events_after(self, after: int, limit: int) -> list[tuple[int, str]] | None:
+        """(id, document) of the events after event `after`, oldest first, at most `limit` + 1 (more
+        than `limit`: too many to replay). None when event `after` is not kept (pruned, or never
+        was): what came after it cannot be known complete."""
+        with (self._autocommit if self._pg else self.engine).connect() as conn:
+            if conn.execute(select(ApiEvent.id).where(ApiEvent.id == after)).first() is None:
+                return None
+            return [tuple(r) for r in conn.execute(select(ApiEvent.id, ApiEvent.doc).where(
+                ApiEvent.id > after).order_by(ApiEvent.id).limit(limit + 1))]
+
+    def purge_events(self, keep_hours: float) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(ApiEvent).where(ApiEvent.at < utcnow() - timedelta(hours=keep_hours))).rowcount
 
     def purge_idempotency(self) -> int:
         with self.engine.begin() as conn:

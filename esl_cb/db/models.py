@@ -259,6 +259,18 @@ class ApiToken(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)   # signs, so kept as is
 
 
+class ApiEvent(Base):
+    """A live event as the stream sent it (migration 0013): kept so that a client reconnecting with
+    Last-Event-ID gets what it missed. Written by esl_cb_event() on PostgreSQL."""
+
+    __tablename__ = "api_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    doc: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_api_events_at", "at"),)
+
+
 class ApiBooking(Base):
     """Which token booked (or joined) which callback: a booking token sees only these."""
 

@@ -1,0 +1,96 @@
+"""The live events, kept for replay (issue 19): a client that reconnects with Last-Event-ID gets
+what it missed.
+
+1. `api_events`: every event of channel `esl_cb_events` (a contact's or an agent's state changed, a
+   supervisor's change, a booking tied to its token), one row each; its `id` is the event's id in
+   the stream (`id:` of Server-Sent Events), the same for every API process.
+2. PostgreSQL: `esl_cb_event(doc json)` stores the event and NOTIFYs it with its id, in the
+   transaction of the change (so an event is kept exactly when its change commits). The triggers'
+   function of 0008, `esl_cb_notify_event`, now calls it. Every 1000th event it also drops what is
+   more than 100,000 events old: the log is bounded even where no API process runs (the API prunes
+   by age, `--event-log-hours`).
+
+On SQLite the table is made (the models are the same), nothing fills it: live events need
+PostgreSQL.
+
+Revision ID: 0013
+Revises: 0010
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+PG_EVENT = """
+CREATE FUNCTION esl_cb_event(doc json) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    event_id bigint;
+BEGIN
+    INSERT INTO api_events (at, doc) VALUES (now(), doc::text) RETURNING id INTO event_id;
+    IF event_id % 1000 = 0 THEN
+        DELETE FROM api_events WHERE id <= event_id - 100000;
+    END IF;
+    PERFORM pg_notify('esl_cb_events', (jsonb_build_object('event_id', event_id) || doc::jsonb)::text);
+    RETURN event_id;
+END
+$$
+"""
+PG_NOTIFY_LOGGED = """
+CREATE OR REPLACE FUNCTION esl_cb_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'contacts' THEN
+        PERFORM esl_cb_event(json_build_object(
+            'kind', 'contact', 'id', NEW.id, 'state', NEW.state, 'skill_id', NEW.skill_id,
+            'agent_id', NEW.agent_id, 'callback', NEW.callback_requested, 'outcome', NEW.outcome));
+    ELSE
+        PERFORM esl_cb_event(json_build_object(
+            'kind', 'agent', 'id', NEW.id, 'name', NEW.name, 'state', NEW.state,
+            'contact_id', NEW.contact_id));
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+# 0008's, for the downgrade.
+PG_NOTIFY_0008 = """
+CREATE OR REPLACE FUNCTION esl_cb_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'contacts' THEN
+        PERFORM pg_notify('esl_cb_events', json_build_object(
+            'kind', 'contact', 'id', NEW.id, 'state', NEW.state, 'skill_id', NEW.skill_id,
+            'agent_id', NEW.agent_id, 'callback', NEW.callback_requested, 'outcome', NEW.outcome)::text);
+    ELSE
+        PERFORM pg_notify('esl_cb_events', json_build_object(
+            'kind', 'agent', 'id', NEW.id, 'name', NEW.name, 'state', NEW.state,
+            'contact_id', NEW.contact_id)::text);
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+
+
+def upgrade() -> None:
+    op.create_table(
+        "api_events",
+        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("doc", sa.Text, nullable=False),
+    )
+    op.create_index("ix_api_events_at", "api_events", ["at"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(PG_EVENT)
+        op.execute(PG_NOTIFY_LOGGED)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(PG_NOTIFY_0008)
+        op.execute("DROP FUNCTION esl_cb_event(json)")
+    op.drop_index("ix_api_events_at", "api_events")
+    op.drop_table("api_events")
