@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import select
+import socket
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -31,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from starlette.concurrency import run_in_threadpool
 
 from esl_cb.db.callback_changes import EVENTS_CHANNEL
+from esl_cb.db.engine import socket_bounds
 from esl_cb.db.store import NotFound
 from esl_cb.domain.errors import Unavailable
 
@@ -41,6 +45,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["events"])
 WAKE_CHANNEL = "esl_cb_wake"
 QUEUE_SIZE = 1000
+LISTENER_NAME = "esl-cb api events"          # application_name of the LISTEN session
+PROBE_EVERY = 10.0             # seconds of silence before the listener asks the database whether it is there
+PROBE_TIMEOUT = 5.0            # no answer within this: the connection is cut and made again
+SERVER_TCP_USER_TIMEOUT_MS = 60_000
 REPLAY_MAX = 10_000             # more missed than this: a reset (reading the state is cheaper)
 
 
@@ -55,6 +63,9 @@ class EventHub:
         self.listeners: list[Callable[[dict], None]] = []        # in the listener's thread (webhooks)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.probe_every = PROBE_EVERY
+        self.probe_timeout = PROBE_TIMEOUT
+        self.probed_at = 0.0
         self.connected = threading.Event()
         self.thread = threading.Thread(target=self._run, name="esl-cb-events", daemon=True)
 
@@ -89,9 +100,16 @@ class EventHub:
                 log.exception("event listener failed")
 
     def _run(self) -> None:
-        engine = create_engine(self.url, poolclass=NullPool)
+        # Bounded sockets (the client's keepalives and tcp_user_timeout, db/engine.py's), a name to
+        # find it by in pg_stat_activity, and the server's tcp_user_timeout: a session whose client
+        # stops reading (this process hung or stopped) is dropped once its socket is full, so it
+        # cannot hold PostgreSQL's notification queue (which every NOTIFY commit needs) for days.
+        engine = create_engine(self.url, poolclass=NullPool, connect_args={
+            **socket_bounds(self.url), "application_name": LISTENER_NAME,
+            "options": f"-c tcp_user_timeout={SERVER_TCP_USER_TIMEOUT_MS}"})
         first = True
         while not self.stopping.is_set():
+            raw = None
             try:
                 raw = engine.raw_connection()
                 conn = raw.driver_connection
@@ -105,17 +123,59 @@ class EventHub:
                 self._listen(conn)
             except Exception as e:
                 self.connected.clear()
-                log.warning("event listener: %s; reconnecting in 1 s", e)
+                log.warning("event listener: %s; reconnecting in 1 s", str(e).strip() or type(e).__name__)
                 self.stopping.wait(1.0)
+            finally:
+                if raw is not None:
+                    try:
+                        raw.close()
+                    except Exception:          # already broken: nothing to close cleanly
+                        pass
         engine.dispose()
 
     def _listen(self, conn) -> None:
+        """Hand on what arrives; after `probe_every` seconds without anything, ask the database (a
+        silent connection may be a dead one no error told of: a cut network, a stopped server)."""
+        quiet_since = time.monotonic()
         while not self.stopping.is_set():
             if select.select([conn], [], [], 1.0)[0]:
                 conn.poll()
+                quiet_since = time.monotonic()
                 while conn.notifies:
                     n = conn.notifies.pop(0)
                     self.publish(_document(n.channel, n.payload))
+            elif time.monotonic() - quiet_since >= self.probe_every:
+                self._probe(conn)
+                quiet_since = time.monotonic()
+
+    def _probe(self, conn) -> None:
+        """SELECT 1, answered within probe_timeout or the connection is cut (its socket shut down
+        under libpq, which then fails the query): a listener never waits on a silent database."""
+        cut = threading.Timer(self.probe_timeout, _shut_down, (conn.fileno(),))
+        cut.daemon = True
+        cut.start()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except Exception as e:
+            raise ConnectionError(f"the database did not answer the listener's probe within "
+                                  f"{self.probe_timeout:g} s ({str(e).strip() or type(e).__name__})") from None
+        finally:
+            cut.cancel()
+        self.probed_at = time.monotonic()
+
+
+def _shut_down(fd: int) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _put(q: asyncio.Queue, doc: dict) -> None:
