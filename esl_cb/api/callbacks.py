@@ -112,7 +112,11 @@ def _book(svc: Services, caller: Caller, body: BookingIn, keyed: tuple[str, str]
 
     def then(conn, booking: Booking) -> None:
         svc.records.tie_booking(conn, booking.id, caller.token.id, booking.state)
-        position, ewt = position_ewt(svc.store, booking.id, booking.not_before, conn=conn)
+        if booking.position is None:
+            position, ewt = None, None
+        else:
+            position, ewt = position_ewt(svc.store, booking.id, booking.not_before, conn=conn,
+                                         status=svc.callbacks.status_read(booking.id))
         location = f"/api/v1/callbacks/{booking.id}"
         doc = jsonable_encoder({
             "id": booking.id, "state": booking.state, "position": position, "ewt_sec": ewt,

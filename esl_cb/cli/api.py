@@ -29,6 +29,9 @@ from .running import use_credentials
               help="CA certificates (PEM) to trust for webhook receivers. [default: the system's]")
 @click.option("--webhook-retry", type=float, envvar="ESL_CB_API_WEBHOOK_RETRY",
               help="Seconds before a failed webhook is tried again; doubled each time, at most an hour. [default: 5]")
+@click.option("--workers", type=int, envvar="ESL_CB_API_WORKERS",
+              help="API processes sharing the port (PostgreSQL only), e.g. one per core the API may use; each "
+                   "takes rate-limit / workers of a token's rate. [default: 1]")
 @click.option("--event-log-hours", type=float, envvar="ESL_CB_API_EVENT_LOG_HOURS",
               help="Live events kept for a client that reconnects with Last-Event-ID (and at most the last "
                    "100,000). [default: 6]")

