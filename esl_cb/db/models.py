@@ -128,6 +128,14 @@ class Contact(Base):
         # esl_cb_claim's queue heads (migration 0010): one group per skill, state and priority settings.
         Index("ix_contacts_waiting_head", "skill_id", "state", "priority_initial", "priority_acceleration",
               "priority_max", "queued_at", "id", postgresql_where=text(_WAITING), sqlite_where=text(_WAITING)),
+        # A waiting contact's place (migration 0013): those ahead counted as ranges where the priority
+        # does not accelerate (then it is priority_initial), computed over the few that do.
+        Index("ix_contacts_waiting_fixed", "skill_id", "priority_initial", "queued_at", "id",
+              postgresql_where=text(f"{_WAITING} AND priority_acceleration = 0"),
+              sqlite_where=text(f"{_WAITING} AND priority_acceleration = 0")),
+        Index("ix_contacts_waiting_accelerating", "skill_id",
+              postgresql_where=text(f"{_WAITING} AND priority_acceleration <> 0"),
+              sqlite_where=text(f"{_WAITING} AND priority_acceleration <> 0")),
     )
 
 

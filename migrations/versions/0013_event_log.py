@@ -13,6 +13,12 @@ what it missed.
 On SQLite the table is made (the models are the same), nothing fills it: live events need
 PostgreSQL.
 
+3. A waiting contact's place without reading the whole queue (the HTTP API reads it on every
+   booking and every GET of a callback): `ix_contacts_waiting_fixed` (skill_id, priority_initial,
+   queued_at, id) over waiting contacts whose priority does not accelerate (their effective
+   priority is priority_initial), so those ahead are counted as index ranges; and
+   `ix_contacts_waiting_accelerating` (skill_id) over the others, whose priority is computed.
+
 Revision ID: 0013
 Revises: 0010
 """
@@ -25,6 +31,7 @@ branch_labels = None
 depends_on = None
 
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+WAITING = "state IN ('queued', 'callback_queued')"
 
 PG_EVENT = """
 CREATE FUNCTION esl_cb_event(doc json) RETURNS bigint LANGUAGE plpgsql AS $$
@@ -83,6 +90,12 @@ def upgrade() -> None:
         sa.Column("doc", sa.Text, nullable=False),
     )
     op.create_index("ix_api_events_at", "api_events", ["at"])
+    op.create_index("ix_contacts_waiting_fixed", "contacts", ["skill_id", "priority_initial", "queued_at", "id"],
+                    postgresql_where=sa.text(f"{WAITING} AND priority_acceleration = 0"),
+                    sqlite_where=sa.text(f"{WAITING} AND priority_acceleration = 0"))
+    op.create_index("ix_contacts_waiting_accelerating", "contacts", ["skill_id"],
+                    postgresql_where=sa.text(f"{WAITING} AND priority_acceleration <> 0"),
+                    sqlite_where=sa.text(f"{WAITING} AND priority_acceleration <> 0"))
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_EVENT)
         op.execute(PG_NOTIFY_LOGGED)
@@ -92,5 +105,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_NOTIFY_0008)
         op.execute("DROP FUNCTION esl_cb_event(json)")
+    op.drop_index("ix_contacts_waiting_accelerating", "contacts")
+    op.drop_index("ix_contacts_waiting_fixed", "contacts")
     op.drop_index("ix_api_events_at", "api_events")
     op.drop_table("api_events")
