@@ -123,3 +123,20 @@ def test_an_id_no_longer_kept_gets_a_reset(clients, store):
             wait_until(lambda: any(d.get("id") == live for _, _, d in s.events), 5, what="live events after it")
         finally:
             s.close()
+
+
+def test_the_log_bounds_itself_without_an_api_process(store):
+    """Every 1000th event, esl_cb_event() drops the events 100,000 and more behind it (a site with no
+    API running keeps no more than that); the API also prunes by age (--event-log-hours)."""
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM api_events"))
+        conn.execute(text("INSERT INTO api_events (id, at, doc) SELECT g, now(), '{}' FROM generate_series(1, 5) g"))
+        conn.execute(text("INSERT INTO api_events (id, at, doc) VALUES (100500, now(), '{}')"))
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('api_events', 'id'), 100999)"))
+        conn.execute(text("""SELECT esl_cb_event('{"kind": "test"}'::json)"""))          # event 101000
+        kept = list(conn.execute(text("SELECT id FROM api_events ORDER BY id")).scalars())
+    assert kept == [100500, 101000]
+    from esl_cb.db.api_records import ApiRecords
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE api_events SET at = now() - interval '7 hours' WHERE id = 100500"))
+    assert ApiRecords(store.engine).purge_events(6.0) == 1
