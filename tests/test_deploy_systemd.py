@@ -100,3 +100,33 @@ def test_the_settings_file_names_only_settings_and_no_password():
     settings = load_settings(environ=env).validate()
     assert settings.metrics_port == 9464 and settings.realtime_priority == 20
     assert ":" not in settings.db.split("//")[1].split("@")[0], "no password in the URL"
+
+
+API_UNIT = SYSTEMD / "esl-cb-api.service"
+
+
+def test_the_api_unit_runs_the_api_unprivileged_with_the_database_credential_only():
+    d = directives(API_UNIT.read_text())
+    assert d["ExecStart"] == [f"{INSTALLED} api"]
+    assert d["Restart"] == ["on-failure"]
+    assert d["DynamicUser"] == ["yes"] and d["User"] == ["esl-cb-api"], "a user of its own, not the controller's"
+    assert d["CapabilityBoundingSet"] == [""] and d["AmbientCapabilities"] == [""], "lowering its priority needs none"
+    assert d["RestrictRealtime"] == ["yes"]
+    for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables"):
+        assert d[hardening] == ["yes"], hardening
+    assert d["ProtectSystem"] == ["strict"]
+    assert d["EnvironmentFile"] == ["/etc/esl-cb/esl-cb.env", "/etc/esl-cb/esl-cb-api.env"]
+    assert [value.split(":", 1)[0] for value in d["LoadCredential"]] == [PGPASS_CREDENTIAL], "no ESL password"
+
+
+def test_the_api_settings_file_names_only_options_of_esl_cb_api():
+    from esl_cb.cli.api import api
+
+    envvars = {p.envvar for p in api.params if getattr(p, "envvar", None)}
+    env = {}
+    for line in (SYSTEMD / "esl-cb-api.env").read_text().splitlines():
+        m = re.fullmatch(r"(ESL_CB_\w+)=(.*)", line.strip().lstrip("#").strip())
+        if m:
+            env[m.group(1)] = m.group(2)
+    assert env and set(env) <= envvars, set(env) - envvars
+    assert not [k for k in env if "PASSWORD" in k or "TOKEN" in k]

@@ -35,7 +35,7 @@ EXPECTED = {
     "esl_cb.api.errors.Forbidden": ("forbidden", 403),
     "esl_cb.api.errors.TooManyRequests": ("too_many_requests", 429),
     "esl_cb.api.errors.IdempotencyKeyReused": ("idempotency_key_reused", 422),
-    "esl_cb.api.errors.IdempotencyKeyInUse": ("idempotency_key_in_use", 409),
+    "esl_cb.db.api_records.IdempotencyKeyInUse": ("idempotency_key_in_use", 409),
     "esl_cb.api.errors.RequestTooLarge": ("request_too_large", 413),
     "esl_cb.api.errors.MethodNotAllowed": ("method_not_allowed", 405),
 }

@@ -39,7 +39,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]
     with tarfile.open(sdist) as tar:
         in_sdist = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"deploy/systemd/esl-cb.service", "deploy/prometheus/esl-cb.rules.yml", "deploy/grafana/esl-cb.json",
+    assert {"deploy/systemd/esl-cb.service", "deploy/systemd/esl-cb-api.service", "deploy/prometheus/esl-cb.rules.yml", "deploy/grafana/esl-cb.json",
             "freeswitch_conf/dialplan/public/50_esl_cb.xml"} <= in_sdist
 
     venv = tmp_path / "venv"
@@ -54,7 +54,8 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
                  "print(migrations.__file__)"], tmp_path, env).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where
     share = venv / "share" / "esl-cb"
-    for shipped in ("systemd/esl-cb.service", "systemd/esl-cb.env", "prometheus/esl-cb.rules.yml",
+    for shipped in ("systemd/esl-cb.service", "systemd/esl-cb.env", "systemd/esl-cb-api.service",
+                    "systemd/esl-cb-api.env", "prometheus/esl-cb.rules.yml",
                     "prometheus/esl-cb.rules.test.yml", "grafana/esl-cb.json", "freeswitch/README.md",
                     "freeswitch/dialplan/public/50_esl_cb.xml"):
         assert (share / shipped).is_file(), shipped

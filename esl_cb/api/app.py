@@ -76,6 +76,7 @@ def create_app(settings: ApiSettings, store: Store | None = None, background: bo
     app.include_router(events.router)
     pages.mount(app)
     _problems(app)
+    app.add_middleware(Unexpected)
     app.add_middleware(BodyLimit)
     return app
 
@@ -119,10 +120,38 @@ def _problems(app: FastAPI) -> None:
                "detail": str(error.detail), "instance": request.url.path}
         return JSONResponse(doc, error.status_code, media_type=PROBLEM)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        log.exception("%s %s failed", request.method, request.url.path)
-        return problem_response(request, EslCbError(f"{type(error).__name__}: the API could not do it (see its log)"))
+
+
+class Unexpected:
+    """Any other failure is a 500 problem document, logged, and the connection stays usable. (An
+    exception_handler(Exception) answers too, but Starlette raises the error again after it, and
+    uvicorn then drops the keep-alive connection: a client's retry on it is reset.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as error:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            problem = EslCbError(f"{type(error).__name__}: the API could not do it (see its log)").problem()
+            problem["instance"] = scope.get("path", "")
+            body = json.dumps(problem).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:

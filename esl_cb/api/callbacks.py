@@ -15,7 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from esl_cb.app import Window
+from esl_cb.app import Booking, Window
 from esl_cb.app.changes import UNCHANGED
 from esl_cb.db import api_queries
 from esl_cb.db.store import NotFound
@@ -47,7 +47,8 @@ class BookingIn(BaseModel):
     caller_id: str | None = Field(None, max_length=64,
                                   description="What the customer sees. Default: the skill's outbound caller ID, "
                                               "else the number itself.")
-    priority: float | None = Field(None, description="Initial and maximum priority (default 0).")
+    priority: float | None = Field(None, description="A fixed priority: initial and maximum, no acceleration "
+                                                     "(default 0). Higher is offered first.")
     not_before: str | None = Field(None, max_length=64, description="Not before: ISO 8601 (naive: the skill's time "
                                                                     "zone), '14:30' or '+3600'.")
     window: WindowIn | None = Field(None, description="Instead of not_before: call between start and end.")
@@ -58,7 +59,9 @@ class BookingIn(BaseModel):
 
 class CallbackPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"priority": 50, "agent": "alice"}]})
-    priority: float | None = Field(None, description="A fixed priority (supervisor, admin).")
+    priority: float | None = Field(None, description="A fixed priority (supervisor, admin): initial and maximum "
+                                                     "become this value and the acceleration 0, so a priority that "
+                                                     "rose with the wait stops rising. Higher is offered first.")
     not_before: str | None = Field(None, max_length=64, description="A new time (null: as soon as possible).")
     agent: str | None = Field(None, max_length=64,
                               description="Offer it only to this agent of its skill (null: any agent; supervisor, "
@@ -77,46 +80,57 @@ def book(body: BookingIn, caller: Caller = Depends(current_caller), svc: Service
          idempotency_key: str | None = Header(None, description="Repeat a request safely: the first answer is "
                                                                "returned again for 24 hours.")) -> Response:
     caller.require(*BOOKERS)
-    given = body.model_dump(exclude_unset=True)
     if idempotency_key is None:
         return _book(svc, caller, body)
     key = idempotency_key.strip()
     if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
         raise InvalidInput("Idempotency-Key: 1 to 255 printable ASCII characters", where="Idempotency-Key")
-    fingerprint = hashlib.sha256(json.dumps(["POST /api/v1/callbacks", given], sort_keys=True, default=str)
-                                 .encode()).hexdigest()
-    seen = svc.records.remember(caller.token.id, key, fingerprint)
+    fingerprint = hashlib.sha256(json.dumps(["POST /api/v1/callbacks", body.model_dump(exclude_unset=True)],
+                                            sort_keys=True, default=str).encode()).hexdigest()
+    seen = svc.records.recall(caller.token.id, key, fingerprint)
+    if seen.state == "new":
+        try:
+            return _book(svc, caller, body, (key, fingerprint))
+        except IdempotencyKeyInUse:          # the same key at once: the other request's booking stands
+            seen = svc.records.recall(caller.token.id, key, fingerprint)
     if seen.state == "mismatch":
         raise IdempotencyKeyReused("Idempotency-Key: this key was used with another request in the last 24 hours; "
                                    "use a new key for a new booking", where="Idempotency-Key")
-    if seen.state == "running":
-        raise IdempotencyKeyInUse("Idempotency-Key: the first request with this key is still running; try again")
-    if seen.state == "replay":
-        headers = {"Idempotent-Replayed": "true", **({"Location": seen.location} if seen.location else {})}
-        return JSONResponse(json.loads(seen.response or "null"), seen.status, headers=headers)
-    try:
-        answer = _book(svc, caller, body)
-    except BaseException:
-        svc.records.forget(caller.token.id, key)          # a failed request is not remembered: a retry runs it
-        raise
-    svc.records.answered(caller.token.id, key, answer.status_code, answer.body.decode(), answer.headers["location"])
-    return answer
+    if seen.state != "replay":
+        raise IdempotencyKeyInUse("Idempotency-Key: another request with this key has not finished; try again")
+    headers = {"Idempotent-Replayed": "true", **({"Location": seen.location} if seen.location else {})}
+    return JSONResponse(json.loads(seen.response or "null"), seen.status, headers=headers)
 
 
-def _book(svc: Services, caller: Caller, body: BookingIn) -> JSONResponse:
+def _book(svc: Services, caller: Caller, body: BookingIn, keyed: tuple[str, str] | None = None) -> JSONResponse:
+    """Book, and in the booking's own transaction tie the callback to this token and keep the answer
+    of its Idempotency-Key (`keyed`: the key and the request's fingerprint): a callback is never
+    stored that its token cannot see, nor a key's answer without its callback."""
     window = Window(body.window.start, body.window.end, body.window.tz) if body.window else None
     caller_id = svc.caller_ids.for_booking(body.skill, body.caller_id)
-    booking = svc.callbacks.book_callback(body.number, body.skill, caller_id, priority=body.priority,
-                                          not_before=body.not_before, window=window, expire_after=body.expire_after,
-                                          delay=body.delay, data=body.data, operator=caller.operator)
-    svc.records.record_booking(booking.id, caller.token.id, booking.state)
-    position, ewt = position_ewt(svc.store, booking.id, booking.not_before)
-    location = f"/api/v1/callbacks/{booking.id}"
-    doc = {"id": booking.id, "state": booking.state, "position": position, "ewt_sec": ewt,
-           "merged_into": booking.merged_into, "number": booking.number, "skill": booking.skill,
-           "caller_id": caller_id or booking.number, "not_before": booking.not_before,
-           "expire_at": booking.expire_at, "override": booking.override, "location": location}
-    return JSONResponse(jsonable_encoder(doc), 200 if booking.merged else 201, headers={"Location": location})
+    answer: list[JSONResponse] = []
+
+    def then(conn, booking: Booking) -> None:
+        svc.records.tie_booking(conn, booking.id, caller.token.id, booking.state)
+        if booking.position is None:
+            position, ewt = None, None
+        else:
+            position, ewt = position_ewt(svc.store, booking.id, booking.not_before, conn=conn,
+                                         status=svc.callbacks.status_read(booking.id))
+        location = f"/api/v1/callbacks/{booking.id}"
+        doc = jsonable_encoder({
+            "id": booking.id, "state": booking.state, "position": position, "ewt_sec": ewt,
+            "merged_into": booking.merged_into, "number": booking.number, "skill": booking.skill,
+            "caller_id": caller_id or booking.number, "not_before": booking.not_before,
+            "expire_at": booking.expire_at, "override": booking.override, "location": location})
+        status = 200 if booking.merged else 201
+        if keyed is not None:
+            svc.records.answer_key(conn, caller.token.id, keyed[0], keyed[1], status, json.dumps(doc), location)
+        answer.append(JSONResponse(doc, status, headers={"Location": location}))
+    svc.callbacks.book_callback(body.number, body.skill, caller_id, priority=body.priority,
+                                not_before=body.not_before, window=window, expire_after=body.expire_after,
+                                delay=body.delay, data=body.data, operator=caller.operator, then=then)
+    return answer[-1]
 
 
 def visible(svc: Services, caller: Caller, contact_id: int):

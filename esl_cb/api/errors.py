@@ -1,8 +1,11 @@
 """The API's own errors, in the one family of esl_cb/domain/errors.py (stable codes, RFC 9457)."""
 from __future__ import annotations
 
-from esl_cb.db.store import StoreError
+from esl_cb.db.api_records import IdempotencyKeyInUse
 from esl_cb.domain.errors import EslCbError, InvalidInput
+
+__all__ = ["Forbidden", "IdempotencyKeyInUse", "IdempotencyKeyReused", "MethodNotAllowed", "RequestTooLarge",
+           "TooManyRequests", "Unauthenticated"]
 
 
 class Unauthenticated(EslCbError):
@@ -39,14 +42,6 @@ class IdempotencyKeyReused(InvalidInput):
     code = "idempotency_key_reused"
     http_status = 422
     title = "this Idempotency-Key was used for another request"
-
-
-class IdempotencyKeyInUse(StoreError):
-    """The first request with this Idempotency-Key has not finished yet: retry in a moment."""
-
-    code = "idempotency_key_in_use"
-    http_status = 409
-    title = "a request with this Idempotency-Key is still running"
 
 
 class RequestTooLarge(InvalidInput):

@@ -8,25 +8,33 @@ callbacks, an agent token its own agent and the contact it is offered. A stream 
 behind, or a listener that lost its connection, gets a `resync` event: read the state again.
 
 The events say what changed, not everything about it: a page reads the state again on each
-(debounced). Events are not kept: a client that reconnects reads the state first."""
+(debounced). Each event of `esl_cb_events` is kept in the table `api_events` (migration 0012) in the
+transaction of its change, and its row's id is its SSE `id:`, the same in every API process: a
+client that reconnects with the header Last-Event-ID gets the events it missed, in order, then the
+live ones. How far back: the log keeps `event_log_hours` (6) and at most the last 100,000 events;
+an id no longer there (or never given), or more than REPLAY_MAX events behind, gets one `reset`
+event instead: read the state again. `wake`, `resync`, `reset` and `hello` carry no id."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import os
 import select
+import socket
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 from starlette.concurrency import run_in_threadpool
 
 from esl_cb.db.callback_changes import EVENTS_CHANNEL
+from esl_cb.db.engine import socket_bounds
 from esl_cb.db.store import NotFound
 from esl_cb.domain.errors import Unavailable
 
@@ -37,6 +45,11 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["events"])
 WAKE_CHANNEL = "esl_cb_wake"
 QUEUE_SIZE = 1000
+LISTENER_NAME = "esl-cb api events"          # application_name of the LISTEN session
+PROBE_EVERY = 10.0             # seconds of silence before the listener asks the database whether it is there
+PROBE_TIMEOUT = 5.0            # no answer within this: the connection is cut and made again
+SERVER_TCP_USER_TIMEOUT_MS = 60_000
+REPLAY_MAX = 10_000             # more missed than this: a reset (reading the state is cheaper)
 
 
 class EventHub:
@@ -49,8 +62,10 @@ class EventHub:
         self.streams: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
         self.listeners: list[Callable[[dict], None]] = []        # in the listener's thread (webhooks)
         self.lock = threading.Lock()
-        self.ids = itertools.count(1)
         self.stopping = threading.Event()
+        self.probe_every = PROBE_EVERY
+        self.probe_timeout = PROBE_TIMEOUT
+        self.probed_at = 0.0
         self.connected = threading.Event()
         self.thread = threading.Thread(target=self._run, name="esl-cb-events", daemon=True)
 
@@ -74,7 +89,6 @@ class EventHub:
             self.streams = {s for s in self.streams if s[1] is not q}
 
     def publish(self, doc: dict) -> None:
-        doc = {"seq": next(self.ids), **doc}
         with self.lock:
             streams = list(self.streams)
         for loop, q in streams:
@@ -86,9 +100,16 @@ class EventHub:
                 log.exception("event listener failed")
 
     def _run(self) -> None:
-        engine = create_engine(self.url, poolclass=NullPool)
+        # Bounded sockets (the client's keepalives and tcp_user_timeout, db/engine.py's), a name to
+        # find it by in pg_stat_activity, and the server's tcp_user_timeout: a session whose client
+        # stops reading (this process hung or stopped) is dropped once its socket is full, so it
+        # cannot hold PostgreSQL's notification queue (which every NOTIFY commit needs) for days.
+        engine = create_engine(self.url, poolclass=NullPool, connect_args={
+            **socket_bounds(self.url), "application_name": LISTENER_NAME,
+            "options": f"-c tcp_user_timeout={SERVER_TCP_USER_TIMEOUT_MS}"})
         first = True
         while not self.stopping.is_set():
+            raw = None
             try:
                 raw = engine.raw_connection()
                 conn = raw.driver_connection
@@ -102,24 +123,66 @@ class EventHub:
                 self._listen(conn)
             except Exception as e:
                 self.connected.clear()
-                log.warning("event listener: %s; reconnecting in 1 s", e)
+                log.warning("event listener: %s; reconnecting in 1 s", str(e).strip() or type(e).__name__)
                 self.stopping.wait(1.0)
+            finally:
+                if raw is not None:
+                    try:
+                        raw.close()
+                    except Exception:          # already broken: nothing to close cleanly
+                        pass
         engine.dispose()
 
     def _listen(self, conn) -> None:
+        """Hand on what arrives; after `probe_every` seconds without anything, ask the database (a
+        silent connection may be a dead one no error told of: a cut network, a stopped server)."""
+        quiet_since = time.monotonic()
         while not self.stopping.is_set():
             if select.select([conn], [], [], 1.0)[0]:
                 conn.poll()
+                quiet_since = time.monotonic()
                 while conn.notifies:
                     n = conn.notifies.pop(0)
                     self.publish(_document(n.channel, n.payload))
+            elif time.monotonic() - quiet_since >= self.probe_every:
+                self._probe(conn)
+                quiet_since = time.monotonic()
+
+    def _probe(self, conn) -> None:
+        """SELECT 1, answered within probe_timeout or the connection is cut (its socket shut down
+        under libpq, which then fails the query): a listener never waits on a silent database."""
+        cut = threading.Timer(self.probe_timeout, _shut_down, (conn.fileno(),))
+        cut.daemon = True
+        cut.start()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except Exception as e:
+            raise ConnectionError(f"the database did not answer the listener's probe within "
+                                  f"{self.probe_timeout:g} s ({str(e).strip() or type(e).__name__})") from None
+        finally:
+            cut.cancel()
+        self.probed_at = time.monotonic()
+
+
+def _shut_down(fd: int) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _put(q: asyncio.Queue, doc: dict) -> None:
     if q.full():                               # the reader is behind: it must read the state again
         while not q.empty():
             q.get_nowait()
-        q.put_nowait({"seq": doc["seq"], "kind": "resync", "why": "the stream fell behind"})
+        q.put_nowait({"kind": "resync", "why": "the stream fell behind"})
         return
     q.put_nowait(doc)
 
@@ -149,7 +212,7 @@ class Filter:
 
     async def allows(self, doc: dict) -> bool:
         kind = doc.get("kind")
-        if kind == "resync" or self.caller.oversees:
+        if kind in ("resync", "reset") or self.caller.oversees:
             return True
         if self.caller.role == "agent":
             if kind == "agent":
@@ -171,21 +234,34 @@ class Filter:
 
 @router.get("/events", summary="Server-Sent Events: contacts and agents changing",
             responses={200: {"content": {"text/event-stream": {}}, "description": "event: contact | agent | "
-                             "wake | resync; data: a JSON document"}})
-async def events(request: Request, caller: Caller = Depends(current_caller),
-                 svc: Services = Depends(services)) -> StreamingResponse:
+                             "wake | resync | reset; data: a JSON document. Send Last-Event-ID to get the events "
+                             "missed since (a reset when they are no longer kept)."}})
+async def events(request: Request, caller: Caller = Depends(current_caller), svc: Services = Depends(services),
+                 last_event_id: str | None = Header(None, description="The id of the last event received: "
+                                                                      "the events after it are sent first.")
+                 ) -> StreamingResponse:
     hub: EventHub | None = request.app.state.hub
     if hub is None or not hub.available:
         raise Unavailable("live events need PostgreSQL (LISTEN/NOTIFY) and the API's event listener")
     allowed = await run_in_threadpool(Filter, svc, caller)
     heartbeat = svc.settings.event_heartbeat
-    q = hub.subscribe()
+    q = hub.subscribe()            # before the replay is read: nothing falls between the two
+    try:
+        missed = await run_in_threadpool(_missed, svc, last_event_id) if last_event_id is not None else []
+    except BaseException:
+        hub.unsubscribe(q)
+        raise
 
     async def stream():
         try:
             hello = {"kind": "hello", "role": caller.role, "agent": caller.token.agent,
                      "time": datetime.now(timezone.utc).isoformat(), "listening": hub.connected.is_set()}
             yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
+            seen = 0
+            for doc in missed:
+                seen = max(seen, doc.get("event_id") or 0)
+                if await allowed.allows(doc):
+                    yield _frame(doc)
             while True:
                 try:
                     doc = await asyncio.wait_for(q.get(), timeout=heartbeat)
@@ -194,9 +270,35 @@ async def events(request: Request, caller: Caller = Depends(current_caller),
                         return
                     yield ": keep-alive\n\n"
                     continue
+                if doc.get("event_id") and doc["event_id"] <= seen:
+                    continue               # replayed already
                 if await allowed.allows(doc):
-                    yield f"id: {doc['seq']}\nevent: {doc.get('kind', 'unknown')}\ndata: {json.dumps(doc)}\n\n"
+                    yield _frame(doc)
         finally:
             hub.unsubscribe(q)
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _frame(doc: dict) -> str:
+    event_id = doc.get("event_id")
+    return (f"id: {event_id}\n" if event_id else "") + f"event: {doc.get('kind', 'unknown')}\ndata: {json.dumps(doc)}\n\n"
+
+
+def _missed(svc: Services, last_event_id: str) -> list[dict]:
+    """The events after `last_event_id`, oldest first; [a reset] when they are not all kept."""
+    text = last_event_id.strip()
+    after = int(text) if text.isdigit() and len(text) < 19 else None
+    rows = svc.records.events_after(after, REPLAY_MAX) if after is not None else None
+    if rows is None or len(rows) > REPLAY_MAX:
+        why = ("more events were missed than are replayed" if rows is not None else
+               "the events since that id are no longer kept" if after is not None else "not an event id")
+        return [{"kind": "reset", "why": f"Last-Event-ID {text[:40]!r}: {why}; read the state again",
+                 "last_event_id": text[:40]}]
+    out = []
+    for event_id, doc in rows:
+        try:
+            out.append({"event_id": event_id, **json.loads(doc)})
+        except ValueError:
+            out.append({"event_id": event_id, "kind": "unknown", "payload": doc})
+    return out

@@ -27,7 +27,9 @@ class ApiSettings:
     webhook_give_up: float = 3 * 86400.0  # a delivery still failing after this long is given up (logged)
     webhook_timeout: float = 10.0
     event_heartbeat: float = 15.0        # seconds between the event stream's keep-alive comments
+    event_log_hours: float = 6.0         # live events kept for Last-Event-ID replay (and at most 100,000)
     nice: int = 10                       # below the controller on a shared host: HTTP load yields the CPU to it
+    workers: int = 1                     # processes (uvicorn's workers); PostgreSQL only above 1
 
     @property
     def host(self) -> str:
@@ -61,8 +63,14 @@ class ApiSettings:
                               "or listen on 127.0.0.1")
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ConfigError("rate_limit must be 0 (none) or more requests per second, and rate_burst at least 1")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers must be 1 to 64, not {self.workers}")
+        if self.workers > 1 and not self.shared.db.startswith("postgresql"):
+            raise ConfigError("workers: several API processes need PostgreSQL (SQLite has one writer)")
         if not 0 <= self.nice <= 19:
             raise ConfigError(f"nice must be 0 to 19, not {self.nice}")
+        if not self.event_log_hours > 0:
+            raise ConfigError("event_log_hours must be above 0")
         if not self.webhook_retry > 0:
             raise ConfigError("webhook_retry must be above 0 seconds")
         self.shared.policy()

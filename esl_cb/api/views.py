@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -34,27 +36,56 @@ class Services:
     auth: Authenticator
 
 
-class ApiCallbacks(CallbackService):
-    """The bookings' service, reading a booking's place through the statement prepared once."""
+SKILL_CACHE_SEC = 5.0           # a skill's time zone, as a booking reads it: changed rarely, read on each
 
-    def _position(self, contact_id: int) -> int | None:
+
+class ApiCallbacks(CallbackService):
+    """The bookings' service, reading a booking's place through the statement prepared once (and
+    keeping the whole queue status for the answer's wait: one read, not two), and skills' time
+    zones from a cache of a few seconds (a skill not in it is read at once: a new one is seen)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._read = threading.local()
+        self._zones: dict[str, tuple[float, str]] = {}
+
+    def _position(self, contact_id: int, conn=None) -> int | None:
+        self._read.status = None
         try:
-            return api_queries.queue_status(self.store, contact_id)["position"]
+            status = api_queries.queue_status(self.store, contact_id, conn=conn)
         except (StaleState, NotFound):
             return None
+        self._read.status = (contact_id, status)
+        return status["position"]
+
+    def status_read(self, contact_id: int) -> dict | None:
+        """The queue status this thread's booking read last, if it was of `contact_id`."""
+        kept = getattr(self._read, "status", None)
+        return kept[1] if kept is not None and kept[0] == contact_id else None
+
+    def _skill_tz(self, skill: str) -> str:
+        kept = self._zones.get(skill)
+        if kept is not None and time.monotonic() - kept[0] < SKILL_CACHE_SEC:
+            return kept[1]
+        tz = super()._skill_tz(skill)
+        self._zones[skill] = (time.monotonic(), tz)
+        return tz
 
 
 def services(request: Request) -> Services:
     return request.app.state.services
 
 
-def position_ewt(store: Store, contact_id: int, not_before: datetime | None = None) -> tuple[int | None, int | None]:
+def position_ewt(store: Store, contact_id: int, not_before: datetime | None = None,
+                 conn=None, status: dict | None = None) -> tuple[int | None, int | None]:
     """Its place in the queue (1 = next) and the estimated seconds until an agent is offered it (at
-    the earliest its not_before); (None, None) once an agent has it or it ended."""
-    try:
-        status = api_queries.queue_status(store, contact_id)
-    except (StaleState, NotFound):
-        return None, None
+    the earliest its not_before); (None, None) once an agent has it or it ended. `conn`: within that
+    transaction; `status`: its queue status, read already."""
+    if status is None:
+        try:
+            status = api_queries.queue_status(store, contact_id, conn=conn)
+        except (StaleState, NotFound):
+            return None, None
     if status["being_served"]:
         return 1, 0
     ewt = estimate_wait(status["position"], status["agents_staffed"], status["agents_available"], status["aht_sec"])

@@ -25,7 +25,7 @@ from .views import Services
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 3600.0
-PURGE_EVERY = 600.0            # seconds between purges of idempotency keys older than 24 h
+PURGE_EVERY = 600.0            # seconds between purges: idempotency keys past 24 h, events past event_log_hours
 SIGNATURE_HEADER = "X-EslCb-Signature"
 
 
@@ -62,6 +62,7 @@ class Deliverer:
                     sent = self.deliver_due(client)
                     if since_purge >= PURGE_EVERY:
                         self.records.purge_idempotency()
+                        self.records.purge_events(self.settings.event_log_hours)
                         since_purge = 0.0
                 except Exception as e:              # the database away: try again in a moment
                     log.warning("webhooks: %s", e)

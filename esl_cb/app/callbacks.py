@@ -13,9 +13,12 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy import Connection
+
+from esl_cb.db.contacts import Scheduled
 from esl_cb.db.store import NotFound, PolicyRefused, StaleState, Store, StoreError, UnknownSkill, utcnow
 from esl_cb.domain.errors import InvalidInput
 from esl_cb.domain.hours import parse_when
@@ -81,7 +84,8 @@ class CallbackService:
     def book_callback(self, number: str, skill: str, caller_id: str = "", *, priority: float | None = None,
                       not_before: datetime | str | None = None, window: Window | None = None,
                       expire_after: float | None = None, delay: int | None = None, data: dict | None = None,
-                      operator: str | None = None) -> Booking:
+                      operator: str | None = None,
+                      then: Callable[[Connection, Booking], None] | None = None) -> Booking:
         """Book a callback of `number` by an agent of `skill`.
 
         `caller_id`: what the customer sees (default: the number itself). `not_before`: an aware
@@ -92,7 +96,12 @@ class CallbackService:
         maximum (default 0).
 
         Raises InvalidNumber, InvalidInput (with `where` naming the field), UnknownSkill,
-        PolicyRefused (recorded in policy_refusals), RateLimited."""
+        PolicyRefused (recorded in policy_refusals), RateLimited.
+
+        `then(conn, booking)`: more work for the booking's own transaction (the HTTP API ties the
+        callback to its token and keeps its Idempotency-Key's answer there): the callback, its audit
+        row and that work commit together, or nothing is stored. The booking's place is read in that
+        transaction too."""
         e164 = _number(number, self.region, "number")
         shown = _number(caller_id, self.region, "caller_id") if caller_id else None
         _check_priority(priority)
@@ -105,12 +114,19 @@ class CallbackService:
         now = utcnow()
         at, expire_at = _when(not_before, window, expire_after, tz, now)
         override = self._check_policy(e164)
-        done = self.store.schedule_callback(
+        made: list[Booking] = []
+
+        def within(conn: Connection, done: Scheduled) -> None:
+            booking = Booking(done.contact_id, done.state, e164, skill, done.not_before, done.expire_at,
+                              done.merged_into, self._position(done.contact_id, conn), override)
+            if then is not None:
+                then(conn, booking)
+            made.append(booking)
+        self.store.schedule_callback(
             e164, skill, at, shown, delay, None if priority is None else Priority(priority, 0, priority),
             expire_after, operator, limits=self.policy.limits, override=override, expire_at=expire_at,
-            data=stored_data)
-        return Booking(done.contact_id, done.state, e164, skill, done.not_before, done.expire_at, done.merged_into,
-                       self._position(done.contact_id), override)
+            data=stored_data, then=within)
+        return made[-1]
 
     @database_errors
     def cancel_callback(self, contact_id: int, reason: str = "cancelled by operator",
@@ -167,9 +183,9 @@ class CallbackService:
         log.warning("booking for %s refused by the destination policy (%s): %s", number, verdict.rule, verdict.reason)
         raise PolicyRefused(f"{number} may not be called back: {verdict.reason}", verdict.rule, where="number")
 
-    def _position(self, contact_id: int) -> int | None:
+    def _position(self, contact_id: int, conn: Connection | None = None) -> int | None:
         try:
-            return self.store.queue_status(contact_id)["position"]
+            return self.store.queue_status(contact_id, conn=conn)["position"]
         except (StaleState, NotFound):    # an agent has it already, or it ended meanwhile
             return None
 

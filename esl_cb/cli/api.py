@@ -5,6 +5,7 @@ import click
 
 from .common import EXIT_USAGE, HOSTPORT, db_option, fail, open_store, setup_logging
 from .policy import policy_options
+from .running import use_credentials
 
 
 @click.command()
@@ -28,6 +29,12 @@ from .policy import policy_options
               help="CA certificates (PEM) to trust for webhook receivers. [default: the system's]")
 @click.option("--webhook-retry", type=float, envvar="ESL_CB_API_WEBHOOK_RETRY",
               help="Seconds before a failed webhook is tried again; doubled each time, at most an hour. [default: 5]")
+@click.option("--workers", type=int, envvar="ESL_CB_API_WORKERS",
+              help="API processes sharing the port (PostgreSQL only), e.g. one per core the API may use; each "
+                   "takes rate-limit / workers of a token's rate. [default: 1]")
+@click.option("--event-log-hours", type=float, envvar="ESL_CB_API_EVENT_LOG_HOURS",
+              help="Live events kept for a client that reconnects with Last-Event-ID (and at most the last "
+                   "100,000). [default: 6]")
 @click.option("--nice", type=int, envvar="ESL_CB_API_NICE",
               help="Run at this niceness (0-19), below a controller on the same host, so a flood of requests takes "
                    "CPU from the API, not from a due dial. [default: 10]")
@@ -44,6 +51,7 @@ def api(config_file, db, region, log_level, log_format, **options) -> None:
       esl-cb api --listen 127.0.0.1:8088 --db postgresql+psycopg2://postgres@127.0.0.1/eslcb
     """
     setup_logging(log_level, log_format)
+    use_credentials()                 # systemd's LoadCredential=pgpass (deploy/systemd/esl-cb-api.service)
     from esl_cb.api.settings import ApiSettings
     from esl_cb.config import ConfigError, load_settings
 

@@ -74,6 +74,9 @@ class Metrics:
         self.esl_connected = Gauge("esl_cb_esl_connected", "1 while connected to FreeSWITCH's event socket",
                                    registry=r)
         self.database_up = Gauge("esl_cb_database_up", "1 when the last sample reached the database", registry=r)
+        self.notify_queue = Gauge("esl_cb_notification_queue_usage", "Fraction of PostgreSQL's NOTIFY queue in use "
+                                  "(pg_notification_queue_usage()); full, every NOTIFY and so every change of "
+                                  "state fails: a LISTEN session that stopped reading holds it", registry=r)
         self.heartbeat_age = Gauge("esl_cb_heartbeat_age_seconds", "Seconds since this controller's heartbeat "
                                    "was last stored (past heartbeat_timeout other controllers take its contacts)",
                                    registry=r)
@@ -163,6 +166,8 @@ class Metrics:
                 .group_by(Skill.name)).all()
             beat = conn.execute(select(ControllerRow.heartbeat_at).where(
                 ControllerRow.id == c.settings.controller_id)).scalar()
+            if conn.dialect.name == "postgresql":
+                self.notify_queue.set(conn.execute(text("SELECT pg_notification_queue_usage()")).scalar() or 0.0)
         for s in CONTACT_STATES:
             self.contacts.labels(s).set(by_state.get(s, 0))
             self.callbacks.labels(s).set(cb_state.get(s, 0))

@@ -54,17 +54,24 @@ def _prepared_status():
 _STATUS = _prepared_status()
 
 
-def queue_status(store: Store, contact_id: int, now: datetime | None = None) -> dict:
+def queue_status(store: Store, contact_id: int, now: datetime | None = None, conn=None) -> dict:
     """store.queue_status's answer (position, being_served, agents_staffed, agents_available, aht_sec,
-    state), through the prepared statement; StaleState when it does not wait, NotFound."""
+    state), through the prepared statement; StaleState when it does not wait, NotFound. `conn`: read
+    within that transaction (a booking's answer, before its commit)."""
     now = now or datetime.now(timezone.utc)
+    if conn is not None:
+        return _queue_status(store, conn, contact_id, now)
     with (store._autocommit if store._pg else store.engine).connect() as conn:     # noqa: SLF001
-        row = conn.execute(_STATUS, {"b_cid": contact_id, "b_now": now}).first()
-        if row is None:
-            raise NotFound(f"no contact {contact_id}")
-        if row.state not in WAITING + SERVED or row.skill_id is None:
-            raise StaleState(f"contact {contact_id} is {row.state}, not in a queue")
-        aht, _ = store._recent_aht(conn, row.skill_id, now, 60.0)                # noqa: SLF001 (cached a minute)
+        return _queue_status(store, conn, contact_id, now)
+
+
+def _queue_status(store: Store, conn, contact_id: int, now: datetime) -> dict:
+    row = conn.execute(_STATUS, {"b_cid": contact_id, "b_now": now}).first()
+    if row is None:
+        raise NotFound(f"no contact {contact_id}")
+    if row.state not in WAITING + SERVED or row.skill_id is None:
+        raise StaleState(f"contact {contact_id} is {row.state}, not in a queue")
+    aht, _ = store._recent_aht(conn, row.skill_id, now, 60.0)                # noqa: SLF001 (cached a minute)
     served = row.state in SERVED
     return {"position": 1 if served else int(row.ahead) + 1, "being_served": served,
             "agents_staffed": int(row.staffed), "agents_available": int(row.available), "aht_sec": aht,
@@ -87,7 +94,7 @@ def callback_row(store: Store, contact_id: int, token_id: int | None = None):
 
 
 def attempts(store: Store, contact_id: int) -> list[dict]:
-    with store.engine.connect() as conn:
+    with (store._autocommit if store._pg else store.engine).connect() as conn:     # noqa: SLF001 (one SELECT)
         rows = conn.execute(select(CallbackAttempt.__table__).where(
             CallbackAttempt.contact_id == contact_id).order_by(CallbackAttempt.attempt_no)).all()
     return [{"attempt": r.attempt_no, "number": r.number, "caller_id": r.caller_id,

@@ -8,13 +8,17 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
-from .models import ApiBooking, ApiToken, IdempotencyKey, WebhookDelivery
+from .models import ApiBooking, ApiEvent, ApiToken, IdempotencyKey, WebhookDelivery
 
 log = logging.getLogger(__name__)
+_TIE_PG = text("WITH tie AS (INSERT INTO api_bookings (contact_id, token_id, booked_at) VALUES (:c, :t, :now) "
+               "ON CONFLICT DO NOTHING) SELECT esl_cb_event(CAST(:d AS json))")      # kept and NOTIFYed (0012)
+_RECALL = select(IdempotencyKey.__table__).where(IdempotencyKey.token_id == bindparam("t"),
+                                                 IdempotencyKey.key == bindparam("k"))
 IDEMPOTENCY_TTL = timedelta(hours=24)
 ROLES = ("booking", "agent", "supervisor", "admin")
 
@@ -35,11 +39,19 @@ class Token:
                    row.webhook_url)
 
 
+class IdempotencyKeyInUse(StoreError):
+    """Another request with the same Idempotency-Key committed first (the API then answers with what
+    it kept), or has not finished: retry in a moment."""
+
+    code = "idempotency_key_in_use"
+    http_status = 409
+    title = "a request with this Idempotency-Key is still running"
+
+
 @dataclass(frozen=True)
 class Remembered:
-    """What an Idempotency-Key holds: `state` new (go on: it is now ours), replay (the first answer
-    is `status`/`response`/`location`), mismatch (the key came with another request), running
-    (the first request has not finished)."""
+    """What an Idempotency-Key holds: `state` new (nothing: go on), replay (the first answer is
+    `status`/`response`/`location`), mismatch (the key came with another request)."""
 
     state: str
     status: int = 0
@@ -108,65 +120,71 @@ class ApiRecords(StoreBase):
                                                                 ApiToken.revoked_at.is_(None))).first()
         return Token.of(row) if row is not None else None
 
-    # -- bookings by token ------------------------------------------------------------------------
-    def record_booking(self, contact_id: int, token_id: int, state: str) -> None:
+    # -- bookings by token, and the answers of Idempotency-Keys -------------------------------------
+    # Both are written in the booking's own transaction (CallbackService.book_callback's `then`): a
+    # callback is never stored without the tie that lets its token see it, nor a keyed request's
+    # answer without its callback, whatever fails between the statements.
+    @staticmethod
+    def tie_booking(conn, contact_id: int, token_id: int, state: str) -> None:
         """The token booked (or joined) this callback; once per pair. The live event stream hears of it
-        at the commit: the contact's own event came before the booking was the token's."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(ApiBooking).values(contact_id=contact_id, token_id=token_id, booked_at=utcnow()))
-                if self._pg:
-                    conn.execute(text("SELECT pg_notify('esl_cb_events', :d)"), {"d": json.dumps(
-                        {"kind": "contact", "id": contact_id, "state": state, "callback": True,
-                         "change": ["booked"], "token_id": token_id})})
-        except IntegrityError:
-            pass                 # it had joined this callback before
+        at the commit, after the contact's own event (NOTIFYs keep their order within a transaction)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(_TIE_PG, {"c": contact_id, "t": token_id, "now": utcnow(), "d": json.dumps(
+                {"kind": "contact", "id": contact_id, "state": state, "callback": True, "change": ["booked"],
+                 "token_id": token_id})})
+            return
+        if conn.execute(select(ApiBooking.contact_id).where(ApiBooking.contact_id == contact_id,
+                                                            ApiBooking.token_id == token_id)).first() is None:
+            conn.execute(insert(ApiBooking).values(contact_id=contact_id, token_id=token_id, booked_at=utcnow()))
 
     def booked_by(self, contact_id: int, token_id: int) -> bool:
         with (self._autocommit if self._pg else self.engine).connect() as conn:
             return conn.execute(select(ApiBooking.contact_id).where(
                 ApiBooking.contact_id == contact_id, ApiBooking.token_id == token_id)).first() is not None
 
-    # -- idempotency keys -----------------------------------------------------------------------
-    def remember(self, token_id: int, key: str, request_sha256: str, stale_after: float = 60.0) -> Remembered:
-        """Claim `key` for this request, or say what it holds. A key whose request has been running
-        for `stale_after` seconds (its process died) is taken over: a repeated booking then joins
-        the open callback of its number and skill, so it still makes one callback."""
+    def recall(self, token_id: int, key: str, request_sha256: str) -> Remembered:
+        """What `key` holds for this token: nothing yet (new), the first answer (replay), or another
+        request's (mismatch). One read; a key older than IDEMPOTENCY_TTL is forgotten."""
+        with (self._autocommit if self._pg else self.engine).connect() as conn:
+            row = conn.execute(_RECALL, {"t": token_id, "k": key}).first()
+        if row is None or as_utc(row.created_at) < utcnow() - IDEMPOTENCY_TTL or not row.status:
+            return Remembered("new")           # status 0: left by the two-step keys of an earlier version
+        if row.request_sha256 != request_sha256:
+            return Remembered("mismatch")
+        return Remembered("replay", row.status, row.response, row.location)
+
+    @staticmethod
+    def answer_key(conn, token_id: int, key: str, request_sha256: str, status: int, response: str,
+                   location: str | None) -> None:
+        """Keep the answer of a keyed request, in the transaction of what it did. A request with the
+        same key that committed meanwhile makes this fail (IdempotencyKeyInUse): its whole
+        transaction is undone, and the caller answers with what the other one kept (PostgreSQL makes
+        the second insert of a key wait for the first one's commit)."""
         now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(delete(IdempotencyKey).where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key,
-                                                      IdempotencyKey.created_at < now - IDEMPOTENCY_TTL))
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(IdempotencyKey).values(token_id=token_id, key=key,
-                                                               request_sha256=request_sha256, status=0,
-                                                               created_at=now))
-                return Remembered("new")
-            except IntegrityError:
-                pass
-            row = conn.execute(select(IdempotencyKey.__table__).where(
-                IdempotencyKey.token_id == token_id, IdempotencyKey.key == key).with_for_update()).one()
-            if row.request_sha256 != request_sha256:
-                return Remembered("mismatch")
-            if row.status:
-                return Remembered("replay", row.status, row.response, row.location)
-            if as_utc(row.created_at) < now - timedelta(seconds=stale_after):
-                conn.execute(update(IdempotencyKey).where(IdempotencyKey.token_id == token_id,
-                                                          IdempotencyKey.key == key).values(created_at=now))
-                return Remembered("new")
-            return Remembered("running")
+        conn.execute(delete(IdempotencyKey).where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key,
+                                                  (IdempotencyKey.created_at < now - IDEMPOTENCY_TTL)
+                                                  | (IdempotencyKey.status == 0)))
+        try:
+            conn.execute(insert(IdempotencyKey).values(token_id=token_id, key=key, request_sha256=request_sha256,
+                                                       status=status, response=response, location=location,
+                                                       created_at=now))
+        except IntegrityError:
+            raise IdempotencyKeyInUse(f"Idempotency-Key {key!r} was answered by another request meanwhile") from None
 
-    def answered(self, token_id: int, key: str, status: int, response: str, location: str | None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(IdempotencyKey).where(IdempotencyKey.token_id == token_id,
-                                                      IdempotencyKey.key == key).values(
-                status=status, response=response, location=location))
+    # -- the live events' log (migration 0012) ----------------------------------------------------------
+    def events_after(self, after: int, limit: int) -> list[tuple[int, str]] | None:
+        """(id, document) of the events after event `after`, oldest first, at most `limit` + 1 (more
+        than `limit`: too many to replay). None when event `after` is not kept (pruned, or never
+        was): what came after it cannot be known complete."""
+        with (self._autocommit if self._pg else self.engine).connect() as conn:
+            if conn.execute(select(ApiEvent.id).where(ApiEvent.id == after)).first() is None:
+                return None
+            return [tuple(r) for r in conn.execute(select(ApiEvent.id, ApiEvent.doc).where(
+                ApiEvent.id > after).order_by(ApiEvent.id).limit(limit + 1))]
 
-    def forget(self, token_id: int, key: str) -> None:
-        """The request failed: the key is free for a retry that runs it again."""
+    def purge_events(self, keep_hours: float) -> int:
         with self.engine.begin() as conn:
-            conn.execute(delete(IdempotencyKey).where(IdempotencyKey.token_id == token_id,
-                                                      IdempotencyKey.key == key, IdempotencyKey.status == 0))
+            return conn.execute(delete(ApiEvent).where(ApiEvent.at < utcnow() - timedelta(hours=keep_hours))).rowcount
 
     def purge_idempotency(self) -> int:
         with self.engine.begin() as conn:

@@ -87,8 +87,8 @@ class CallbackChangesStore(StoreBase):
 
     def _event(self, conn, doc: dict) -> None:
         """Tell the live event stream (the triggers do it for changes of state only)."""
-        if self._pg:
-            conn.execute(text("SELECT pg_notify(:c, :d)"), {"c": EVENTS_CHANNEL, "d": json.dumps(doc)})
+        if self._pg:           # kept for replay and NOTIFYed on EVENTS_CHANNEL (migration 0012)
+            conn.execute(text("SELECT esl_cb_event(CAST(:d AS json))"), {"d": json.dumps(doc)})
 
     # -- outbound caller IDs ----------------------------------------------------------------------
     def set_outbound_caller_id(self, skill: str, number: str | None, operator: str | None = None) -> None:

@@ -6,9 +6,9 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import Connection, func, insert, or_, select, text, update
 
 from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.hours import parse_when
@@ -42,6 +42,23 @@ UPDATE contacts SET state = 'queued', skill_id = s.id, queued_at = :now, priorit
        priority_acceleration = :pa, priority_max = :pm
 FROM skills s WHERE s.name = :skill AND contacts.id = :cid AND contacts.state = 'arrived'
                 AND (:ctl = '' OR contacts.controller_id = :ctl)
+""")
+
+
+# A booking's skill with its locks (PostgreSQL): the rate limits' (cb-number/, cb-caller/: the same
+# number here) before the number's and skill's, the order of every path (_lock_limits, _open_callback).
+_SKILL = text("SELECT id, callback_expire_sec FROM skills WHERE name = :skill")
+_PG_SKILL_LOCKED = text("""
+SELECT s.id, s.callback_expire_sec,
+       CASE WHEN :limits THEN pg_advisory_xact_lock(hashtext('cb-number/' || :number)) END AS l1,
+       CASE WHEN :limits THEN pg_advisory_xact_lock(hashtext('cb-caller/' || :number)) END AS l2,
+       pg_advisory_xact_lock(hashtext(:number || '/' || s.id::text)) AS l3
+  FROM skills s WHERE s.name = :skill
+""")
+_PG_AUDIT_NOTIFY = text("""
+WITH a AS (INSERT INTO audit_log (at, operator, action, target, detail)
+           VALUES (:at, :op, 'callback schedule', :target, :detail))
+SELECT pg_notify('esl_cb_wake', :w)
 """)
 
 
@@ -202,7 +219,8 @@ class ContactsStore(StoreBase):
                           delay: int | None = None, priority: Priority | None = None,
                           expire_after: float | None = None, operator: str | None = None, *,
                           limits: RateLimits | None = None, override: bool = False, expire_at: datetime | None = None,
-                          data: dict | None = None) -> Scheduled:
+                          data: dict | None = None,
+                          then: Callable[[Connection, Scheduled], None] | None = None) -> Scheduled:
         """A callback booked by an operator or a program (no call came in): offered to an agent from
         `at` (None: now), within the skill's hours, ahead of contacts queued after it at the same
         priority. In one transaction, as a script's Callback: at most one open callback per number
@@ -215,29 +233,40 @@ class ContactsStore(StoreBase):
         `caller_id`, `delay`, `priority` None: not given (a new callback shows the number itself, no
         delay, priority 0). Expiry: `expire_at`, else `expire_after` seconds after `at`, else the
         skill's default. `override`: the destination policy allowed it only by an operator's override
-        (the dial-time check honours it). UnknownSkill when `skill` does not exist."""
+        (the dial-time check honours it). UnknownSkill when `skill` does not exist. `then`: more
+        work for this transaction, once the callback is stored (the HTTP API ties it to its token and
+        keeps its Idempotency-Key's answer there): all of it commits, or none."""
         now = utcnow()
         # In UTC: SQLite keeps a datetime's wall time and drops its zone.
         at, expire_at = (t.astimezone(timezone.utc) if t is not None else None for t in (at, expire_at))
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(select(Skill.id, Skill.callback_expire_sec).where(Skill.name == skill)).first()
+                # The skill and, on PostgreSQL, every lock in one round trip (a booking's cost is
+                # mostly its round trips): the limits' locks first, then the number's and skill's.
+                row = conn.execute(_PG_SKILL_LOCKED if self._pg else _SKILL, {
+                    "skill": skill, "number": number, "limits": limits is not None}).first()
                 if row is None:
                     raise UnknownSkill(f"no skill named {skill!r} (esl-cb skill add {skill})", where="skill")
-                if limits is not None:
+                if limits is not None and not self._pg:
                     self._lock_limits(conn, number, number)
-                other = self._open_callback(conn, number, row.id)
+                other = self._open_callback(conn, number, row.id, locked=self._pg)
                 if other is not None:       # makes no call: not counted, never refused by the limits
                     done = self._join_booking(conn, other, at or now, caller_id, delay, priority, data)
                     detail = f"{number} on {skill}: joined the open callback of contact {other.id}"
                 else:
                     if limits is not None:
-                        self._within_limits(conn, number, number, limits, now)
+                        self._within_limits(conn, number, number, limits, now, locked=True)
                     done = self._insert_booking(conn, number, row, now, at, caller_id, delay, priority,
                                                 expire_after, expire_at, override, data)
                     detail = f"{number} on {skill} at {(at or now).isoformat()}"
-                self._audit(conn, operator, "callback schedule", f"contact {done.contact_id}", detail)
-                self._notify(conn, f"schedule {done.contact_id}")
+                if self._pg and operator:   # the audit row and the controllers' wake-up at once
+                    conn.execute(_PG_AUDIT_NOTIFY, {"at": now, "op": operator[:64], "target": f"contact {done.contact_id}",
+                                                    "detail": detail, "w": f"schedule {done.contact_id}"})
+                else:
+                    self._audit(conn, operator, "callback schedule", f"contact {done.contact_id}", detail)
+                    self._notify(conn, f"schedule {done.contact_id}")
+                if then is not None:
+                    then(conn, done)
         except RateLimited as e:
             self.record_refusal(None, number, e.calling_number, "request", e.rule, str(e))
             raise
@@ -245,11 +274,11 @@ class ContactsStore(StoreBase):
         return done
 
     @staticmethod
-    def _open_callback(conn, number: str, skill_id: int):
+    def _open_callback(conn, number: str, skill_id: int, locked: bool = False):
         """The open callback of `number` for the skill, if any, locked: two requests for one number
         and skill are taken one after the other (the same advisory lock as `_request_callback`'s),
-        so two cannot both miss each other."""
-        if conn.dialect.name == "postgresql":
+        so two cannot both miss each other. `locked`: that lock is held already."""
+        if conn.dialect.name == "postgresql" and not locked:
             conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{skill_id}"))))
         return conn.execute(select(Contact.__table__).where(
             Contact.callback_number == number, Contact.skill_id == skill_id, Contact.callback_requested.is_(True),
@@ -302,10 +331,12 @@ class ContactsStore(StoreBase):
             log.info("contact %s callback_queued -[expired]-> ended", cid)
         return ids
 
-    def _within_limits(self, conn, number: str, calling: str, limits: RateLimits, now) -> None:
+    def _within_limits(self, conn, number: str, calling: str, limits: RateLimits, now, locked: bool = False) -> None:
         """Count, under a lock per number and per caller (several controllers share the counts), the
-        callbacks requested recently; a merged request made no call and does not count."""
-        self._lock_limits(conn, number, calling)
+        callbacks requested recently; a merged request made no call and does not count. `locked`:
+        those locks are held already."""
+        if not locked:
+            self._lock_limits(conn, number, calling)
         counted = Contact.callback_requested.is_(True) & or_(Contact.outcome.is_(None),
                                                               Contact.outcome != Outcome.MERGED.value)
         checks = ((limits.per_number_per_day, Contact.callback_number == number, timedelta(days=1), "per_number",

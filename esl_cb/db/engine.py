@@ -82,7 +82,7 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10, pool_time
         return engine
     # LIFO: in steady use the same few connections go round and are never pinged (_ping_when_idle).
     engine = create_engine(url, poolclass=PriorityPool, pool_size=pool_size, max_overflow=max_overflow,
-                           pool_timeout=pool_timeout, pool_use_lifo=True, connect_args=_socket_bounds(url))
+                           pool_timeout=pool_timeout, pool_use_lifo=True, connect_args=socket_bounds(url))
     _ping_when_idle(engine)
     outage.watch(engine)
     return engine
@@ -99,7 +99,8 @@ SOCKET_BOUNDS = {"connect_timeout": 5, "tcp_user_timeout": 5000, "keepalives_idl
                  "keepalives_count": 2}
 
 
-def _socket_bounds(url: str) -> dict:
+def socket_bounds(url: str) -> dict:
+    """libpq's bounds on a connection's socket (SOCKET_BOUNDS), less those the URL sets itself."""
     given = make_url(url).query
     return {k: v for k, v in SOCKET_BOUNDS.items() if k not in given}
 

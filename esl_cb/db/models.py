@@ -164,6 +164,14 @@ class Contact(Base):
         # esl_cb_claim's queue heads (migration 0010): one group per skill, state and priority settings.
         Index("ix_contacts_waiting_head", "skill_id", "state", "priority_initial", "priority_acceleration",
               "priority_max", "queued_at", "id", postgresql_where=text(_WAITING), sqlite_where=text(_WAITING)),
+        # A waiting contact's place (migration 0012): those ahead counted as ranges where the priority
+        # does not accelerate (then it is priority_initial), computed over the few that do.
+        Index("ix_contacts_waiting_fixed", "skill_id", "priority_initial", "queued_at", "id",
+              postgresql_where=text(f"{_WAITING} AND priority_acceleration = 0"),
+              sqlite_where=text(f"{_WAITING} AND priority_acceleration = 0")),
+        Index("ix_contacts_waiting_accelerating", "skill_id",
+              postgresql_where=text(f"{_WAITING} AND priority_acceleration <> 0"),
+              sqlite_where=text(f"{_WAITING} AND priority_acceleration <> 0")),
     )
 
 
@@ -293,6 +301,18 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)   # signs, so kept as is
+
+
+class ApiEvent(Base):
+    """A live event as the stream sent it (migration 0012): kept so that a client reconnecting with
+    Last-Event-ID gets what it missed. Written by esl_cb_event() on PostgreSQL."""
+
+    __tablename__ = "api_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    doc: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_api_events_at", "at"),)
 
 
 class ApiBooking(Base):
