@@ -8,6 +8,7 @@ from typing import Iterable
 from sqlalchemy import insert, select, text, update
 
 from esl_cb.domain.hours import HoursError, OpeningHours
+from esl_cb.domain.phones import tracked_phone
 from esl_cb.domain.states import AgentState as A
 
 from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
@@ -89,9 +90,11 @@ class AgentsStore(StoreBase):
         with self.engine.begin() as conn:
             if conn.execute(select(Agent.id).where(Agent.name == name)).scalar() is not None:
                 raise StoreError(f"agent {name!r} already exists; remove it first or pick another name")
+            phone = tracked_phone(dial_string)        # offered only while registered (migration 0012)
             aid = conn.execute(insert(Agent).values(
-                name=name, dial_string=dial_string, state=A.LOGGED_OUT.value,
-                state_changed_at=utcnow()).returning(Agent.id)).scalar()
+                name=name, dial_string=dial_string, state=A.LOGGED_OUT.value, state_changed_at=utcnow(),
+                phone_user=phone.user if phone else None, phone_domain=phone.domain if phone else None,
+            ).returning(Agent.id)).scalar()
             for s in skills:
                 conn.execute(insert(AgentSkill).values(agent_id=aid, skill_id=self.skill_id(conn, s)))
             self._audit(conn, operator, "agent add", name, f"{dial_string}; skills {', '.join(skills)}")
@@ -124,7 +127,9 @@ class AgentsStore(StoreBase):
             by_agent.setdefault(aid, []).append(sname)
         return [{"id": a.id, "name": a.name, "dial_string": a.dial_string, "state": a.state,
                  "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
-                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, []))} for a in rows]
+                 "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, [])),
+                 "phone": (f"{a.phone_user}@{a.phone_domain}" if a.phone_domain else a.phone_user),
+                 "login_number": a.login_number} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
         """Operator-driven agent state change (CLI); refused with the reason when not allowed. The

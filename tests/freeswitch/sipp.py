@@ -121,3 +121,23 @@ class Caller:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def register_phone(root: Path, sip_port: int, user: str, contact_port: int, expires: int = 3600,
+                   call_id: str | None = None, cseq: int = 1) -> str:
+    """`user`'s phone REGISTERs at the switch on `sip_port` (Contact: the test phones' port); `expires`
+    0 un-registers the binding of `call_id`. Returns the Call-ID (keep it to un-register)."""
+    call_id = call_id or f"reg-{user}-{free_port(udp_too=False)}"
+    root.mkdir(parents=True, exist_ok=True)
+    scenario = root / f"register-{user}-{cseq}.xml"
+    scenario.write_text((HERE / "phone_register.xml").read_text().replace("@CONTACT_PORT@", str(contact_port))
+                        .replace("@EXPIRES@", str(expires)).replace("@CSEQ@", str(cseq)))
+    done = subprocess.run(
+        ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(free_port()), "-s", user,
+         f"127.0.0.1:{sip_port}", "-m", "1", "-cid_str", call_id, "-nostdin", "-timeout", "10",
+         "-timeout_error"],     # -cid_str: SIPp matches the answer by its Call-ID, the one we choose
+        cwd=root, capture_output=True, timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"{user} could not register at the switch (sipp exit {done.returncode}): "
+                           f"{done.stdout[-400:]!r}")
+    return call_id
