@@ -1,0 +1,51 @@
+"""Agents' phones on the real FreeSWITCH with SIPp (issue 20): a phone that REGISTERs is offered, one
+that un-REGISTERs (Expires: 0) is not (no INVITE on the wire), and is again once it registers."""
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from .freeswitch.rig import RealRig, fs_rig, until  # noqa: F401  (fs_rig is a fixture)
+from .freeswitch.sipp import register_phone
+from .test_real_flows import quick
+
+pytestmark = pytest.mark.freeswitch
+
+
+@pytest.fixture
+def rig(fs_rig, pg_url):  # noqa: F811
+    r = RealRig(fs_rig, pg_url, quick(menu_timeout=3), start=False)
+    yield r
+    r.close()
+
+
+def _register(rig: RealRig, expires: int = 3600, call_id: str | None = None, cseq: int = 1) -> str:
+    fs = rig.fs
+    return register_phone(fs.root / "registrations", fs.switch.sip_port, "2001", fs.phones.port, expires=expires,
+                          call_id=call_id, cseq=cseq)
+
+
+def test_a_phone_that_unregisters_is_not_offered_and_is_again_once_it_registers(rig):
+    call_id = _register(rig)                     # user 2001's phone: SIPp's test phones (ends in 1: answers)
+    rig.store.add_agent("pat", "user/2001", ["support"])
+    rig.available("pat")
+    rig.start()
+    rig.call("+13125550111", key=None)           # a live caller, waiting in the queue
+    first = until(lambda: rig.invites_to("2001"), what="the offer to pat's registered phone")
+    rig.wait_connected(1)
+    rig.api(f"uuid_kill {rig.contact(1).caller_uuid}")
+    rig.wait_state("ended", 1)
+    until(lambda: rig.store.agent("pat").state == "Available", what="pat free again")
+
+    _register(rig, expires=0, call_id=call_id, cseq=2)          # un-REGISTER
+    until(lambda: "pat" in rig.store.unregistered_agents(), what="pat's phone known unregistered")
+    rig.call("+13125550112", key=None)
+    rig.wait_state("queued", 2)
+    for _ in range(4):                           # the dispatcher looks, woken and by its poll: nobody
+        rig.controller.wake_dispatcher()
+        gevent.sleep(0.5)
+    assert rig.invites_to("2001") == first and rig.contact(2).state == "queued"
+
+    _register(rig, call_id="again-2001")
+    until(lambda: len(rig.invites_to("2001")) == len(first) + 1, what="the offer once pat's phone registered again")
+    rig.wait_connected(2)
