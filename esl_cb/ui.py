@@ -11,9 +11,10 @@ def status_view(st: dict, header: str = ""):
         for c in items[:15]:
             queue.add_row(skill, str(c["contact_id"]), c["kind"], f"{c['effective_priority']:g}",
                           f"{c['waiting_s']:.0f}s", str(c["attempts"]))
-    agents = Table("agent", "state", "skills", "contact", title="Agents")
+    agents = Table("agent", "state", "skills", "contact", "not offered", title="Agents")
     for a in st["agents"]:
-        agents.add_row(a["name"], a["state"], ", ".join(a["skills"]), str(a["contact_id"] or ""))
+        agents.add_row(a["name"], a["state"], ", ".join(a["skills"]), str(a["contact_id"] or ""),
+                       a.get("not_offered") or "")
     cbs = Table("contact", "number", "state", "dial in", "attempts", "waits for", "expires", title="Callbacks")
     for c in st["callbacks"][:15]:
         waits = [] if c.get("skill_open", True) else ["opening hours"]

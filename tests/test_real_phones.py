@@ -5,8 +5,12 @@ from __future__ import annotations
 import gevent
 import pytest
 
+from esl_cb.app.phones import PhoneService
+from esl_cb.esl.inbound import InboundConnection
+
 from .freeswitch.rig import RealRig, fs_rig, until  # noqa: F401  (fs_rig is a fixture)
 from .freeswitch.sipp import register_phone
+from .freeswitch.switch import PASSWORD
 from .test_real_flows import quick
 
 pytestmark = pytest.mark.freeswitch
@@ -49,3 +53,28 @@ def test_a_phone_that_unregisters_is_not_offered_and_is_again_once_it_registers(
     _register(rig, call_id="again-2001")
     until(lambda: len(rig.invites_to("2001")) == len(first) + 1, what="the offer once pat's phone registered again")
     rig.wait_connected(2)
+
+
+def test_a_feature_code_call_with_dtmf_logs_an_agent_in_and_the_presence_event_says_so(rig):
+    """*22 from the agent's phone (the rig's dialplan: no trusted caller ID): the agent keys their login
+    number and PIN (RFC 2833 from SIPp), is logged in (Available), hears the stock confirmation, and a
+    PRESENCE_IN for agent+pat@DOMAIN is fired into the switch (seen on an ESL subscription)."""
+    rig.store.add_agent("pat", rig.phones.dial("agent1"), ["support"])
+    assert PhoneService(rig.store).set_pin("pat", "1357", "2581") == "2581"
+    rig.start()
+    seen: list = []
+    conn = InboundConnection("127.0.0.1", rig.switch.esl_port, PASSWORD, seen.append, timeout=10)
+    conn.connect(["PRESENCE_IN"])
+    try:
+        caller = rig.fs.caller("2001", key="2581#1357#", key_after=1.5, did="*22")
+        rig.callers.append(caller)
+        until(lambda: rig.store.agent("pat").state == "Available", timeout=30, what="pat logged in from the phone")
+        assert caller.wait(30) == 0                             # the switch hung up after the confirmation
+        lamp = until(lambda: [e for e in seen if e.get("from") == "agent+pat@127.0.0.1"], what="pat's presence")
+        assert (lamp[-1].get("esl_cb_agent_state"), lamp[-1].get("answer-state")) == ("Available", "terminated")
+        audit = rig.rows("SELECT operator, detail FROM audit_log WHERE target = 'pat' AND action = 'agent state'")
+        assert [(a["operator"], a["detail"]) for a in audit] == [("phone 2001", "LoggedOut -> Available")]
+        played = [line for line in rig.switch.log_text().splitlines() if "ivr-you_are_now_logged_in" in line]
+        assert played, "the stock confirmation was not played"
+    finally:
+        conn.close()

@@ -132,6 +132,14 @@ class SwitchLink:
             raise NotSent("not connected to FreeSWITCH")
         self.conn.bgapi(cmd, job_uuid=job_uuid)
 
+    def sendevent(self, name: str, headers: dict[str, str]) -> None:
+        """Fire an event into the switch (BLF presence); its values are checked to be one line each."""
+        if self.conn is None or not self.conn.connected:
+            raise NotSent("not connected to FreeSWITCH")
+        reply = self.conn.command(f"sendevent {name}", headers=headers)
+        if not (reply.get("Reply-Text") or "").startswith("+OK"):
+            raise ESLError(f"sendevent {name} refused: {reply.get('Reply-Text')}")
+
     def kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> bool:
         """Hang up a leg; one that is gone already is fine. True if the switch hung it up now."""
         if not uuid:

@@ -129,7 +129,10 @@ class AgentsStore(StoreBase):
                  "state_changed_at": as_utc(a.state_changed_at), "available_since": as_utc(a.available_since),
                  "contact_id": a.contact_id, "skills": sorted(by_agent.get(a.id, [])),
                  "phone": (f"{a.phone_user}@{a.phone_domain}" if a.phone_domain else a.phone_user),
-                 "login_number": a.login_number} for a in rows]
+                 "login_number": a.login_number,
+                 # why an Available agent is passed over (the claim's own reasons, migration 0012)
+                 "not_offered": "phone not registered" if a.phone_unregistered_since is not None else None}
+                for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
         """Operator-driven agent state change (CLI); refused with the reason when not allowed. The

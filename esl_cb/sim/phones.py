@@ -11,7 +11,9 @@ switch: tests/captures/14-registrations.jsonl, tools/capture_registrations.py).
 from __future__ import annotations
 
 import itertools
+import uuid as uuidlib
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from .events import Event
 
@@ -82,3 +84,11 @@ def change(switch: "Switch", user: str, what: str, domain: str = "") -> Event:
     event = Event(headers)
     switch.publish(event)
     return event
+
+
+def sendevent(switch: "Switch", name: str, headers: list[tuple[str, str]]) -> str:
+    """`sendevent NAME` with its headers (a controller's PRESENCE_IN): published to every listener."""
+    common = switch.seq.common(name)
+    switch.publish(Event([("Event-Name", name)] + list(common.items())
+                         + [(k, unquote(v)) for k, v in headers if k != "Content-Length"]))
+    return str(uuidlib.uuid4())

@@ -91,16 +91,27 @@ class Phones:
                 self.proc.kill()
 
 
+def _pcap(key: str) -> Path:
+    return PCAP_DIR / f"dtmf_2833_{ {'*': 'star', '#': 'pound'}.get(key, key) }.pcap"
+
+
 class Caller:
     """One caller: calls `did` from `ani`; presses `key` `key_after` seconds after the answer (None:
-    never); hangs up `hangup_after` seconds after that (None: waits for the switch to hang up)."""
+    never; several keys: `key_gap` apart, and never the same key twice in a row: each key's pcap
+    carries the same RTP timestamp, and the switch drops the second as a repeat); hangs up `hangup_after` seconds after that (None: waits for the switch to hang up)."""
 
     def __init__(self, root: Path, sip_port: int, ani: str, did: str, key: str | None = "1",
-                 key_after: float = 1.0, hangup_after: float | None = None, name: str = "caller") -> None:
+                 key_after: float = 1.0, hangup_after: float | None = None, name: str = "caller",
+                 key_gap: float = 0.5) -> None:
         text = (HERE / "caller.xml").read_text()
         if key is None:
             text = re.sub(r"  <nop>\s*<action>\s*<exec play_pcap_audio=.*?</nop>\n", "", text, flags=re.S)
-        pcap = PCAP_DIR / f"dtmf_2833_{ {'*': 'star', '#': 'pound'}.get(key, key) }.pcap" if key else ""
+        elif len(key) > 1:                 # several keys (an agent's number and PIN): one pcap each, key_gap apart
+            one = re.search(r"  <nop>\s*<action>\s*<exec play_pcap_audio=.*?</nop>\n", text, flags=re.S).group(0)
+            keys = "".join((f'  <pause milliseconds="{int(key_gap * 1000)}"/>\n' if i else "")
+                           + one.replace("@KEY_PCAP@", str(_pcap(k))) for i, k in enumerate(key))
+            text = text.replace(one, keys)
+        pcap = _pcap(key) if key and len(key) == 1 else ""
         text = (text.replace("@FROM@", ani).replace("@KEY_AFTER_MS@", str(int(key_after * 1000)))
                 .replace("@KEY_PCAP@", str(pcap)).replace("@HANGS_UP@", "0" if hangup_after is None else "1")
                 .replace("@HANGUP_AFTER_MS@", str(int((hangup_after or 0) * 1000))))
