@@ -105,3 +105,48 @@ def test_a_reconnection_asks_the_switch_for_every_tracked_phone(h):
     h.controller.phones.check_all()
     assert list(h.store.unregistered_agents()) == ["bob"]
     assert h.commands("api sofia_contact 1002@") or True
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request, tmp_path):
+    from esl_cb.db.migrate import upgrade
+    from esl_cb.db.store import Store
+
+    from .fixtures import create_database, drop_database
+    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'phones.db'}"
+    upgrade(url)
+    st = Store(url, "test")
+    yield st
+    st.close()
+    if request.param == "postgresql":
+        drop_database(url)
+
+
+def test_pins_are_hashed_wrong_ones_audited_and_too_many_lock_the_login(store):
+    from esl_cb.app.phones import LOCK_AFTER, PhoneService
+    from esl_cb.domain.errors import InvalidInput
+
+    phones = PhoneService(store)
+    store.add_agent("pat", "user/2001", ["support"])
+    store.add_agent("rex", "sofia/gateway/pstn/13125550100", ["support"])
+    assert phones.set_pin("pat", "1357", operator="admin") == "2001"      # the phone's user, when digits
+    assert phones.set_pin("rex", "2468", operator="admin") == str(store.agent("rex").id)
+    with pytest.raises(InvalidInput):
+        phones.set_pin("pat", "12ab")
+    stored = store.agent("pat").pin_hash
+    assert stored.startswith("scrypt$") and "1357" not in stored
+    assert phones.login("2001", "1357", "2001").name == "pat"
+    assert phones.login("9999", "1357", "2001").why == "unknown"
+    for _ in range(LOCK_AFTER - 1):
+        assert phones.login("2001", "0000", "3125550100").why == "wrong_pin"
+    assert phones.login("2001", "1357", "2001").name == "pat"                 # a right PIN resets the count
+    for _ in range(LOCK_AFTER):
+        assert phones.login("2001", "0000", "3125550100").why == "wrong_pin"
+    assert phones.login("2001", "1357", "2001").why == "locked"               # locked: the right PIN too
+    with store.engine.connect() as conn:
+        from sqlalchemy import text
+        rows = conn.execute(text("SELECT operator, detail FROM audit_log WHERE action = 'agent pin wrong' "
+                                 "ORDER BY id")).all()
+    assert len(rows) == 2 * LOCK_AFTER - 1 and rows[0].operator == "phone 3125550100"
+    assert "locked until" in rows[-1].detail
+    assert phones.trusted_caller("2001") == "pat" and phones.trusted_caller("7777") is None
