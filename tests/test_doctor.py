@@ -82,7 +82,7 @@ def test_a_healthy_installation_passes_every_check(doctor):
     result, lines = doctor()
     assert result.exit_code == 0, result.output
     assert list(lines) == ["esl", "database", "version", "max-sessions", "sessions/s", "prompts", "agents", "dial",
-                           "clocks", "scheduling"]
+                           "phones", "features", "clocks", "scheduling"]
     assert all(status(lines, c) == "OK" for c in lines), result.output
     assert "all 3 prompts of script 'doctor' are on the switch" in lines["prompts"]
     assert "all 1 agents' dial strings resolve" in lines["agents"]
@@ -240,3 +240,19 @@ def test_check_prompts_falls_back_to_sounds_dir_and_to_the_default_stream():
     problems = check_prompts(call, [("A", "ivr/a.wav"), ("M", "local_stream://moh")])
     assert [(p.caption, p.missing) for p in problems] == [("M", False)]
     assert "plays 'default' instead" in problems[0].reason
+
+
+def test_an_agent_whose_phone_is_not_registered_and_pins_without_the_feature_codes(doctor, switch):
+    """Issue 20: a warning per agent whose phone has no registration (not offered); once agents have
+    PINs, the dialplan must hand feature codes to esl-cb (here the switch cannot list its dialplan)."""
+    from esl_cb.app.phones import PhoneService
+    from esl_cb.sim import api
+
+    doctor.store.add_agent("bob", "user/1002", ["support"])
+    api.execute(switch.switch, "sim", "phone 1002 unregister")
+    PhoneService(doctor.store).set_pin("alice", "1357")
+    result, lines = doctor()
+    assert result.exit_code == 0                       # warnings only
+    assert status(lines, "phones") == "WARN" and "1 of 2 agents' phones are not registered" in lines["phones"]
+    assert "agent bob: phone 1002@192.0.2.2 has no registration: not offered" in result.output
+    assert status(lines, "features") == "WARN" and "cannot read the switch's dialplan" in lines["features"]
