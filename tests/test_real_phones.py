@@ -78,3 +78,17 @@ def test_a_feature_code_call_with_dtmf_logs_an_agent_in_and_the_presence_event_s
         assert played, "the stock confirmation was not played"
     finally:
         conn.close()
+
+
+def test_a_wrong_pin_is_refused_audited_and_the_caller_told(rig):
+    rig.store.add_agent("pat", rig.phones.dial("agent1"), ["support"])
+    PhoneService(rig.store).set_pin("pat", "1357", "2581")
+    rig.start()
+    caller = rig.fs.caller("2001", key="2581#2468#", key_after=1.5, did="*22")
+    rig.callers.append(caller)
+    wrong = until(lambda: rig.rows("SELECT operator, detail FROM audit_log WHERE action = 'agent pin wrong'"),
+                  timeout=30, what="the wrong PIN audited")
+    assert [(a["operator"], a["detail"]) for a in wrong] == [("phone 2001", "1 in a row")]
+    until(lambda: "vm-fail_auth" in rig.switch.log_text(), what="the stock 'login incorrect' prompt")
+    assert caller.wait(60) == 0                  # asked again, no keys: goodbye, hung up by the switch
+    assert rig.store.agent("pat").state == "LoggedOut"

@@ -92,6 +92,7 @@ class PhoneService:
         """Do what the feature code asks (PHONE_FEATURES), as `phone CALLER` in the audit log."""
         change, _ = PHONE_FEATURES[feature]
         done = self.agents.set_agent_state(name, change, operator=f"phone {caller}"[:64])
-        if feature == "break":
+        if feature == "break":       # the reason has no column yet (issue 20's OnBreak): the audit keeps it
+            self.store.audit(f"phone {caller}"[:64], "agent break", name, f"reason {reason or 'none'}")
             log.info("agent %s: on break (reason %s) from phone %s", name, reason or "none", caller)
         return done
