@@ -150,3 +150,24 @@ def test_pins_are_hashed_wrong_ones_audited_and_too_many_lock_the_login(store):
     assert len(rows) == 2 * LOCK_AFTER - 1 and rows[0].operator == "phone 3125550100"
     assert "locked until" in rows[-1].detail
     assert phones.trusted_caller("2001") == "pat" and phones.trusted_caller("7777") is None
+
+
+def test_each_agent_change_is_a_presence_event_for_the_blf_lamp(h):
+    """The NOTIFY of an agent's change becomes a PRESENCE_IN fired into the switch (sendevent): off
+    (terminated) when Available, blinking (early) while offered, lit (confirmed) otherwise."""
+    seen: list[InEvent] = []
+    conn = InboundConnection("127.0.0.1", h.sim.port, "ClueCon", seen.append)
+    conn.connect(["PRESENCE_IN"])
+    try:
+        h.agent("ann", "1001")
+        h.available("ann")
+
+        def lamp(state: str):
+            return [e for e in seen if e.get("from") == "agent+ann@192.0.2.2" and e.get("esl_cb_agent_state") == state]
+        available = wait_until(lambda: lamp("Available"), 5, what="ann's presence: Available")[-1]
+        assert (available.get("answer-state"), available.get("proto"), available.get("event_type")) == (
+            "terminated", "agent", "presence")
+        h.call("3125550100", "3125557000")
+        assert wait_until(lambda: lamp("Offered"), 10, what="ann's presence: offered")[-1].get("answer-state") == "early"
+    finally:
+        conn.close()
