@@ -171,3 +171,14 @@ def test_each_agent_change_is_a_presence_event_for_the_blf_lamp(h):
         assert wait_until(lambda: lamp("Offered"), 10, what="ann's presence: offered")[-1].get("answer-state") == "early"
     finally:
         conn.close()
+
+
+def test_a_refresh_of_a_stored_registration_needs_no_transaction(h, monkeypatch):
+    """A phone re-REGISTERs every few minutes (a sofia::register each time): stored once."""
+    calls = []
+    real = h.store.phone_registered
+    monkeypatch.setattr(h.store, "phone_registered", lambda *a: calls.append(a[1]) or real(*a))
+    for user in ("1001", "1001", "1002"):          # one worker, in order: 1002 stored means 1001's refresh was seen
+        h.sim_api(f"phone {user} register")
+    wait_until(lambda: "1002" in calls, 5, what="1002's registration stored")
+    assert calls == ["1001", "1002"]

@@ -163,10 +163,10 @@ def agent_list(as_json: bool, db: str | None) -> None:
         return
     from rich.table import Table
 
-    table = Table("name", "state", "since", "dial string", "skills", "contact")
+    table = Table("name", "state", "since", "dial string", "skills", "contact", "not offered")
     for a in agents:
         table.add_row(a["name"], a["state"], f"{a['state_changed_at']:%H:%M:%S}", a["dial_string"],
-                      ", ".join(a["skills"]), str(a["contact_id"] or ""))
+                      ", ".join(a["skills"]), str(a["contact_id"] or ""), a.get("not_offered") or "")
     console().print(table)
 
 

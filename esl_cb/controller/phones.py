@@ -36,6 +36,9 @@ class PhoneWatch:
         self.wake = wake
         self.events: Queue = Queue()
         self.domain = ""                       # the switch's default domain, for user/N without one
+        # Phones stored as registered here: a phone re-REGISTERs every few minutes (a sofia::register
+        # each time), and a refresh of one already stored needs no transaction.
+        self.stored: set[tuple[str, str]] = set()
         self.worker: gevent.Greenlet | None = None
 
     def on_event(self, ev: Event) -> None:
@@ -58,17 +61,25 @@ class PhoneWatch:
                     log.warning("phone %s@%s: %s not stored yet (%s); retrying", change.user, change.domain,
                                 change.kind, e)
                     gevent.sleep(0.5 * (attempt + 1))
+            else:
+                log.error("phone %s@%s: %s could not be stored; the next connection's check sets it right",
+                          change.user, change.domain, change.kind)
 
     def handle(self, change) -> None:
         domain = change.domain or self.domain
+        key = (change.user, domain)
         if change.kind == "register":
+            if key in self.stored:
+                return
             back = self.store.phone_registered(self.switch_name, change.user, domain, change.contact)
+            self.stored.add(key)
             for name in back:
                 log.info("agent %s: phone %s@%s registered; offered again", name, change.user, domain)
             if back:
                 self.wake()
             return
         # An un-register or an expiry: are other bindings left? The switch knows.
+        self.stored.discard(key)
         left = self.api(f"sofia_contact {change.user}@{domain}").strip()
         if left and not left.startswith(NOT_REGISTERED) and not left.startswith("-ERR"):
             log.info("phone %s@%s: one registration %s, others remain (%s)", change.user, domain,
@@ -91,6 +102,7 @@ class PhoneWatch:
                 continue
             found[(user, where)] = None if answer.startswith(NOT_REGISTERED) or not answer else answer
         back, gone = self.store.phones_checked(self.switch_name, found)
+        self.stored = {key for key, contact in found.items() if contact is not None}
         for name in gone:
             log.warning("agent %s: not offered: phone not registered", name)
         for name in back:
