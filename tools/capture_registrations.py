@@ -83,30 +83,34 @@ def main(out: Path) -> None:
         rec._frames(time.monotonic() + 2, 1)                     # auth/request
         rec.send(f"auth {PASSWORD}\n\n")
         rec.send(EVENTS + "\n\n")
-        notes = []
+        notes: list[str] = []
+
+        def note(text: str) -> None:
+            notes.append(text)
+            print(text, flush=True)
         call_id = register_phone(root / "reg", switch.sip_port, "2001", phones.port, expires=3600)
-        notes.append("SIPp REGISTER 2001 (Expires: 3600, Contact at the test phones)"); print(notes[-1], flush=True)
+        note("SIPp REGISTER 2001 (Expires: 3600, Contact at the test phones)")
         rec.wait_event("sofia%3A%3Aregister", 10)
         second = register_phone(root / "reg", switch.sip_port, "2001", phones.port, expires=3600,
                                 call_id="second-phone-2001")
-        notes.append("SIPp REGISTER 2001 again from a second phone (another Call-ID)"); print(notes[-1], flush=True)
+        note("SIPp REGISTER 2001 again from a second phone (another Call-ID)")
         rec.wait_event("sofia%3A%3Aregister", 10)
         for q in QUERIES:
             rec.send(f"api {q}\n\n")
         register_phone(root / "reg", switch.sip_port, "2001", phones.port, expires=0, call_id=call_id, cseq=2)
-        notes.append("SIPp REGISTER 2001 Expires: 0 with the first Call-ID (un-REGISTER)"); print(notes[-1], flush=True)
+        note("SIPp REGISTER 2001 Expires: 0 with the first Call-ID (un-REGISTER)")
         rec.wait_event("sofia%3A%3Aunregister", 10)
         rec.send("api show registrations as json\n\n")
         register_phone(root / "reg", switch.sip_port, "2001", phones.port, expires=0, call_id=second, cseq=2)
-        notes.append("SIPp REGISTER 2001 Expires: 0 with the second Call-ID"); print(notes[-1], flush=True)
+        note("SIPp REGISTER 2001 Expires: 0 with the second Call-ID")
         rec.wait_event("sofia%3A%3Aunregister", 10)
         rec.send("api show registrations as json\n\n")
         started = time.monotonic()
         register_phone(root / "reg", switch.sip_port, "2002", phones.port, expires=5, call_id="short-2002")
-        notes.append("SIPp REGISTER 2002 Expires: 5, then silence until the switch expires it"); print(notes[-1], flush=True)
+        note("SIPp REGISTER 2002 Expires: 5, then silence until the switch expires it")
         rec.wait_event("sofia%3A%3Aregister", 10)
         rec.wait_event("sofia%3A%3Aexpire", 120)
-        notes.append(f"sofia::expire for 2002 came {time.monotonic() - started:.1f} s after its REGISTER"); print(notes[-1], flush=True)
+        note(f"sofia::expire for 2002 came {time.monotonic() - started:.1f} s after its REGISTER")
         rec.send("api show registrations as json\n\n")
         rec.send("exit\n\n", wait_replies=2, timeout=2)
         rec.meta("client-closed")
@@ -117,7 +121,6 @@ def main(out: Path) -> None:
         with out.open("w") as f:
             for r in [header] + rec.records:
                 f.write(json.dumps(r) + "\n")
-        print("\n".join(notes))
     finally:
         switch.stop()
         phones.stop()
