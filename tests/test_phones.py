@@ -8,6 +8,7 @@ import logging
 
 import gevent
 import pytest
+from sqlalchemy import text
 
 from esl_cb.domain import script as scripts
 from esl_cb.domain.phones import registration_event, tracked_phone
@@ -144,12 +145,17 @@ def test_pins_are_hashed_wrong_ones_audited_and_too_many_lock_the_login(store):
         assert phones.login("2001", "0000", "3125550100").why == "wrong_pin"
     assert phones.login("2001", "1357", "2001").why == "locked"               # locked: the right PIN too
     with store.engine.connect() as conn:
-        from sqlalchemy import text
         rows = conn.execute(text("SELECT operator, detail FROM audit_log WHERE action = 'agent pin wrong' "
                                  "ORDER BY id")).all()
     assert len(rows) == 2 * LOCK_AFTER - 1 and rows[0].operator == "phone 3125550100"
     assert "locked until" in rows[-1].detail
     assert phones.trusted_caller("2001") == "pat" and phones.trusted_caller("7777") is None
+    assert phones.feature("pat", "login", caller="2001").after == "Available"
+    assert phones.already("pat", "login") and phones.already("pat", "available") and not phones.already("pat", "logout")
+    phones.feature("rex", "break", "07", caller="2002")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT operator, detail FROM audit_log WHERE action = 'agent break'")).one() == (
+            "phone 2002", "reason 07")
 
 
 def test_each_agent_change_is_a_presence_event_for_the_blf_lamp(h):

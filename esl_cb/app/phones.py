@@ -14,7 +14,7 @@ from esl_cb.db.store import Store
 from esl_cb.domain.errors import InvalidInput
 from esl_cb.domain.phones import check_pin, hash_pin, pin_matches
 
-from .agents import AgentChange, AgentService
+from .agents import AGENT_CHANGES, AgentChange, AgentService
 from .database import database_errors
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ PROMPT_AGENT_NUMBER = "voicemail/vm-enter_id.wav"
 PROMPT_PIN = "voicemail/vm-enter_pass.wav"
 PROMPT_WRONG = "voicemail/vm-fail_auth.wav"
 PROMPT_GOODBYE = "voicemail/vm-goodbye.wav"
+PROMPT_REFUSED = "ivr/ivr-please_try_again.wav"      # the change cannot be made now (offered, on a call)
 TRIES_PER_CALL = 3                 # wrong PINs in one call before it is hung up
 LOCK_AFTER = 5                     # wrong PINs in a row (over calls) that lock the login number ...
 LOCK_SECONDS = 300                 # ... for this long
@@ -87,6 +88,12 @@ class PhoneService:
     def trusted_caller(self, caller_user: str) -> str | None:
         """The agent whose phone is this directory user, for a dialplan that vouches for its caller ID."""
         return self.store.agent_of_phone(caller_user) if caller_user else None
+
+    @database_errors
+    def already(self, name: str, feature: str) -> bool:
+        """The agent is where the feature code would take them (a refused change that needs no doing)."""
+        to, _ = AGENT_CHANGES[PHONE_FEATURES[feature][0]]
+        return self.store.agent(name).state == to.value
 
     def feature(self, name: str, feature: str, reason: str = "", caller: str = "") -> AgentChange:
         """Do what the feature code asks (PHONE_FEATURES), as `phone CALLER` in the audit log."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from esl_cb.app.phones import (PHONE_FEATURES, PROMPT_AGENT_NUMBER, PROMPT_GOODBYE, PROMPT_PIN, PROMPT_WRONG,
-                               TRIES_PER_CALL, PhoneService)
+from esl_cb.app.phones import (PHONE_FEATURES, PROMPT_AGENT_NUMBER, PROMPT_GOODBYE, PROMPT_PIN, PROMPT_REFUSED,
+                               PROMPT_WRONG, TRIES_PER_CALL, PhoneService)
 from esl_cb.db.store import Store
 from esl_cb.domain.errors import EslCbError
 from esl_cb.domain.runtime import ActionFailed, CallerGone
@@ -53,8 +53,11 @@ class FeatureCalls:
             try:
                 done = self.phones.feature(name, feature, data.get("variable_esl_cb_feature_arg", ""), caller)
                 log.info("agent %s: %s from phone %s (%s -> %s)", name, feature, caller, done.before, done.after)
-            except EslCbError as e:            # already there, or on a call: said, and confirmed anyway
-                log.info("agent %s: %s from phone %s: %s", name, feature, caller, e)
+            except EslCbError as e:
+                log.info("agent %s: %s from phone %s refused: %s", name, feature, caller, e)
+                if not self.phones.already(name, feature):      # offered a contact, on a call: not done
+                    voice.play(PROMPT_REFUSED, None)
+                    return
             voice.play(PHONE_FEATURES[feature][1], None)
         except (CallerGone, ActionFailed) as e:
             log.info("phone %s: feature call %s ended early (%s)", caller, feature, e or "caller hung up")

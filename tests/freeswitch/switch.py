@@ -38,7 +38,8 @@ STOCK_PROMPTS = ("ivr/ivr-if_you_would_like_us_to_call_back.wav", "digits/1.wav"
                  "time/minutes.wav", "ivr/ivr-to_accept_press_one.wav",
                  # agents' feature codes (app/phones.py)
                  "voicemail/vm-enter_id.wav", "voicemail/vm-enter_pass.wav", "voicemail/vm-fail_auth.wav",
-                 "voicemail/vm-goodbye.wav", "ivr/ivr-you_are_now_logged_in.wav", "ivr/ivr-you_are_now_logged_out.wav")
+                 "voicemail/vm-goodbye.wav", "ivr/ivr-you_are_now_logged_in.wav", "ivr/ivr-you_are_now_logged_out.wav",
+                 "ivr/ivr-please_try_again.wav")
 
 
 def missing_tools() -> str | None:
