@@ -28,6 +28,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from .config import Settings, masked_url
+from .doctor_phones import phones
 from .domain.script import Script, script_prompts
 from .esl.commands import UnsafeDialString, dial_for
 from .esl.inbound import ConnectionLost, ESLError, Event, InboundConnection
@@ -117,7 +118,7 @@ def diagnose(settings: Settings, script: Script | None, script_error: str = "",
     try:
         if switch is None:
             reason = "not checked: FreeSWITCH's event socket is not usable"
-            for name in ("version", "max-sessions", "sessions/s", "prompts", "agents", "dial template"):
+            for name in ("version", "max-sessions", "sessions/s", "prompts", "agents", "dial template", "phones"):
                 results.append(Result(name, FAIL, reason, "fix the esl check first"))
         else:
             results.append(_version(switch))
@@ -125,6 +126,7 @@ def diagnose(settings: Settings, script: Script | None, script_error: str = "",
             results.append(_prompts(switch, script, script_error))
             results.append(_agents(switch, db, agents))
             results.append(_dial_template(switch, settings))
+            results.extend(phones(switch.api, _domain_of(switch), db, agents or (lambda: _read_agents(db)), Result))
         results.append(_clocks(switch, db))
         results.append(_scheduling(switch, db, settings))
     finally:

@@ -13,7 +13,7 @@ from esl_cb.sim.server import Simulator
 
 from .fixtures import LAB, wait_until
 
-TABLES = ("api_events, agent_state_history, webhook_outbox, idempotency_keys, api_bookings, callback_assignments, api_tokens, "
+TABLES = ("phone_registrations, api_events, agent_state_history, webhook_outbox, idempotency_keys, api_bookings, callback_assignments, api_tokens, "
           "policy_refusals, policy_overrides, audit_log, callback_attempts, legs, contacts, agent_skills, agents, "
           "skills, controllers, switches")
 

@@ -171,3 +171,46 @@ def test_a_reserved_callback_goes_to_its_agent_only(store):
     offer = store.claim_offer("leg-2")
     assert (offer.contact_id, offer.agent_name) == (other, "ann")          # bob is busy: `later` waits
     assert store.claim_offer("leg-3") is None
+
+
+def test_an_agent_whose_phone_has_no_registration_is_not_offered(store):
+    """Migration 0013: an agent whose dial string is a directory user (user/2001) is not offered once
+    the switches report no registration of it (the last one gone decides), and is again when one
+    registers; not known yet, or a gateway or a plain SIP URI (not tracked): offered as before.
+    esl_cb_claim and claim_queue alike."""
+    store.add_agent("pat", "user/2001", ["support"])
+    store.add_agent("rex", "user/2002@example.com", ["billing"])
+    store.add_agent("gus", "sofia/gateway/pstn/13125550100", ["sales"])
+    for name in ("pat", "rex", "gus"):
+        store.set_agent_state(name, AgentState.AVAILABLE, list(AgentState))
+    now = utcnow()
+    support = _queue(store, 1, Priority(10, 0, 10), now - timedelta(minutes=1), "support", callback=True)
+    billing = _queue(store, 2, Priority(10, 0, 10), now - timedelta(minutes=1), "billing")
+    sales = _queue(store, 3, Priority(1, 0, 1), now - timedelta(minutes=1), "sales")
+    assert store.tracked_phones() == {("2001", None): ["pat"], ("2002", "example.com"): ["rex"]}
+    # A switch connects and is asked: neither phone is registered there.
+    assert store.phones_checked("switch-a", {("2001", "127.0.0.1"): None, ("2002", "example.com"): None}) == (
+        [], ["pat", "rex"])
+    assert set(store.unregistered_agents()) == {"pat", "rex"}
+    offer = store.claim_offer("leg-1")
+    assert (offer.contact_id, offer.agent_name) == (sales, "gus")          # not tracked: offered as today
+    assert store.claim_offer("leg-2") is None                              # pat and rex: no registration
+    assert store.phone_registered("switch-a", "2002", "elsewhere.com", "sip:2002@10.0.0.9") == []
+    assert store.claim_offer("leg-3") is None                              # rex's phone is 2002@example.com
+    assert store.phone_registered("switch-a", "2001", "127.0.0.1", "sip:2001@127.0.0.1:5999") == ["pat"]
+    assert store.phone_registered("switch-b", "2001", "127.0.0.1", "sip:2001@127.0.0.1:6999") == []
+    offer = store.claim_offer("leg-4")
+    assert (offer.contact_id, offer.agent_name) == (support, "pat")
+    store.cancel(offer.contact_id, "test: next one", force=True)
+    support2 = _queue(store, 4, Priority(10, 0, 10), now, "support")
+    assert store.phone_gone("switch-a", "2001", "127.0.0.1") == []       # switch-b still has it
+    offer = store.claim_offer("leg-5")
+    assert (offer.contact_id, offer.agent_name) == (support2, "pat")
+    store.cancel(offer.contact_id, "test: next one", force=True)
+    _queue(store, 5, Priority(10, 0, 10), now, "support")
+    assert store.phone_gone("switch-b", "2001", "") == ["pat"]           # the last one gone decides
+    assert store.claim_offer("leg-6") is None
+    assert store.phones_checked("switch-a", {("2002", "example.com"): "sofia/x/sip:2002@10.0.0.8"}) == (["rex"], [])
+    offer = store.claim_offer("leg-7")
+    assert (offer.contact_id, offer.agent_name) == (billing, "rex")
+    assert list(store.unregistered_agents()) == ["pat"]

@@ -287,3 +287,20 @@ def test_status_shows_a_booking_for_later_as_due_not_as_a_negative_wait(run, pg_
     import re
     assert re.search(r"due in (5\d\d|600)s", r.output), r.output
     assert not re.search(r"-\d+s", r.output), r.output
+
+
+def test_agent_pin_and_why_an_agent_is_not_offered(run, pg_url):
+    import json
+
+    run("agent", "add", "pat", "--dial-string", "user/2001", "--skill", "support")
+    r = CliRunner().invoke(main, ["agent", "pin", "pat", "--number", "2581"], input="1357\n1357\n",
+                           env={"ESL_CB_DATABASE_URL": pg_url})
+    assert r.exit_code == 0 and "log in on the phone with 2581" in r.output and "1357" not in r.output
+    r = run("agent", "pin", "pat", "--pin", "12")
+    assert r.exit_code != 0 and "4 to 12 digits" in r.output
+    store = Store(pg_url)
+    store.phones_checked("127.0.0.1:8021", {("2001", "127.0.0.1"): None})
+    store.close()
+    st = json.loads(run("status", "--json").output)
+    assert [(a["name"], a["not_offered_because"]) for a in st["agents"]] == [("pat", "LoggedOut; phone not registered")]
+    assert "phone not registered" in run("status", "--once").output

@@ -82,7 +82,7 @@ def test_a_healthy_installation_passes_every_check(doctor):
     result, lines = doctor()
     assert result.exit_code == 0, result.output
     assert list(lines) == ["esl", "database", "version", "max-sessions", "sessions/s", "prompts", "agents", "dial",
-                           "clocks", "scheduling"]
+                           "phones", "features", "clocks", "scheduling"]
     assert all(status(lines, c) == "OK" for c in lines), result.output
     assert "all 3 prompts of script 'doctor' are on the switch" in lines["prompts"]
     assert "all 1 agents' dial strings resolve" in lines["agents"]
@@ -254,3 +254,19 @@ def test_a_file_string_with_variables_has_its_fixed_parts_checked_now():
     assert "ivr/gone.wav" in problems[1].reason and "plays the rest" in problems[1].reason
     unsure = check_prompts(fake_switch(files, set()), [("S", "file_string://say:en number 3!{X}")])
     assert [(p.missing, p.at_run_time) for p in unsure] == [(False, False)]      # say: is not a variable
+
+
+def test_an_agent_whose_phone_is_not_registered_and_pins_without_the_feature_codes(doctor, switch):
+    """Issue 20: a warning per agent whose phone has no registration (not offered); once agents have
+    PINs, the dialplan must hand feature codes to esl-cb (here the switch cannot list its dialplan)."""
+    from esl_cb.app.phones import PhoneService
+    from esl_cb.sim import api
+
+    doctor.store.add_agent("bob", "user/1002", ["support"])
+    api.execute(switch.switch, "sim", "phone 1002 unregister")
+    PhoneService(doctor.store).set_pin("alice", "1357")
+    result, lines = doctor()
+    assert result.exit_code == 0                       # warnings only
+    assert status(lines, "phones") == "WARN" and "1 of 2 agents' phones are not registered" in lines["phones"]
+    assert "agent bob: phone 1002@192.0.2.2 has no registration: not offered" in result.output
+    assert status(lines, "features") == "WARN" and "cannot read the switch's dialplan" in lines["features"]

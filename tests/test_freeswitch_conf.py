@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parent.parent / "freeswitch_conf"
 
 def test_every_file_is_well_formed_xml():
     files = sorted(CONF.rglob("*.xml"))
-    assert len(files) == 4
+    assert len(files) == 5
     for f in files:
         ET.parse(f)
 

@@ -10,8 +10,10 @@ from sqlalchemy import text
 
 from benchmarks.common import schedule_process
 from cli import main
+from esl_cb.app.phones import PhoneService
 from esl_cb.db.store import Store
 
+from .freeswitch.sipp import register_phone
 from .test_doctor import SCRIPT, STOCK_OFFER
 from .test_real_learned import fs_rig  # noqa: F401
 
@@ -40,12 +42,17 @@ def doctor(fs_rig, pg_url, tmp_path):  # noqa: F811
     store.close()
 
 
-def test_a_healthy_installation_passes_every_check(doctor):
+def test_a_healthy_installation_passes_every_check(doctor, fs_rig):  # noqa: F811
+    # alice's phone (user/2001) registers, and she has a PIN: the rig's dialplan has the feature codes
+    register_phone(fs_rig.switch.root / "registrations", fs_rig.switch.sip_port, "2001", fs_rig.phones.port)
+    PhoneService(doctor.store).set_pin("alice", "1357")
     result, lines = doctor()
     assert result.exit_code == 0, result.output
     assert all(line.startswith("OK ") for line in lines.values()), result.output
     assert "30 new sessions per second" in lines["sessions/s"] and "100 sessions at most" in lines["max-sessions"]
     assert "sofia profile 'test' is running" in lines["dial"]
+    assert "all 1 agents' phones are registered" in lines["phones"]
+    assert "the dialplan hands agents' feature codes to esl-cb" in lines["features"]
 
 
 def test_a_missing_prompt_and_an_unknown_user_are_named(doctor):

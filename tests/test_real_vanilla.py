@@ -121,6 +121,9 @@ class VanillaSwitch:
         edit(c / "autoload_configs/event_socket.conf.xml", 'value="8021"', f'value="{p["esl"]}"')
         edit(c / "dialplan/public/50_esl_cb.xml", 'data="127.0.0.1:8084 async full"',
              f'data="127.0.0.1:{p["socket"]} async full"')
+        features = c / "dialplan/default/60_esl_cb_features.xml"
+        features.write_text(features.read_text().replace('data="127.0.0.1:8084 async full"',
+                                                         f'data="127.0.0.1:{p["socket"]} async full"'))
 
     def start(self, timeout: float = 30.0) -> None:
         r = self.root
@@ -520,3 +523,107 @@ def test_registering_trunk_shape_with_auto_to_user_routes_dids(vanilla, target):
         gateway.write_text(shipped)
         apply()
     assert re.search(r"^State\s+NOREG$", vanilla.api("sofia status gateway pstn"), re.MULTILINE)
+
+
+AGENT_INVITE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="an agent's phone dials a feature code (digest authentication, as a phone does)">
+  <send retrans="500"><![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:@AGENT@@[remote_ip]>;tag=[pid]a[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:@AGENT@@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=phone 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="407" auth="true"/>
+  <send><![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: <sip:@AGENT@@[remote_ip]>;tag=[pid]a[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+  <send retrans="500"><![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:@AGENT@@[remote_ip]>;tag=[pid]a[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: <sip:@AGENT@@[local_ip]:[local_port]>
+      [authentication]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=phone 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200"/>
+  <send><![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:@AGENT@@[remote_ip]>;tag=[pid]a[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+  <recv request="BYE"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>
+</scenario>
+"""
+
+
+@pytest.mark.parametrize("code,feature,arg", [("*24", "available", ""), ("*2507", "break", "07")])
+def test_an_agents_feature_code_reaches_esl_cb_with_a_trusted_caller_id(vanilla, target, code, feature, arg):
+    """The drop-in feature codes in vanilla's default context: the agent's phone (user 7001 of the
+    drop-in, digest-authenticated as phones are) dials a code; esl-cb is handed the call with the
+    feature, its reason code and the caller ID vouched for (esl_cb_trust_caller_id).
+    Measured: while vars.xml keeps default_password=1234, vanilla's default context logs a warning and
+    sleeps 10 s before any later extension runs (freeswitch_conf/README.md says so)."""
+    name = f"feature{feature}"
+    caller = sipp(vanilla.root / "sip", name, AGENT_INVITE.replace("@AGENT@", AGENT), code,
+                  vanilla.ports["internal_sip"], "-au", AGENT, "-ap", AGENT_PASSWORD, "-timeout", "40")
+    got = target.call(timeout=25)
+    assert got is not None, "FreeSWITCH never handed the feature code to the socket target"
+    conn, data = got
+    assert data["Caller-Context"] == "default" and data["Caller-Caller-ID-Number"] == AGENT
+    assert data["variable_esl_cb_feature"] == feature and data["variable_esl_cb_trust_caller_id"] == "true"
+    assert data.get("variable_esl_cb_feature_arg", "") == arg
+    hang_up(conn)
+    ended_by_the_switch(vanilla, name, caller)

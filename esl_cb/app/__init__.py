@@ -6,6 +6,7 @@ HTTP API next). Each service wraps the store; none knows click, ESL or the contr
                 cancelling one, operators' policy overrides
   agents.py     agents' state changes (login, available, unavailable, logout)
   skills.py     a skill's opening hours and callback expiry
+  phones.py     agents on their phones: PINs, feature codes
 """
 from __future__ import annotations
 

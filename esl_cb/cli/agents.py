@@ -188,6 +188,27 @@ def agent_logout(name: str, db: str | None, operator: str) -> None:
     _agent_state(name, db, "logout", operator)
 
 
+@agent.command("pin")
+@click.argument("name")
+@click.option("--pin", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="4 to 12 digits (asked for, hidden, when not given).")
+@click.option("--number", help="The digits the agent keys to log in (default: their phone's user, or their id).")
+@db_option
+@operator_option
+def agent_pin(name: str, pin: str, number: str | None, db: str | None, operator: str) -> None:
+    """Set the PIN an agent keys on their phone's feature codes (stored hashed).
+
+    \b
+    Example:
+      esl-cb agent pin alice --number 7001
+    """
+    from esl_cb.app.phones import PhoneService
+
+    login = store_call(PhoneService(open_store(db)).set_pin, name, pin, number, operator,
+                       fields={"pin": "--pin", "number": "--number"})
+    click.echo(f"agent {name}: PIN set; log in on the phone with {login} and the PIN")
+
+
 @agent.command("remove")
 @click.argument("name")
 @db_option

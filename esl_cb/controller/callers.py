@@ -56,6 +56,7 @@ class CallerSessions:
         self.calls: dict[int, LiveCall] = {}      # contact id -> live caller
         self.missing_prompts = MissingPrompts()
         self.guard: CallbackGuard | None = None  # the destination policy (set by the controller)
+        self.features = None                     # agents' feature codes (features.FeatureCalls)
         legs.handlers["caller"] = self.caller_event
 
     def live(self, contact_id: int) -> LiveCall | None:
@@ -68,6 +69,9 @@ class CallerSessions:
 
     # -- one call, start to end (its own greenlet) ------------------------------
     def on_call(self, channel: CallChannel) -> None:
+        if self.features is not None and self.features.wanted(channel):
+            self.features.on_call(channel)          # an agent's feature code, not a caller for a queue
+            return
         ARRIVALS.set(True)           # this greenlet's database work waits its turn (db/base.PriorityPool)
         data = channel.data
         ani = data.get("Caller-Caller-ID-Number", "")

@@ -36,11 +36,15 @@ from .agent_timers import HoldTimers
 from .callers import CallerSessions
 from .dialler import Dialler
 from .dispatcher import Dispatcher
+from .features import FeatureCalls
 from .fleet import SwitchShareKeeper
 from .guard import CallbackGuard
 from .legs import LegRegistry, quiet
 from .membership import Membership
 from .pacing import OriginatePacer
+from .phones import PhoneWatch
+from .presence import CHANNEL as EVENTS_CHANNEL
+from .presence import Presence
 from .recovery import Recovery
 from .supervision import Supervisor
 from .switch import SwitchHealth, SwitchLink
@@ -60,6 +64,7 @@ class Controller:
         pacer = OriginatePacer(settings.originate_rate)      # under the switch's sessions-per-second
         wake = self.wake_dispatcher
         self.callers = CallerSessions(settings, self.store, self.script, self.legs, self.switch, wake)
+        self.callers.features = FeatureCalls(self.store)
         self.dialler = Dialler(settings, self.store, self.switch, self.legs, pacer, self.health, wake)
         self.dispatcher = Dispatcher(settings, self.store, self.switch, self.legs, pacer, self.health,
                                      self.callers, self.dialler)
@@ -72,6 +77,9 @@ class Controller:
         self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
                                  self.dialler)
+        self.phones = PhoneWatch(self.store, settings.esl, self.switch.api, self.wake_dispatcher)
+        self.switch.on_custom = self.phones.on_event
+        self.presence = Presence(self.switch.sendevent, lambda: self.phones.domain)
         self.switch.on_connected = self._on_connected
         self.switch.on_ready = self.wake_dispatcher
         self.server: CallServer | None = None
@@ -206,6 +214,10 @@ class Controller:
 
     def _on_connected(self) -> None:
         self.recovery.reconcile()
+        try:
+            self.phones.check_all()          # events may have been missed while we were away
+        except (ESLError, SQLAlchemyError) as e:
+            log.warning("could not ask FreeSWITCH for the agents' phones (%s); events will tell", e)
         if not self._prompts_checked:
             self._prompts_checked = True
             gevent.spawn(self.check_prompts)
@@ -344,13 +356,19 @@ class Controller:
                     dbapi.autocommit = True
                     with dbapi.cursor() as cur:
                         cur.execute(f"LISTEN {Store.NOTIFY_CHANNEL}")
+                        cur.execute(f"LISTEN {EVENTS_CHANNEL}")        # agents' changes: BLF presence
                     while self._running:
                         ready, _, _ = select.select([dbapi], [], [], 5.0)
                         if ready:
                             dbapi.poll()
                             if dbapi.notifies:
+                                notes = list(dbapi.notifies)
                                 dbapi.notifies.clear()
-                                self.wake_dispatcher()
+                                for n in notes:
+                                    if n.channel == EVENTS_CHANNEL:
+                                        self.presence.on_notify(n.payload)
+                                if any(n.channel != EVENTS_CHANNEL for n in notes):
+                                    self.wake_dispatcher()
                 finally:
                     raw.invalidate()
             except Exception as e:      # database restarting: polling covers us meanwhile

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 # (Not CHANNEL_BRIDGE: nothing needs it, and the real switch does not send it for a bridge made while
 # the customer's originate is still finishing, which is when ours are made.)
 EVENTS = ["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "BACKGROUND_JOB", "SHUTDOWN",
-          "DTMF"]             # DTMF: a customer confirming a callback (issue 14)
+          "DTMF",             # DTMF: a customer confirming a callback (issue 14)
+          # agents' phones registering and leaving (issue 20; controller/phones.py): CUSTOM, then subclasses
+          "CUSTOM", "sofia::register", "sofia::unregister", "sofia::expire"]
 # Causes that say the switch (not the person) could not place the call: back off, try again, count
 # nothing against the agent or the customer. A switch shutting down hangs up with SYSTEM_SHUTDOWN.
 SWITCH_LIMIT_CAUSES = {"DESTINATION_OUT_OF_ORDER", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION",
@@ -53,6 +55,7 @@ class SwitchLink:
         self._route = route                       # events of our legs go there
         self.on_connected: Callable[[], None] = lambda: None     # recovery, before offers may go out
         self.on_ready: Callable[[], None] = lambda: None         # then: wake the dispatcher
+        self.on_custom: Callable[[Event], None] = lambda ev: None    # phones registering (never blocks)
         self.conn: InboundConnection | None = None
         self.ready = GEvent()                     # connected and reconciled: offers may go out
         self.stopping = False                     # FreeSWITCH announced its shutdown
@@ -118,6 +121,9 @@ class SwitchLink:
             self.stopping = True
             self.ready.clear()
             return
+        if ev.name == "CUSTOM":
+            self.on_custom(ev)
+            return
         self._route(ev)
 
     # -- commands (each with a timeout) ------------------------------------------
@@ -130,6 +136,14 @@ class SwitchLink:
         if self.conn is None or not self.conn.connected:
             raise NotSent("not connected to FreeSWITCH")
         self.conn.bgapi(cmd, job_uuid=job_uuid)
+
+    def sendevent(self, name: str, headers: dict[str, str]) -> None:
+        """Fire an event into the switch (BLF presence); its values are checked to be one line each."""
+        if self.conn is None or not self.conn.connected:
+            raise NotSent("not connected to FreeSWITCH")
+        reply = self.conn.command(f"sendevent {name}", headers=headers)
+        if not (reply.get("Reply-Text") or "").startswith("+OK"):
+            raise ESLError(f"sendevent {name} refused: {reply.get('Reply-Text')}")
 
     def kill(self, uuid: str | None, cause: str = "NORMAL_CLEARING") -> bool:
         """Hang up a leg; one that is gone already is fine. True if the switch hung it up now. One the

@@ -162,6 +162,13 @@ class AgentStatesStore(StoreBase):
 
 def why_not_offered(a, now: datetime) -> str:
     """Why an agent (a row of `agents`) is not being offered, in words for `status`; '' when they are."""
+    why = _why_by_state(a, now)
+    if getattr(a, "phone_unregistered_since", None) is not None:     # the claim's own test (migration 0013)
+        return f"{why}; phone not registered" if why else "phone not registered"
+    return why
+
+
+def _why_by_state(a, now: datetime) -> str:
     until = as_utc(a.state_until)
     pending = f"; {a.pending_state} when the call ends" + (f" ({a.pending_reason})" if a.pending_reason else "") \
         if getattr(a, "pending_state", None) else ""

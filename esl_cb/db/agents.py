@@ -7,6 +7,7 @@ from typing import Iterable
 from sqlalchemy import insert, select, text, update
 
 from esl_cb.domain.hours import HoursError, OpeningHours
+from esl_cb.domain.phones import tracked_phone
 from esl_cb.domain.states import AgentState as A
 
 from .agent_states import why_not_offered
@@ -98,9 +99,11 @@ class AgentsStore(StoreBase):
         with self.engine.begin() as conn:
             if conn.execute(select(Agent.id).where(Agent.name == name)).scalar() is not None:
                 raise StoreError(f"agent {name!r} already exists; remove it first or pick another name")
+            phone = tracked_phone(dial_string)        # offered only while registered (migration 0013)
             aid = conn.execute(insert(Agent).values(
-                name=name, dial_string=dial_string, state=A.LOGGED_OUT.value,
-                state_changed_at=utcnow()).returning(Agent.id)).scalar()
+                name=name, dial_string=dial_string, state=A.LOGGED_OUT.value, state_changed_at=utcnow(),
+                phone_user=phone.user if phone else None, phone_domain=phone.domain if phone else None,
+            ).returning(Agent.id)).scalar()
             for s in skills:
                 conn.execute(insert(AgentSkill).values(agent_id=aid, skill_id=self.skill_id(conn, s)))
             self._audit(conn, operator, "agent add", name, f"{dial_string}; skills {', '.join(skills)}")
@@ -138,6 +141,8 @@ class AgentsStore(StoreBase):
                  "state_reason": a.state_reason, "state_until": as_utc(a.state_until),
                  "pending_state": a.pending_state, "pending_reason": a.pending_reason,
                  "missed_in_a_row": a.missed_in_a_row,
+                 "phone": (f"{a.phone_user}@{a.phone_domain}" if a.phone_domain else a.phone_user),
+                 "login_number": a.login_number,
                  "not_offered_because": why_not_offered(a, now)} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:

@@ -82,10 +82,35 @@ class Agent(Base):
     pending_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     pending_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     missed_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The directory user the dial string rings (migration 0013): tracked, offered only while registered.
+    # NULL: not tracked (a gateway, a plain SIP URI, a phone registered at a proxy).
+    phone_user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    phone_domain: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Since when no switch has a registration of that phone (NULL: registered, or not known yet).
+    phone_unregistered_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Feature codes on the phone: the digits keyed to log in, and the PIN's scrypt hash (never the PIN).
+    pin_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    login_number: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    pin_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pin_locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     # The agent idle longest, for esl_cb_claim (migration 0010).
     __table_args__ = (Index("ix_agents_available", "available_since", "id", postgresql_where=text("state = 'Available'"),
-                            sqlite_where=text("state = 'Available'")),)
+                            sqlite_where=text("state = 'Available'")),
+                      Index("ix_agents_login_number", "login_number", unique=True))
+
+
+class PhoneRegistration(Base):
+    """A directory user with at least one registration on a switch (migration 0013), as the
+    controllers learn it from the switch's events and its `show registrations`."""
+    __tablename__ = "phone_registrations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    switch: Mapped[str] = mapped_column(String(255))
+    reg_user: Mapped[str] = mapped_column(String(64), index=True)
+    realm: Mapped[str] = mapped_column(String(128))
+    contact: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (UniqueConstraint("switch", "reg_user", "realm", name="uq_phone_registrations_user"),)
 
 
 class AgentStateChange(Base):

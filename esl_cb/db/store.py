@@ -10,6 +10,7 @@ share; each state change is one transaction):
   dispatch.py   offers to agents and the end of conversations
   dialling.py   callback attempts, their dials and legs (billing)
   policy.py     the destination policy's overrides and refusals; the operators' audit log
+  phones.py     agents' phones: registrations as the switches report them, PINs
   queue_status.py  where a queued contact stands: its place, the skill's agents, recent handle time
 """
 from __future__ import annotations
@@ -23,12 +24,13 @@ from .dialling import DiallingStore
 from .dispatch import DispatchStore
 from .policy import PolicyStore
 from .queue_status import QueueStatusStore
+from .phones import PhonesStore
 from .switches import SwitchesStore
 
 __all__ = ["Store", "DialPlan", "Fenced", "IllegalTransition", "NotFound", "Offer", "PolicyRefused", "RateLimited",
            "StaleState", "StoreError", "UnknownSkill", "as_utc", "make_engine", "utcnow"]
 
 
-class Store(AgentsStore, ContactsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore,
+class Store(AgentsStore, PhonesStore, ContactsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore,
             SwitchesStore):
     """The database, as the controller and the CLI use it."""

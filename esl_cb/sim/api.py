@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from . import control
+from . import control, phones
 from .apps import queue_app
 from .channel import OriginateError
 from .config import local_stream as local_stream_show
@@ -413,5 +413,5 @@ COMMANDS = {
     "uuid_broadcast": uuid_broadcast, "uuid_bridge": uuid_bridge, "uuid_transfer": uuid_transfer,
     "hostname": hostname, "switchname": hostname, "sim": control.sim, "uuid_dump": uuid_dump, "fsctl": fsctl,
     "global_getvar": global_getvar, "user_exists": user_exists, "sofia": sofia, "local_stream": local_stream,
-    "file_exists": file_exists, "strepoch": strepoch, "strftime": strftime,
+    "file_exists": file_exists, "strepoch": strepoch, "strftime": strftime, "sofia_contact": phones.sofia_contact,
 }

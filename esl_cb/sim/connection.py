@@ -18,7 +18,7 @@ from gevent.event import Event as GEvent
 
 from esl_cb.esl.wire import FrameReader, ProtocolError, url_encode
 
-from . import api, apps
+from . import api, apps, phones
 from .events import Event, render
 from .stamps import enable_receive_timestamps, kernel_time
 
@@ -216,6 +216,8 @@ class EventSocket:
             return reply(f"+OK Job-UUID: {job}", f"Job-UUID: {job}\n")
         if verb == "event":
             return self.cmd_event(words)
+        if verb == "sendevent" and len(words) > 1:       # an event fired into the switch (BLF presence)
+            return reply(f"+OK {phones.sendevent(self.switch, words[1], frame.headers[1:])}")
         if verb == "noevents":
             self.format = None
             self.all_events = False

@@ -44,6 +44,10 @@ def sim(switch: "Switch", arg: str) -> str:
             else:
                 return f"-ERR unknown endpoint mode {mode!r}: answer|busy|noanswer|reject|fail\n"
             return "+OK\n"
+        if sub == "phone" and len(words) >= 3 and words[2] in ("register", "unregister", "expire"):
+            from .phones import change      # sim phone N register|unregister|expire [DOMAIN]
+            change(switch, words[1], words[2], words[3] if len(words) > 3 else "")
+            return "+OK\n"
         if sub == "call" and len(words) >= 3:
             return sim_call(switch, words[1], words[2], words[3:])
         if sub == "calls":
@@ -91,7 +95,7 @@ SIM_USAGE = ("-USAGE: sim endpoint <number> answer <delay_s> [hangup_after_s|-] 
              "sim dtmf <uuid> <digits>; sim hangup <uuid> [cause]; sim prompt add|remove <path> [rate...]; "
              "sim stream add|remove <name>; sim user add|remove <id> [domain]; "
              "sim gateway add|remove|up|down <name> [profile]; sim coredb <batch_interval_s>; "
-             "sim clock <offset_s>\n")
+             "sim clock <offset_s>; sim phone <user> register|unregister|expire [domain]\n")
 
 
 def sim_call(switch: "Switch", from_number: str, to_did: str, rest: list[str]) -> str:

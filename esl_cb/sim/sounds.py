@@ -33,10 +33,12 @@ STOCK_PROMPTS = tuple(f"ivr/ivr-{name}.wav" for name in (
     "would_you_like_to_receive_a_call_at_this_number", "to_wait_stay_on_the_line", "hold_connect_call",
     "thank_you_for_holding", "thank_you_for_calling", "one_moment_please", "please_try_again",
     "that_was_an_invalid_entry", "or_press", "to_repeat_these_options", "welcome",
+    "you_are_now_logged_in", "you_are_now_logged_out",          # agents' feature codes (app/phones.py)
 )) + tuple(f"digits/{d}.wav" for d in (
     # mod_say_en's numbers (Queuestatus says positions and waits with them): 0-19, the tens, hundred...
     *range(20), *range(20, 100, 10), "hundred", "thousand", "million", "star", "pound")) + (
     "time/minute.wav", "time/minutes.wav", "time/seconds.wav", "voicemail/vm-press.wav", "voicemail/vm-goodbye.wav",
+    "voicemail/vm-enter_id.wav", "voicemail/vm-enter_pass.wav", "voicemail/vm-fail_auth.wav",
     "misc/error.wav")
 STOCK_STREAMS = ("moh",)
 

@@ -91,16 +91,27 @@ class Phones:
                 self.proc.kill()
 
 
+def _pcap(key: str) -> Path:
+    return PCAP_DIR / f"dtmf_2833_{ {'*': 'star', '#': 'pound'}.get(key, key) }.pcap"
+
+
 class Caller:
     """One caller: calls `did` from `ani`; presses `key` `key_after` seconds after the answer (None:
-    never); hangs up `hangup_after` seconds after that (None: waits for the switch to hang up)."""
+    never; several keys: `key_gap` apart, and never the same key twice in a row: each key's pcap
+    carries the same RTP timestamp, and the switch drops the second as a repeat); hangs up `hangup_after` seconds after that (None: waits for the switch to hang up)."""
 
     def __init__(self, root: Path, sip_port: int, ani: str, did: str, key: str | None = "1",
-                 key_after: float = 1.0, hangup_after: float | None = None, name: str = "caller") -> None:
+                 key_after: float = 1.0, hangup_after: float | None = None, name: str = "caller",
+                 key_gap: float = 0.5) -> None:
         text = (HERE / "caller.xml").read_text()
         if key is None:
             text = re.sub(r"  <nop>\s*<action>\s*<exec play_pcap_audio=.*?</nop>\n", "", text, flags=re.S)
-        pcap = PCAP_DIR / f"dtmf_2833_{ {'*': 'star', '#': 'pound'}.get(key, key) }.pcap" if key else ""
+        elif len(key) > 1:                 # several keys (an agent's number and PIN): one pcap each, key_gap apart
+            one = re.search(r"  <nop>\s*<action>\s*<exec play_pcap_audio=.*?</nop>\n", text, flags=re.S).group(0)
+            keys = "".join((f'  <pause milliseconds="{int(key_gap * 1000)}"/>\n' if i else "")
+                           + one.replace("@KEY_PCAP@", str(_pcap(k))) for i, k in enumerate(key))
+            text = text.replace(one, keys)
+        pcap = _pcap(key) if key and len(key) == 1 else ""
         text = (text.replace("@FROM@", ani).replace("@KEY_AFTER_MS@", str(int(key_after * 1000)))
                 .replace("@KEY_PCAP@", str(pcap)).replace("@HANGS_UP@", "0" if hangup_after is None else "1")
                 .replace("@HANGUP_AFTER_MS@", str(int((hangup_after or 0) * 1000))))
@@ -121,3 +132,23 @@ class Caller:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def register_phone(root: Path, sip_port: int, user: str, contact_port: int, expires: int = 3600,
+                   call_id: str | None = None, cseq: int = 1) -> str:
+    """`user`'s phone REGISTERs at the switch on `sip_port` (Contact: the test phones' port); `expires`
+    0 un-registers the binding of `call_id`. Returns the Call-ID (keep it to un-register)."""
+    call_id = call_id or f"reg-{user}-{free_port(udp_too=False)}"
+    root.mkdir(parents=True, exist_ok=True)
+    scenario = root / f"register-{user}-{cseq}.xml"
+    scenario.write_text((HERE / "phone_register.xml").read_text().replace("@CONTACT_PORT@", str(contact_port))
+                        .replace("@EXPIRES@", str(expires)).replace("@CSEQ@", str(cseq)))
+    done = subprocess.run(
+        ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(free_port()), "-s", user,
+         f"127.0.0.1:{sip_port}", "-m", "1", "-cid_str", call_id, "-nostdin", "-timeout", "10",
+         "-timeout_error"],     # -cid_str: SIPp matches the answer by its Call-ID, the one we choose
+        cwd=root, capture_output=True, timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"{user} could not register at the switch (sipp exit {done.returncode}): "
+                           f"{done.stdout[-400:]!r}")
+    return call_id

@@ -35,7 +35,11 @@ STOCK_PROMPTS = ("ivr/ivr-if_you_would_like_us_to_call_back.wav", "digits/1.wav"
                  # the numbers Queuestatus' sound variables say (domain/speech.py, as mod_say_en does)
                  *(f"digits/{n}.wav" for n in (0, *range(2, 20), *range(20, 100, 10))),
                  "digits/hundred.wav", "digits/thousand.wav", "digits/million.wav", "time/minute.wav",
-                 "time/minutes.wav", "ivr/ivr-to_accept_press_one.wav")
+                 "time/minutes.wav", "ivr/ivr-to_accept_press_one.wav",
+                 # agents' feature codes (app/phones.py)
+                 "voicemail/vm-enter_id.wav", "voicemail/vm-enter_pass.wav", "voicemail/vm-fail_auth.wav",
+                 "voicemail/vm-goodbye.wav", "ivr/ivr-you_are_now_logged_in.wav", "ivr/ivr-you_are_now_logged_out.wav",
+                 "ivr/ivr-please_try_again.wav")
 
 
 def missing_tools() -> str | None:
