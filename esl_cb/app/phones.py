@@ -102,5 +102,5 @@ class PhoneService:
         done = self.agents.set_agent_state(name, change, operator=f"phone {caller}"[:64], reason=why)
         if feature == "break":
             log.info("agent %s: on break (%s) from phone %s%s", name, why, caller,
-                     "; it starts when the call ends" if done.pending else "")
+                     "; it starts when the call ends" if done.when_call_ends else "")
         return done
