@@ -251,7 +251,10 @@ def test_shipped_example_on_a_switch_without_sounds_or_music(tmp_path_factory, p
                          "file_string://ivr/ivr-you_are_number.wav!ivr/ivr-in_line.wav",
                          f"file_string://{numbers}", "file_string://ivr/ivr-estimated_hold_time.wav",
                          "file_string://ivr/ivr-if_you_would_like_us_to_call_back.wav!digits/1.wav",
-                         "file_string://ivr/ivr-we_will_return_your_call_at_this_number.wav!ivr/ivr-thank_you.wav"}
+                         "file_string://ivr/ivr-we_will_return_your_call_at_this_number.wav!ivr/ivr-thank_you.wav",
+                         # with {variables}: their fixed parts are checked at start too
+                         "file_string://ivr/ivr-you_are_number.wav!{PositionSounds}!ivr/ivr-in_line.wav",
+                         "file_string://ivr/ivr-estimated_hold_time.wav!{EWTMinutesSounds}"}
         # 2 s of hold tone, the position (missing: over at once), then the menu (its prompt missing:
         # 0.3 s) waits 5 s: press at 4 s.
         r.call("+13125550451", key="1", key_after=4.0)
