@@ -211,7 +211,9 @@ class Switch:
             if not who:
                 self._stillborn()
                 raise OriginateError("USER_NOT_REGISTERED")
-        elif not rest:
+        elif not rest or (tech == "user" and rest.partition("@")[0] in getattr(self, "phones", {}).get("unregistered", ())):
+            # The real switch: -ERR USER_NOT_REGISTERED for a directory user with no registration, no channel
+            # (tests/test_real_vanilla.py).
             self._stillborn()
             raise OriginateError("USER_NOT_REGISTERED")
         new_uuid = var_map.get("origination_uuid") or str(uuidlib.uuid4())
