@@ -151,8 +151,9 @@ class AgentsStore(StoreBase):
                  "not_offered_because": why_not_offered(a, now)} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
-        """change_agent_state without reason or pending state: the state before."""
-        return self.change_agent_state(name, to, allowed_from, operator)[0]
+        """change_agent_state without reason: a forced move (the demo's, tests' stand-in for the call's end),
+        so a pending state is kept and starts if this frees the agent. The state before."""
+        return self.change_agent_state(name, to, allowed_from, operator, keep_pending=True)[0]
 
     def change_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None,
                            reason: str | None = None, later_from: Iterable[A] = (),

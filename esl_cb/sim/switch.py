@@ -212,8 +212,7 @@ class Switch:
                 self._stillborn()
                 raise OriginateError("USER_NOT_REGISTERED")
         elif not rest or (tech == "user" and rest.partition("@")[0] in getattr(self, "phones", {}).get("unregistered", ())):
-            # The real switch: -ERR USER_NOT_REGISTERED for a directory user with no registration, no channel
-            # (tests/test_real_vanilla.py).
+            # (as the real switch, a user with no registration too: tests/test_real_vanilla.py)
             self._stillborn()
             raise OriginateError("USER_NOT_REGISTERED")
         new_uuid = var_map.get("origination_uuid") or str(uuidlib.uuid4())
