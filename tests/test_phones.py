@@ -10,6 +10,7 @@ import gevent
 import pytest
 from sqlalchemy import text
 
+from esl_cb.app import AgentService
 from esl_cb.domain import script as scripts
 from esl_cb.domain.phones import registration_event, tracked_phone
 from esl_cb.esl.inbound import Event as InEvent
@@ -200,6 +201,32 @@ def test_each_agent_change_is_a_presence_event_for_the_blf_lamp(h):
             "terminated", "agent", "presence")
         h.call("3125550100", "3125557000")
         assert wait_until(lambda: lamp("Offered"), 10, what="ann's presence: offered")[-1].get("answer-state") == "early"
+    finally:
+        conn.close()
+
+
+def test_every_lamp_is_sent_again_when_the_controller_reconnects(h):
+    """A restarted switch (or one whose ESL was cut while agents changed) shows no or stale lamps: at
+    each connection every agent's state is sent again, with no change of theirs (reviewer's finding)."""
+    h.agent("ann", "1001")
+    h.agent("bob", "1002")
+    h.available("ann")
+    h.available("bob")
+    AgentService(h.store).set_agent_state("bob", "break", reason="lunch")
+    wait_until(lambda: h.controller.presence.queue.empty() and h.controller.reconnects == 0, 5, what="quiet")
+    gevent.sleep(0.3)
+    h.sim.drop_connections()
+    seen: list[InEvent] = []
+    conn = InboundConnection("127.0.0.1", h.sim.port, "ClueCon", seen.append)
+    conn.connect(["PRESENCE_IN"])
+    try:
+        wait_until(lambda: h.controller.reconnects >= 1, 10, what="the reconnect")
+
+        def lamps():
+            return {e.get("from"): (e.get("esl_cb_agent_state"), e.get("status"), e.get("answer-state")) for e in seen}
+        wait_until(lambda: len(lamps()) == 2, 10, what="both lamps sent again")
+        assert lamps() == {"agent+ann@192.0.2.2": ("Available", "Available", "terminated"),
+                           "agent+bob@192.0.2.2": ("OnBreak", "On break", "confirmed")}
     finally:
         conn.close()
 
