@@ -114,3 +114,29 @@ def test_a_wrap_up_no_timer_watches_is_ended_by_the_sweep(pg_url):
         assert freed["to_state"] == "Available" and as_utc(c.offered_at) >= as_utc(freed["at"])
     finally:
         h.close()
+
+
+def test_a_phone_the_switch_cannot_reach_is_no_miss_of_the_agents(pg_url):
+    """An offer the switch answers with USER_NOT_REGISTERED never rang: the agent is not offered for a
+    pause (status says why) but it is no miss of theirs, so it never puts them OnBreak 'no_answer'.
+    (Reviewer's finding: the phone registered on another switch of the fleet, or gone between the claim
+    and the originate, put the agent on a break after max-no-answer such offers.)"""
+    h = Harness(pg_url, quick_script())
+    try:
+        h.agent("ann", "1001")
+        _settings(h, max_no_answer=2, no_answer_delay=1)
+        # The switch forgets the phone without telling the controller (another switch's registration).
+        h.sim.switch.phones = {"unregistered": {"1001"}, "call_ids": {}}
+        h.call("3125550100", "3125557000", "dtmf 1 1.2")
+        before = h.wait_state("callback_queued")
+        h.available("ann")
+        wait_until(lambda: h.store.agent("ann").offer_not_before is not None, timeout=10,
+                   what="ann held back after the failed offer")
+        a = h.store.agent("ann")
+        assert (a.state, a.missed_in_a_row) == ("Available", 0)
+        why = [x["not_offered_because"] for x in h.store.agents() if x["name"] == "ann"][0]
+        assert "phone unreachable (USER_NOT_REGISTERED)" in why, why
+        assert [r["to_state"] for r in _history(h, "ann") if r["from_state"] == "Offered"] == ["Available"]
+        assert h.contact().state == "callback_queued" and h.contact().queued_at == before.queued_at
+    finally:
+        h.close()

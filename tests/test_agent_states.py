@@ -168,8 +168,17 @@ def test_a_break_or_logout_asked_during_a_call_starts_at_its_end(store):
     store.complete(second, "caller hung up")
     assert _agent(store).state == "WrapUp"
     assert agents.set_agent_state("alice", "logout").when_call_ends
-    agents.end_wrap_up("alice")
+    assert agents.end_wrap_up("alice").after == "LoggedOut"          # said as it is (was: 'Available')
     assert _agent(store).state == "LoggedOut"
+    # A change made now drops the pending one: the agent's latest word wins.
+    agents.set_agent_state("alice", "available")
+    third = _live_call(store, 3, "leg-4")
+    assert agents.set_agent_state("alice", "break", reason="lunch").when_call_ends
+    store.complete(third, "caller hung up")
+    assert _agent(store).state == "WrapUp"
+    assert agents.set_agent_state("alice", "available").after == "Available"
+    a = _agent(store)
+    assert (a.state, a.pending_state) == ("Available", None)
 
 
 def test_the_history_adds_up_to_the_wall_time_for_each_agent(store):

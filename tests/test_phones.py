@@ -10,6 +10,7 @@ import gevent
 import pytest
 from sqlalchemy import text
 
+from esl_cb.app import AgentService
 from esl_cb.domain import script as scripts
 from esl_cb.domain.phones import registration_event, tracked_phone
 from esl_cb.esl.inbound import Event as InEvent
@@ -161,6 +162,28 @@ def test_pins_are_hashed_wrong_ones_audited_and_too_many_lock_the_login(store):
             "phone 2002", "Available -> OnBreak (code 07)")
 
 
+def test_an_agent_made_available_from_the_phone_is_not_offered_while_on_that_call(store):
+    """Reviewer's finding: *22/*24 committed Available and woke the dispatcher while the phone was still
+    on the feature call; a phone without call waiting answered the offer 486 (a miss, the busy delay).
+    The hold is in the change's own statement, so no claim can come between."""
+    from esl_cb.app.phones import FEATURE_CALL_HOLD, PhoneService
+    from esl_cb.db.agent_states import why_not_offered
+    from esl_cb.db.store import as_utc, utcnow
+
+    phones = PhoneService(store)
+    store.add_agent("pat", "user/2001", ["support"])
+    assert phones.feature("pat", "login", caller="2001").after == "Available"
+    a = store.agent("pat")
+    assert a.offer_not_before is not None
+    left = (as_utc(a.offer_not_before) - utcnow()).total_seconds()
+    assert 0 < left <= FEATURE_CALL_HOLD[0]
+    assert "on the feature-code call" in why_not_offered(a, utcnow())
+    from esl_cb.domain.queue import Priority
+    cid = store.create_contact("call-1", "+13125550100", "3125557000", "t", "+13125550100", "3125557000")
+    store.queue_contact(cid, "support", Priority(10, 0, 10))
+    assert store.claim_offer("leg-1") is None                      # not while on the feature call
+
+
 def test_each_agent_change_is_a_presence_event_for_the_blf_lamp(h):
     """The NOTIFY of an agent's change becomes a PRESENCE_IN fired into the switch (sendevent): off
     (terminated) when Available, blinking (early) while offered, lit (confirmed) otherwise."""
@@ -178,6 +201,32 @@ def test_each_agent_change_is_a_presence_event_for_the_blf_lamp(h):
             "terminated", "agent", "presence")
         h.call("3125550100", "3125557000")
         assert wait_until(lambda: lamp("Offered"), 10, what="ann's presence: offered")[-1].get("answer-state") == "early"
+    finally:
+        conn.close()
+
+
+def test_every_lamp_is_sent_again_when_the_controller_reconnects(h):
+    """A restarted switch (or one whose ESL was cut while agents changed) shows no or stale lamps: at
+    each connection every agent's state is sent again, with no change of theirs (reviewer's finding)."""
+    h.agent("ann", "1001")
+    h.agent("bob", "1002")
+    h.available("ann")
+    h.available("bob")
+    AgentService(h.store).set_agent_state("bob", "break", reason="lunch")
+    wait_until(lambda: h.controller.presence.queue.empty() and h.controller.reconnects == 0, 5, what="quiet")
+    gevent.sleep(0.3)
+    h.sim.drop_connections()
+    seen: list[InEvent] = []
+    conn = InboundConnection("127.0.0.1", h.sim.port, "ClueCon", seen.append)
+    conn.connect(["PRESENCE_IN"])
+    try:
+        wait_until(lambda: h.controller.reconnects >= 1, 10, what="the reconnect")
+
+        def lamps():
+            return {e.get("from"): (e.get("esl_cb_agent_state"), e.get("status"), e.get("answer-state")) for e in seen}
+        wait_until(lambda: len(lamps()) == 2, 10, what="both lamps sent again")
+        assert lamps() == {"agent+ann@192.0.2.2": ("Available", "Available", "terminated"),
+                           "agent+bob@192.0.2.2": ("OnBreak", "On break", "confirmed")}
     finally:
         conn.close()
 

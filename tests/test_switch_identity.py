@@ -45,3 +45,21 @@ def test_localhost_and_127_0_0_1_are_one_switch_for_its_row_its_share_and_its_co
     finally:
         for s in (cli, a, b):
             s.close()
+
+
+def test_a_phones_registrations_are_the_switchs_however_its_controller_spells_it(pg_url):
+    """A registration stored by a controller started with `localhost:8021` is the one a controller of
+    `127.0.0.1:8021` deletes when the switch says the phone is gone (reviewer's finding: the old row
+    stayed, and the agent counted as registered for good)."""
+    from sqlalchemy import text
+    store = Store(pg_url, "")
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        store.add_agent("pat", "user/2001", ["support"])
+        store.phone_registered("localhost:8021", "2001", "127.0.0.1", "sip:2001@127.0.0.1:5070")
+        assert store.agent("pat").phone_unregistered_since is None
+        assert store.phone_gone("127.0.0.1:8021", "2001", "127.0.0.1") == ["pat"]
+        assert store.agent("pat").phone_unregistered_since is not None
+    finally:
+        store.close()

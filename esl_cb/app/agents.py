@@ -42,7 +42,7 @@ class AgentService:
 
     @database_errors
     def set_agent_state(self, name: str, state: str, operator: str | None = None,
-                        reason: str | None = None) -> AgentChange:
+                        reason: str | None = None, hold: tuple[float, str] | None = None) -> AgentChange:
         """`state`: login | available | unavailable | break | logout | end_wrap_up (AGENT_CHANGES). A
         break needs a reason. A logout, break or unavailable asked during a call (Offered, OnCall,
         WrapUp) takes effect when it ends. The change is audited and wakes the controllers at its
@@ -55,9 +55,14 @@ class AgentService:
         if key == "break" and not (reason or "").strip():
             raise InvalidInput("reason: a break needs a reason (lunch, training...)", where="reason")
         to, allowed, later = change
+        ending_wrap_up = key == "end_wrap_up"
         before, pending = self.store.change_agent_state(name, to, allowed, operator=operator,
-                                                        reason=reason if key == "break" else None, later_from=later)
-        return AgentChange(name, before.value, to.value, pending)
+                                                        reason=reason if key == "break" else None, later_from=later,
+                                                        keep_pending=ending_wrap_up,
+                                                        hold=hold if to is A.AVAILABLE else None)
+        # The end of wrap-up lets a logout or break asked during the call start now: say where it led.
+        after = self.store.agent(name).state if ending_wrap_up else to.value
+        return AgentChange(name, before.value, after, pending)
 
     @database_errors
     def end_wrap_up(self, name: str, operator: str | None = None) -> AgentChange:

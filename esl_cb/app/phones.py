@@ -37,6 +37,9 @@ PROMPT_REFUSED = "ivr/ivr-please_try_again.wav"      # the change cannot be made
 TRIES_PER_CALL = 3                 # wrong PINs in one call before it is hung up
 LOCK_AFTER = 5                     # wrong PINs in a row (over calls) that lock the login number ...
 LOCK_SECONDS = 300                 # ... for this long
+# Made available from the phone: not offered while that phone is still on the feature call (a phone
+# without call waiting answers 486 busy: a miss, and the busy delay).
+FEATURE_CALL_HOLD = (6.0, "on the feature-code call")
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ class PhoneService:
         reason is the code keyed after it (*25N: `code N`)."""
         change, _ = PHONE_FEATURES[feature]
         why = (f"code {reason}" if reason else "phone") if feature == "break" else None
-        done = self.agents.set_agent_state(name, change, operator=f"phone {caller}"[:64], reason=why)
+        done = self.agents.set_agent_state(name, change, operator=f"phone {caller}"[:64], reason=why,
+                                           hold=FEATURE_CALL_HOLD)
         if feature == "break":
             log.info("agent %s: on break (%s) from phone %s%s", name, why, caller,
                      "; it starts when the call ends" if done.when_call_ends else "")

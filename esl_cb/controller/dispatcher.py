@@ -24,7 +24,7 @@ from esl_cb.config import Settings
 from esl_cb.db.store import Offer, Store, as_utc
 from esl_cb.domain.runtime import ConnectedToAgent
 from esl_cb.domain.states import ContactState as C
-from esl_cb.domain.states import miss_of
+from esl_cb.domain.states import PHONE_UNREACHABLE_CAUSES, PHONE_UNREACHABLE_PAUSE, miss_of
 from esl_cb.esl import commands
 from esl_cb.esl.inbound import ESLError, Event
 
@@ -247,6 +247,9 @@ class Dispatcher:
                 _, agent_pause = self.health.refused(cause, offer.agent_id)
                 self.store.offer_failed(offer, refused=False, reason=f"switch refused the call ({cause})",
                                         not_before=agent_pause)
+            elif cause in PHONE_UNREACHABLE_CAUSES:     # never rang: no miss of the agent's
+                self.store.offer_failed(offer, refused=False, reason=f"phone unreachable ({cause})",
+                                        not_before=PHONE_UNREACHABLE_PAUSE)
             else:
                 self.health.accepted(offer.agent_id)
                 if cause is not None:      # a miss: the agent's delay for it, or OnBreak at max-no-answer

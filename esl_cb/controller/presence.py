@@ -4,7 +4,8 @@ key watches `agent+NAME@DOMAIN` shows the agent's state (the switch's presence h
 into NOTIFYs for its subscribers; a profile needs manage-presence for that).
 
 The lamp: off (answer-state terminated) when the agent is Available, blinking (early) while offered a
-contact, lit (confirmed) otherwise: on a call, or taking none (Unavailable, Refused, logged out).
+contact, lit (confirmed) otherwise: on a call or in wrap-up, or taking none (Unavailable, Refused, on
+a break, logged out). Every lamp is sent again at each connection to the switch.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ CHANNEL = "esl_cb_events"            # migration 0008's NOTIFY channel
 # agent state -> (answer-state, rpid, status text)
 LAMP = {"Available": ("terminated", "online", "Available"), "Offered": ("early", "busy", "Ringing"),
         "OnCall": ("confirmed", "busy", "On a call"), "Unavailable": ("confirmed", "away", "Unavailable"),
-        "Refused": ("confirmed", "away", "Missed a call"), "LoggedOut": ("confirmed", "offline", "Logged out")}
+        "Refused": ("confirmed", "away", "Missed a call"), "LoggedOut": ("confirmed", "offline", "Logged out"),
+        "WrapUp": ("confirmed", "busy", "Wrap-up"), "OnBreak": ("confirmed", "away", "On break")}
 
 
 def presence_headers(name: str, state: str, domain: str) -> dict[str, str]:
@@ -53,6 +55,21 @@ class Presence:
         self.queue.put((change["name"], change.get("state", "")))
         if self.worker is None or self.worker.dead:
             self.worker = gevent.spawn(self._work)
+
+    def resync(self, agents: Callable[[], list[dict]]) -> None:
+        """Every agent's lamp again (at each connection: a restarted switch, or one whose ESL was cut
+        while agents changed, shows stale lamps until each agent's next change). Never raises."""
+        def send_all() -> None:
+            try:
+                rows = agents()
+            except Exception as e:        # the database away: the next change of each agent will say it
+                log.info("presence not re-sent at connection: %s", e)
+                return
+            for a in rows:
+                self.queue.put((a["name"], a["state"]))
+            if self.worker is None or self.worker.dead:
+                self.worker = gevent.spawn(self._work)
+        gevent.spawn(send_all)
 
     def _work(self) -> None:
         while not self.queue.empty():

@@ -218,6 +218,7 @@ class Controller:
             self.phones.check_all()          # events may have been missed while we were away
         except (ESLError, SQLAlchemyError) as e:
             log.warning("could not ask FreeSWITCH for the agents' phones (%s); events will tell", e)
+        self.presence.resync(self.store.agents)       # a restarted switch knows no lamp: every one again
         if not self._prompts_checked:
             self._prompts_checked = True
             gevent.spawn(self.check_prompts)

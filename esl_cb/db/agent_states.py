@@ -183,5 +183,5 @@ def _why_by_state(a, now: datetime) -> str:
     if a.state in (A.LOGGED_OUT.value, A.UNAVAILABLE.value):
         return a.state
     if a.state == A.AVAILABLE.value and a.offer_not_before is not None and as_utc(a.offer_not_before) > now:
-        return f"not offered until {as_utc(a.offer_not_before):%H:%M:%S} (the switch refused to ring them)"
+        return f"not offered until {as_utc(a.offer_not_before):%H:%M:%S} ({a.state_reason or 'the switch refused to ring them'})"
     return pending.lstrip("; ")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Iterable
 
 from sqlalchemy import insert, select, text, update
@@ -26,7 +27,11 @@ u AS (
     UPDATE agents SET state = :to, state_changed_at = :now,
         available_since = CASE WHEN :to = 'Available' THEN :now ELSE agents.available_since END,
         missed_in_a_row = CASE WHEN :to = 'Available' THEN 0 ELSE agents.missed_in_a_row END,
-        state_reason = :reason, state_until = NULL
+        state_reason = coalesce(:reason, :hold_why), state_until = NULL,
+        offer_not_before = CASE WHEN :hold_why IS NOT NULL THEN CAST(:hold_until AS timestamptz)
+                                ELSE agents.offer_not_before END,
+        pending_state = CASE WHEN :keep_pending THEN agents.pending_state END,
+        pending_reason = CASE WHEN :keep_pending THEN agents.pending_reason END
     FROM a WHERE agents.id = a.id AND a.state <> :to AND a.state = ANY(:allowed)
     RETURNING agents.id),
 p AS (
@@ -146,15 +151,20 @@ class AgentsStore(StoreBase):
                  "not_offered_because": why_not_offered(a, now)} for a in rows]
 
     def set_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None) -> A:
-        """change_agent_state without reason or pending state: the state before."""
-        return self.change_agent_state(name, to, allowed_from, operator)[0]
+        """change_agent_state without reason: a forced move (the demo's, tests' stand-in for the call's end),
+        so a pending state is kept and starts if this frees the agent. The state before."""
+        return self.change_agent_state(name, to, allowed_from, operator, keep_pending=True)[0]
 
     def change_agent_state(self, name: str, to: A, allowed_from: Iterable[A], operator: str | None = None,
-                           reason: str | None = None, later_from: Iterable[A] = ()) -> tuple[A, bool]:
+                           reason: str | None = None, later_from: Iterable[A] = (),
+                           keep_pending: bool = False, hold: tuple[float, str] | None = None) -> tuple[A, bool]:
         """Operator-driven agent state change (CLI, API, the agent's phone); refused with the reason when
         not allowed. From a state in `later_from` (on a call) it is stored as pending, and the database
-        applies it when the call ends. Returns (the state before, whether it waits for the call's end).
-        The controllers are woken (NOTIFY) by the same commit."""
+        applies it when the call ends. A change made now drops a pending one (the agent's latest word
+        wins) unless `keep_pending` (the end of wrap-up: the logout asked during the call starts now).
+        `hold` (seconds, why): not offered for that long, in the same statement (so no claim comes
+        between). Returns (the state before, whether it waits for the call's end). The controllers are
+        woken (NOTIFY) by the same commit."""
         allowed = [s.value for s in allowed_from]
         later = [s.value for s in later_from]
         reason = reason.strip()[:64] if reason and reason.strip() else None
@@ -163,7 +173,9 @@ class AgentsStore(StoreBase):
                 row = conn.execute(_PG_SET_STATE, {
                     "name": name, "to": to.value, "now": utcnow(), "allowed": allowed, "later": later,
                     "reason": reason, "operator": operator[:64] if operator else None, "target": name[:255],
-                    "channel": self.NOTIFY_CHANNEL, "what": f"agent {name}"[:100]}).first()
+                    "channel": self.NOTIFY_CHANNEL, "what": f"agent {name}"[:100],
+                    "keep_pending": keep_pending, "hold_why": hold[1][:64] if hold else None,
+                    "hold_until": utcnow() + timedelta(seconds=hold[0]) if hold else None}).first()
             _check_change(name, row.before if row else None, to, allowed + later, bool(row and row.changed))
             before, pending = row.before, bool(row.pending)
         else:
@@ -175,6 +187,11 @@ class AgentsStore(StoreBase):
                     values = dict(pending_state=to.value, pending_reason=reason)
                 else:
                     values = dict(state=to.value, state_changed_at=utcnow(), state_reason=reason, state_until=None)
+                    if not keep_pending:
+                        values.update(pending_state=None, pending_reason=None)
+                    if hold:
+                        values.update(offer_not_before=utcnow() + timedelta(seconds=hold[0]),
+                                      state_reason=reason or hold[1][:64])
                     if to is A.AVAILABLE:
                         values.update(available_since=utcnow(), missed_in_a_row=0)
                 res = conn.execute(update(Agent).where(Agent.id == row.id, Agent.state == row.state).values(**values))

@@ -119,7 +119,8 @@ class DispatchStore(AgentStatesStore):
                                                    Agent.contact_id == offer.contact_id,
                                                    self._owned(Agent.controller_id)).values(
                 state=A.AVAILABLE.value, state_changed_at=now, contact_id=None, leg_uuid=None,
-                offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None))
+                offer_not_before=now + timedelta(seconds=not_before) if not_before > 0 else None,
+                state_reason=reason[:64] if not_before > 0 else None))       # why not offered meanwhile
             if res.rowcount == 1:
                 log.info("agent %s Offered -[%s]-> Available%s", offer.agent_name, reason,
                          f" (not offered for {not_before:g}s)" if not_before > 0 else "")

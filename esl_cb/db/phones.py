@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, or_, select, update
 
+from esl_cb.netaddr import switch_identity as identity
 from .base import NotFound, StoreBase, as_utc, utcnow
 from .models import Agent, PhoneRegistration
 
@@ -35,6 +36,7 @@ class PhonesStore(StoreBase):
     # -- registrations ------------------------------------------------------------
     def phone_registered(self, switch: str, user: str, domain: str, contact: str) -> list[str]:
         """`user` has a registration on `switch`. Returns the agents it makes offerable again."""
+        switch = identity(switch)          # one spelling per switch, as its controllers and shares
         with self.engine.begin() as conn:
             found = conn.execute(select(R.c.id).where(R.c.switch == switch, R.c.reg_user == user,
                                                       R.c.realm == domain)).first()
@@ -47,6 +49,7 @@ class PhonesStore(StoreBase):
     def phone_gone(self, switch: str, user: str, domain: str) -> list[str]:
         """`switch` has no registration of `user` left (the switch said so). Returns the agents no longer
         offered because of it: those no switch has a registration of."""
+        switch = identity(switch)          # one spelling per switch, as its controllers and shares
         with self.engine.begin() as conn:
             q = delete(R).where(R.c.switch == switch, R.c.reg_user == user)
             if domain:
@@ -58,6 +61,7 @@ class PhonesStore(StoreBase):
     def phones_checked(self, switch: str, found: dict[tuple[str, str], str | None]) -> tuple[list[str], list[str]]:
         """What the switch said of each phone asked at a (re)connection: (user, domain) -> its contact, or
         None when it has no registration. Returns (agents offerable again, agents no longer offered)."""
+        switch = identity(switch)          # one spelling per switch, as its controllers and shares
         back: list[str] = []
         gone: list[str] = []
         with self.engine.begin() as conn:

@@ -211,7 +211,8 @@ class Switch:
             if not who:
                 self._stillborn()
                 raise OriginateError("USER_NOT_REGISTERED")
-        elif not rest:
+        elif not rest or (tech == "user" and rest.partition("@")[0] in getattr(self, "phones", {}).get("unregistered", ())):
+            # (as the real switch, a user with no registration too: tests/test_real_vanilla.py)
             self._stillborn()
             raise OriginateError("USER_NOT_REGISTERED")
         new_uuid = var_map.get("origination_uuid") or str(uuidlib.uuid4())
