@@ -627,3 +627,56 @@ def test_an_agents_feature_code_reaches_esl_cb_with_a_trusted_caller_id(vanilla,
     assert data.get("variable_esl_cb_feature_arg", "") == arg
     hang_up(conn)
     ended_by_the_switch(vanilla, name, caller)
+
+
+def _feature_call(vanilla, name: str, code: str, from_user: str, auth_user: str, password: str) -> subprocess.Popen:
+    """A registered phone's INVITE for a feature code: From `from_user`, digest-authenticated as `auth_user`."""
+    return sipp(vanilla.root / "sip", name, AGENT_INVITE.replace("@AGENT@", from_user), code,
+                vanilla.ports["internal_sip"], "-au", auth_user, "-ap", password, "-timeout", "60")
+
+
+def test_a_feature_code_trusts_the_authenticated_user_not_the_caller_id_the_phone_sends(vanilla, pg_url):
+    """Any phone of the directory (vanilla: 1000-1019, password 1234) may send a From of another agent's
+    number while it authenticates as itself; FreeSWITCH builds the caller ID from what the phone sends
+    (measured: Caller-Caller-ID-Number 7001, user_name and sip_auth_username 1000). esl-cb (its real
+    feature-code handler on the drop-in's trusted codes) must not log agent 7001 out for it: the caller
+    is asked for the login number and PIN. The agent's own phone, authenticated as 7001, still is."""
+    from esl_cb.controller.features import FeatureCalls
+    from esl_cb.db.store import Store
+    from esl_cb.domain.states import AgentState
+    from esl_cb.esl.outbound import CallServer
+    from sqlalchemy import text
+
+    store = Store(pg_url, "test")
+    store.add_agent("ann", f"user/{AGENT}", ["support"])
+    store.set_agent_state("ann", AgentState.AVAILABLE, list(AgentState))
+    server = CallServer("127.0.0.1", vanilla.ports["socket"], FeatureCalls(store).on_call)
+    server.bind()
+    listening = gevent.spawn(server.listen)
+    try:
+        default_password = re.search(r'data="default_password=([^"]*)"', (VANILLA / "vars.xml").read_text()).group(1)
+        spoof = _feature_call(vanilla, "spoof", "*23", AGENT, "1000", default_password)
+        ended_by_the_switch_within(vanilla, "spoof", spoof, 50)     # default_password's 10 s, keys' 8 s
+        assert store.agent("ann").state == "Available", "a spoofed From logged the agent out"
+        assert "vm-enter_id" in vanilla.log_text(), "the spoofing phone was not asked for the login number"
+        with store.engine.connect() as conn:
+            audit = list(conn.execute(text("SELECT operator FROM audit_log WHERE target = 'ann'")).scalars())
+        assert not [a for a in audit if a and a.startswith("phone")], audit
+
+        honest = _feature_call(vanilla, "honest", "*23", AGENT, AGENT, AGENT_PASSWORD)
+        wait_until(lambda: store.agent("ann").state == "LoggedOut", 40, what="ann logged out from her own phone")
+        ended_by_the_switch_within(vanilla, "honest", honest, 30)
+    finally:
+        server.stop()
+        listening.kill()
+        vanilla.api("hupall NORMAL_CLEARING")
+        store.engine.dispose()
+
+
+def ended_by_the_switch_within(vanilla, name: str, caller: subprocess.Popen, timeout: float) -> None:
+    try:
+        wait_until(lambda: sip_lines(vanilla, name, "BYE sip:"), timeout, what=f"the switch's BYE to {name}")
+        assert sip_lines(vanilla, name, "SIP/2.0 200 OK")
+    finally:
+        caller.kill()
+        caller.wait(5)
