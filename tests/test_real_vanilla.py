@@ -613,7 +613,7 @@ AGENT_INVITE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 def test_an_agents_feature_code_reaches_esl_cb_with_a_trusted_caller_id(vanilla, target, code, feature, arg):
     """The drop-in feature codes in vanilla's default context: the agent's phone (user 7001 of the
     drop-in, digest-authenticated as phones are) dials a code; esl-cb is handed the call with the
-    feature, its reason code and the caller ID vouched for (esl_cb_trust_caller_id).
+    feature, its reason code, esl_cb_trust_caller_id and the directory user it authenticated as.
     Measured: while vars.xml keeps default_password=1234, vanilla's default context logs a warning and
     sleeps 10 s before any later extension runs (freeswitch_conf/README.md says so)."""
     name = f"feature{feature}"
@@ -624,6 +624,7 @@ def test_an_agents_feature_code_reaches_esl_cb_with_a_trusted_caller_id(vanilla,
     conn, data = got
     assert data["Caller-Context"] == "default" and data["Caller-Caller-ID-Number"] == AGENT
     assert data["variable_esl_cb_feature"] == feature and data["variable_esl_cb_trust_caller_id"] == "true"
+    assert data["variable_user_name"] == AGENT                  # who authenticated: what esl-cb trusts
     assert data.get("variable_esl_cb_feature_arg", "") == arg
     hang_up(conn)
     ended_by_the_switch(vanilla, name, caller)
