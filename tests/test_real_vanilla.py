@@ -681,3 +681,42 @@ def ended_by_the_switch_within(vanilla, name: str, caller: subprocess.Popen, tim
     finally:
         caller.kill()
         caller.wait(5)
+
+
+def test_registration_events_name_the_directory_domain_when_the_phone_registers_to_the_ip(tmp_path):
+    """A switch whose domain is a name (vars.xml domain=pbx.test) and a phone that registers to its IP
+    (From/To host 127.0.0.1), then un-registers: both events must name the same domain, the directory's
+    (measured: register to-host and realm 127.0.0.1, from-host pbx.test; un-register from-host pbx.test,
+    no to-host), or the registration is stored under one and the un-register looks under the other."""
+    from esl_cb.domain.phones import registration_event
+
+    require_tools()
+    if not (VANILLA / "freeswitch.xml").is_file():
+        pytest.skip(f"no stock configuration at {VANILLA}")
+    switch = VanillaSwitch(tmp_path / "named")
+    edit(switch.conf / "vars.xml", 'data="domain=$${local_ip_v4}"', 'data="domain=pbx.test"')
+    seen: list = []
+    phones = None
+    try:
+        switch.start()
+        assert switch.api("global_getvar domain") == "pbx.test"
+        conn = InboundConnection("127.0.0.1", switch.ports["esl"], switch.password, seen.append, timeout=5)
+        conn.connect(["CUSTOM", "sofia::register", "sofia::unregister"])
+        phones = Phones(switch.root / "phones")
+        scenario = REGISTER.replace("@PHONE_PORT@", str(phones.port))
+        default_password = re.search(r'data="default_password=([^"]*)"', (VANILLA / "vars.xml").read_text()).group(1)
+        for name, text_ in (("register", scenario), ("unregister", scenario.replace("Expires: 300", "Expires: 0"))):
+            reg = sipp(switch.root / "phones", name, text_, "1000", switch.ports["internal_sip"], "-au", "1000",
+                       "-ap", default_password, "-cid_str", "named-domain-1000")
+            assert reg.wait(15) == 0, f"{name} failed"
+        events = wait_until(lambda: [e for e in seen if e.get("Event-Subclass")] if len(seen) >= 2 else None, 10,
+                            what="the register and unregister events")
+        got = [registration_event(e.get("Event-Subclass"), lambda k, e=e: e.get(k) or "") for e in events]
+        assert [(g.kind, g.user, g.domain) for g in got] == [("register", "1000", "pbx.test"),
+                                                             ("unregister", "1000", "pbx.test")], \
+            [{k: e.get(k) for k in ("to-host", "from-host", "realm")} for e in events]
+        conn.close()
+    finally:
+        if phones is not None:
+            phones.stop()
+        switch.stop()
