@@ -613,7 +613,7 @@ AGENT_INVITE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 def test_an_agents_feature_code_reaches_esl_cb_with_a_trusted_caller_id(vanilla, target, code, feature, arg):
     """The drop-in feature codes in vanilla's default context: the agent's phone (user 7001 of the
     drop-in, digest-authenticated as phones are) dials a code; esl-cb is handed the call with the
-    feature, its reason code and the caller ID vouched for (esl_cb_trust_caller_id).
+    feature, its reason code, esl_cb_trust_caller_id and the directory user it authenticated as.
     Measured: while vars.xml keeps default_password=1234, vanilla's default context logs a warning and
     sleeps 10 s before any later extension runs (freeswitch_conf/README.md says so)."""
     name = f"feature{feature}"
@@ -624,6 +624,99 @@ def test_an_agents_feature_code_reaches_esl_cb_with_a_trusted_caller_id(vanilla,
     conn, data = got
     assert data["Caller-Context"] == "default" and data["Caller-Caller-ID-Number"] == AGENT
     assert data["variable_esl_cb_feature"] == feature and data["variable_esl_cb_trust_caller_id"] == "true"
+    assert data["variable_user_name"] == AGENT                  # who authenticated: what esl-cb trusts
     assert data.get("variable_esl_cb_feature_arg", "") == arg
     hang_up(conn)
     ended_by_the_switch(vanilla, name, caller)
+
+
+def _feature_call(vanilla, name: str, code: str, from_user: str, auth_user: str, password: str) -> subprocess.Popen:
+    """A registered phone's INVITE for a feature code: From `from_user`, digest-authenticated as `auth_user`."""
+    return sipp(vanilla.root / "sip", name, AGENT_INVITE.replace("@AGENT@", from_user), code,
+                vanilla.ports["internal_sip"], "-au", auth_user, "-ap", password, "-timeout", "60")
+
+
+def test_a_feature_code_trusts_the_authenticated_user_not_the_caller_id_the_phone_sends(vanilla, pg_url):
+    """Any phone of the directory (vanilla: 1000-1019, password 1234) may send a From of another agent's
+    number while it authenticates as itself; FreeSWITCH builds the caller ID from what the phone sends
+    (measured: Caller-Caller-ID-Number 7001, user_name and sip_auth_username 1000). esl-cb (its real
+    feature-code handler on the drop-in's trusted codes) must not log agent 7001 out for it: the caller
+    is asked for the login number and PIN. The agent's own phone, authenticated as 7001, still is."""
+    from esl_cb.controller.features import FeatureCalls
+    from esl_cb.db.store import Store
+    from esl_cb.domain.states import AgentState
+    from esl_cb.esl.outbound import CallServer
+    from sqlalchemy import text
+
+    store = Store(pg_url, "test")
+    store.add_agent("ann", f"user/{AGENT}", ["support"])
+    store.set_agent_state("ann", AgentState.AVAILABLE, list(AgentState))
+    server = CallServer("127.0.0.1", vanilla.ports["socket"], FeatureCalls(store).on_call)
+    server.bind()
+    listening = gevent.spawn(server.listen)
+    try:
+        default_password = re.search(r'data="default_password=([^"]*)"', (VANILLA / "vars.xml").read_text()).group(1)
+        spoof = _feature_call(vanilla, "spoof", "*23", AGENT, "1000", default_password)
+        ended_by_the_switch_within(vanilla, "spoof", spoof, 50)     # default_password's 10 s, keys' 8 s
+        assert store.agent("ann").state == "Available", "a spoofed From logged the agent out"
+        assert "vm-enter_id" in vanilla.log_text(), "the spoofing phone was not asked for the login number"
+        with store.engine.connect() as conn:
+            audit = list(conn.execute(text("SELECT operator FROM audit_log WHERE target = 'ann'")).scalars())
+        assert not [a for a in audit if a and a.startswith("phone")], audit
+
+        honest = _feature_call(vanilla, "honest", "*23", AGENT, AGENT, AGENT_PASSWORD)
+        wait_until(lambda: store.agent("ann").state == "LoggedOut", 40, what="ann logged out from her own phone")
+        ended_by_the_switch_within(vanilla, "honest", honest, 30)
+    finally:
+        server.stop()
+        listening.kill()
+        vanilla.api("hupall NORMAL_CLEARING")
+        store.engine.dispose()
+
+
+def ended_by_the_switch_within(vanilla, name: str, caller: subprocess.Popen, timeout: float) -> None:
+    try:
+        wait_until(lambda: sip_lines(vanilla, name, "BYE sip:"), timeout, what=f"the switch's BYE to {name}")
+        assert sip_lines(vanilla, name, "SIP/2.0 200 OK")
+    finally:
+        caller.kill()
+        caller.wait(5)
+
+
+def test_registration_events_name_the_directory_domain_when_the_phone_registers_to_the_ip(tmp_path):
+    """A switch whose domain is a name (vars.xml domain=pbx.test) and a phone that registers to its IP
+    (From/To host 127.0.0.1), then un-registers: both events must name the same domain, the directory's
+    (measured: register to-host and realm 127.0.0.1, from-host pbx.test; un-register from-host pbx.test,
+    no to-host), or the registration is stored under one and the un-register looks under the other."""
+    from esl_cb.domain.phones import registration_event
+
+    require_tools()
+    if not (VANILLA / "freeswitch.xml").is_file():
+        pytest.skip(f"no stock configuration at {VANILLA}")
+    switch = VanillaSwitch(tmp_path / "named")
+    edit(switch.conf / "vars.xml", 'data="domain=$${local_ip_v4}"', 'data="domain=pbx.test"')
+    seen: list = []
+    phones = None
+    try:
+        switch.start()
+        assert switch.api("global_getvar domain") == "pbx.test"
+        conn = InboundConnection("127.0.0.1", switch.ports["esl"], switch.password, seen.append, timeout=5)
+        conn.connect(["CUSTOM", "sofia::register", "sofia::unregister"])
+        phones = Phones(switch.root / "phones")
+        scenario = REGISTER.replace("@PHONE_PORT@", str(phones.port))
+        default_password = re.search(r'data="default_password=([^"]*)"', (VANILLA / "vars.xml").read_text()).group(1)
+        for name, text_ in (("register", scenario), ("unregister", scenario.replace("Expires: 300", "Expires: 0"))):
+            reg = sipp(switch.root / "phones", name, text_, "1000", switch.ports["internal_sip"], "-au", "1000",
+                       "-ap", default_password, "-cid_str", "named-domain-1000")
+            assert reg.wait(15) == 0, f"{name} failed"
+        events = wait_until(lambda: [e for e in seen if e.get("Event-Subclass")] if len(seen) >= 2 else None, 10,
+                            what="the register and unregister events")
+        got = [registration_event(e.get("Event-Subclass"), lambda k, e=e: e.get(k) or "") for e in events]
+        assert [(g.kind, g.user, g.domain) for g in got] == [("register", "1000", "pbx.test"),
+                                                             ("unregister", "1000", "pbx.test")], \
+            [{k: e.get(k) for k in ("to-host", "from-host", "realm")} for e in events]
+        conn.close()
+    finally:
+        if phones is not None:
+            phones.stop()
+        switch.stop()

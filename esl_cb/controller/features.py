@@ -3,9 +3,13 @@ with `esl_cb_feature` set (freeswitch_conf/dialplan/default/60_esl_cb_features.x
 in or out, makes them available, puts them on a break (`esl_cb_feature_arg`: the reason code) or ends
 their wrap-up, and confirms it with a stock prompt.
 
-Who calls: when the dialplan vouches for the caller ID (`esl_cb_trust_caller_id=true`, in a context
-whose callers authenticated), the agent whose phone is that directory user; otherwise the agent keys
-their login number and PIN (app/phones.py: hashed, wrong ones audited, limited tries).
+Who calls: when the dialplan says its callers authenticated (`esl_cb_trust_caller_id=true`), the
+agent whose phone is the directory user the switch authenticated the call as (`user_name`, which
+mod_sofia sets from the directory on a digest-authenticated INVITE); never the caller ID, which
+FreeSWITCH takes from what the phone sends (From / Remote-Party-ID / P-Asserted-Identity: any
+registered phone can send another agent's number). A call with no authenticated user, or one whose
+user is no agent's phone, keys the login number and PIN (app/phones.py: hashed, wrong ones audited,
+limited tries).
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ from .ports import CallerVoice, LiveCall
 
 log = logging.getLogger(__name__)
 FEATURE_VAR = "variable_esl_cb_feature"
+# The directory user mod_sofia authenticated the call as (measured on FreeSWITCH 1.11: a phone
+# authenticating as 1000 with From 7001 gives user_name=1000, sip_auth_username=1000, caller ID 7001).
+AUTH_USER_VAR = "variable_user_name"
 KEYS_TIMEOUT = 8.0
 
 
@@ -36,15 +43,16 @@ class FeatureCalls:
     def on_call(self, channel: CallChannel) -> None:
         data = channel.data
         feature = data.get(FEATURE_VAR, "")
-        caller = data.get("Caller-Caller-ID-Number", "")
+        user = data.get(AUTH_USER_VAR, "")
+        caller = user or data.get("Caller-Caller-ID-Number", "")          # said in the log and audit
         voice = CallerVoice(LiveCall(0, channel))
         try:
             if feature not in PHONE_FEATURES:
                 log.error("phone %s: unknown feature code %r (esl_cb_feature); hanging up", caller, feature)
                 return
             name = None
-            if data.get("variable_esl_cb_trust_caller_id") == "true":
-                name = self.phones.trusted_caller(caller)
+            if data.get("variable_esl_cb_trust_caller_id") == "true" and user:
+                name = self.phones.trusted_caller(user)
             if name is None:
                 name = self._pin_login(voice, caller)
             if name is None:

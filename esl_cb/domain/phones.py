@@ -60,7 +60,12 @@ def registration_event(subclass: str, get) -> RegistrationEvent | None:
     if kind is None:
         return None
     user = get("to-user") or get("from-user") or get("user") or get("username")
-    domain = get("to-host") or get("from-host") or get("host") or get("realm")
+    # The directory domain: from-host. Measured on FreeSWITCH 1.11 vanilla with domain=pbx.test, a phone
+    # registering to 127.0.0.1: register has from-host pbx.test (force-register-domain), to-host and realm
+    # 127.0.0.1 (what the phone sent; realm is the challenge realm, auto_from); un-register has from-host
+    # pbx.test and no to-host. Taking to-host first stored the row under the IP and the un-register then
+    # missed it. Expire has neither: host (the stored sip_host).
+    domain = get("from-host") or get("to-host") or get("host") or get("realm")
     if not user or user == "unknown":
         return None
     return RegistrationEvent(kind, user, domain if domain != "unknown" else "", get("contact"))

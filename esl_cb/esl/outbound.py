@@ -300,8 +300,10 @@ class CallChannel:
 
     KEPT = ("Unique-ID", "Caller-Caller-ID-Number", "Caller-Caller-ID-Name", "Caller-Destination-Number",
             "Channel-Name", "variable_uuid", "variable_call_uuid",
-            # an agent's feature code (controller/features.py): what, its argument, a vouched caller ID
-            "variable_esl_cb_feature", "variable_esl_cb_feature_arg", "variable_esl_cb_trust_caller_id")
+            # an agent's feature code (controller/features.py): what, its argument, whether the dialplan
+            # trusts its authentication, the directory user the switch authenticated the call as
+            "variable_esl_cb_feature", "variable_esl_cb_feature_arg", "variable_esl_cb_trust_caller_id",
+            "variable_user_name")
 
     def started(self) -> None:
         # The connect reply carries ~180 headers (SDP included); a waiting call keeps only what it uses.
