@@ -138,6 +138,18 @@ def test_the_log_bounds_itself_without_an_api_process(store):
         conn.execute(text("""SELECT esl_cb_event('{"kind": "test"}'::json)"""))          # event 101000
         kept = list(conn.execute(text("SELECT id FROM api_events ORDER BY id")).scalars())
     assert kept == [100500, 101000]
+
+    # The prune runs in the controllers' transactions: a row someone holds (the API's purge) is
+    # skipped, not waited on; a later prune takes it.
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO api_events (id, at, doc) SELECT g, now(), '{}' FROM generate_series(1, 3) g"))
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('api_events', 'id'), 101999)"))
+    with store.engine.connect() as purge, store.engine.begin() as controller:
+        purge.execute(text("SELECT id FROM api_events WHERE id = 2 FOR UPDATE"))
+        controller.execute(text("SET LOCAL lock_timeout = '1s'"))
+        controller.execute(text("""SELECT esl_cb_event('{"kind": "test"}'::json)"""))      # event 102000
+        assert list(controller.execute(text("SELECT id FROM api_events WHERE id < 100 ORDER BY id")).scalars()) == [2]
+        purge.rollback()
     from esl_cb.db.api_records import ApiRecords
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE api_events SET at = now() - interval '7 hours' WHERE id = 100500"))
