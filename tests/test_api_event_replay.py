@@ -18,6 +18,7 @@ class Stream:
 
     def __init__(self, client, last_event_id: str | None = None) -> None:
         self.events: list[tuple[int | None, str, dict]] = []
+        self.last_id: str | None = None        # the SSE id as sent: what a client sends back as Last-Event-ID
         headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
         self.reader = gevent.spawn(self._read, client, headers)
         wait_until(lambda: self.events and self.events[0][1] == "hello", 10, what="the stream's hello")
@@ -28,7 +29,8 @@ class Stream:
             event_id = kind = None
             for line in r.iter_lines():
                 if line.startswith("id: "):
-                    event_id = int(line[4:])
+                    self.last_id = line[4:]
+                    event_id = int(line[4:].split(".")[0])
                 elif line.startswith("event: "):
                     kind = line[7:]
                 elif line.startswith("data: ") and kind:
@@ -136,7 +138,58 @@ def test_the_log_bounds_itself_without_an_api_process(store):
         conn.execute(text("""SELECT esl_cb_event('{"kind": "test"}'::json)"""))          # event 101000
         kept = list(conn.execute(text("SELECT id FROM api_events ORDER BY id")).scalars())
     assert kept == [100500, 101000]
+
+    # The prune runs in the controllers' transactions: a row someone holds (the API's purge) is
+    # skipped, not waited on; a later prune takes it.
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO api_events (id, at, doc) SELECT g, now(), '{}' FROM generate_series(1, 3) g"))
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('api_events', 'id'), 101999)"))
+    with store.engine.connect() as purge, store.engine.begin() as controller:
+        purge.execute(text("SELECT id FROM api_events WHERE id = 2 FOR UPDATE"))
+        controller.execute(text("SET LOCAL lock_timeout = '1s'"))
+        controller.execute(text("""SELECT esl_cb_event('{"kind": "test"}'::json)"""))      # event 102000
+        assert list(controller.execute(text("SELECT id FROM api_events WHERE id < 100 ORDER BY id")).scalars()) == [2]
+        purge.rollback()
     from esl_cb.db.api_records import ApiRecords
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE api_events SET at = now() - interval '7 hours' WHERE id = 100500"))
     assert ApiRecords(store.engine).purge_events(6.0) == 1
+
+
+def event(conn, n: str) -> int:
+    return conn.execute(text("SELECT esl_cb_event(json_build_object('kind', 'test', 'n', CAST(:n AS text)))"),
+                        {"n": n}).scalar_one()
+
+
+def test_an_event_that_commits_after_a_later_one_is_not_lost(clients, store):
+    """Event ids come from a sequence at insert, events are visible at commit: a transaction can
+    commit its lower id after another's higher one. Neither a reconnect (Last-Event-ID: the higher
+    one) nor a stream that replayed the higher one may lose the lower one."""
+    with store.engine.begin() as conn:
+        start = event(conn, "start")
+    for reconnect in (True, False):
+        slow, s = store.engine.connect(), None
+        try:
+            slow.begin()
+            low = event(slow, "low")                   # in flight...
+            if reconnect:                              # gets `high` live
+                s = Stream(clients["wall"])
+            with store.engine.begin() as conn:
+                high = event(conn, "high")             # ...while a later one commits first
+            if not reconnect:                          # gets `high` replayed, then `low` must come live
+                s = Stream(clients["wall"], str(start))
+            assert low < high
+            wait_until(lambda: high in s.ids(), 5, what="the later event")
+            if reconnect:                              # the client saw `high` and went away
+                s.close()
+                last = s.last_id
+            slow.commit()                              # now `low` commits
+            if reconnect:
+                s = Stream(clients["wall"], last)
+            wait_until(lambda: low in s.ids(), 5, what=f"the earlier event ({'reconnect' if reconnect else 'live'})")
+            gevent.sleep(0.2)
+            assert sorted(s.ids()) == sorted(set(s.ids()))     # each once
+        finally:
+            if s is not None:
+                s.close()
+            slow.close()

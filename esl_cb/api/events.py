@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import select
 import socket
 import threading
@@ -257,9 +258,10 @@ async def events(request: Request, caller: Caller = Depends(current_caller), svc
             hello = {"kind": "hello", "role": caller.role, "agent": caller.token.agent,
                      "time": datetime.now(timezone.utc).isoformat(), "listening": hub.connected.is_set()}
             yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
-            seen = 0
+            # The ids replayed, not the highest one: a lower id can commit after a higher one and
+            # come live after the replay. Each event is notified once: drop an id when it comes.
+            replayed = {doc["event_id"] for doc in missed if doc.get("event_id")}
             for doc in missed:
-                seen = max(seen, doc.get("event_id") or 0)
                 if await allowed.allows(doc):
                     yield _frame(doc)
             while True:
@@ -270,7 +272,8 @@ async def events(request: Request, caller: Caller = Depends(current_caller), svc
                         return
                     yield ": keep-alive\n\n"
                     continue
-                if doc.get("event_id") and doc["event_id"] <= seen:
+                if doc.get("event_id") in replayed:
+                    replayed.discard(doc["event_id"])
                     continue               # replayed already
                 if await allowed.allows(doc):
                     yield _frame(doc)
@@ -281,24 +284,30 @@ async def events(request: Request, caller: Caller = Depends(current_caller), svc
 
 
 def _frame(doc: dict) -> str:
-    event_id = doc.get("event_id")
-    return (f"id: {event_id}\n" if event_id else "") + f"event: {doc.get('kind', 'unknown')}\ndata: {json.dumps(doc)}\n\n"
+    """The SSE id is "<event id>.<its transaction's xmin>" (see _missed): the xmin is not in the data."""
+    doc = dict(doc)
+    event_id, xmin = doc.get("event_id"), doc.pop("event_xmin", None)
+    sse_id = f"{event_id}.{xmin}" if event_id and xmin is not None else event_id
+    return (f"id: {sse_id}\n" if event_id else "") + f"event: {doc.get('kind', 'unknown')}\ndata: {json.dumps(doc)}\n\n"
 
 
 def _missed(svc: Services, last_event_id: str) -> list[dict]:
     """The events after `last_event_id`, oldest first; [a reset] when they are not all kept."""
     text = last_event_id.strip()
-    after = int(text) if text.isdigit() and len(text) < 19 else None
-    rows = svc.records.events_after(after, REPLAY_MAX) if after is not None else None
+    # "<id>.<xmin>": the ids after <id> and those whose transaction was not older than <xmin> (ids
+    # commit out of order). A plain "<id>" (its xmin unknown): the ids after it only.
+    m = re.fullmatch(r"(\d{1,18})(?:\.(\d{1,18}))?", text)
+    after, xmin = (int(m[1]), int(m[2]) if m[2] else None) if m else (None, None)
+    rows = svc.records.events_after(after, REPLAY_MAX, xmin) if after is not None else None
     if rows is None or len(rows) > REPLAY_MAX:
         why = ("more events were missed than are replayed" if rows is not None else
                "the events since that id are no longer kept" if after is not None else "not an event id")
         return [{"kind": "reset", "why": f"Last-Event-ID {text[:40]!r}: {why}; read the state again",
                  "last_event_id": text[:40]}]
     out = []
-    for event_id, doc in rows:
+    for event_id, event_xmin, doc in rows:
         try:
-            out.append({"event_id": event_id, **json.loads(doc)})
+            out.append({"event_id": event_id, "event_xmin": event_xmin, **json.loads(doc)})
         except ValueError:
-            out.append({"event_id": event_id, "kind": "unknown", "payload": doc})
+            out.append({"event_id": event_id, "event_xmin": event_xmin, "kind": "unknown", "payload": doc})
     return out

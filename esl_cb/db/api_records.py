@@ -172,15 +172,22 @@ class ApiRecords(StoreBase):
             raise IdempotencyKeyInUse(f"Idempotency-Key {key!r} was answered by another request meanwhile") from None
 
     # -- the live events' log (migration 0012) ----------------------------------------------------------
-    def events_after(self, after: int, limit: int) -> list[tuple[int, str]] | None:
-        """(id, document) of the events after event `after`, oldest first, at most `limit` + 1 (more
-        than `limit`: too many to replay). None when event `after` is not kept (pruned, or never
-        was): what came after it cannot be known complete."""
+    def events_after(self, after: int, limit: int, xmin: int | None = None
+                     ) -> list[tuple[int, int | None, str]] | None:
+        """(id, tx_xmin, document) of the events after event `after`, oldest first, at most
+        `limit` + 1 (more than `limit`: too many to replay). With `xmin` (the tx_xmin of event
+        `after`), also those at or before it whose transaction may have been in flight then: ids
+        commit out of order, such an event may have become visible after `after` was sent (the
+        client drops what it had, by event_id). None when event `after` is not kept (pruned, or
+        never was): what came after it cannot be known complete."""
+        missed = ApiEvent.id > after
+        if xmin is not None:
+            missed = missed | (ApiEvent.tx_id >= xmin)
         with (self._autocommit if self._pg else self.engine).connect() as conn:
             if conn.execute(select(ApiEvent.id).where(ApiEvent.id == after)).first() is None:
                 return None
-            return [tuple(r) for r in conn.execute(select(ApiEvent.id, ApiEvent.doc).where(
-                ApiEvent.id > after).order_by(ApiEvent.id).limit(limit + 1))]
+            return [tuple(r) for r in conn.execute(select(ApiEvent.id, ApiEvent.tx_xmin, ApiEvent.doc).where(
+                missed).order_by(ApiEvent.id).limit(limit + 1))]
 
     def purge_events(self, keep_hours: float) -> int:
         with self.engine.begin() as conn:

@@ -336,8 +336,11 @@ class ApiEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     doc: Mapped[str] = mapped_column(Text)
+    # The writing transaction's id and its snapshot's xmin: ids commit out of order (see 0012).
+    tx_id: Mapped[int | None] = mapped_column(BigInteger)
+    tx_xmin: Mapped[int | None] = mapped_column(BigInteger)
 
-    __table_args__ = (Index("ix_api_events_at", "at"),)
+    __table_args__ = (Index("ix_api_events_at", "at"), Index("ix_api_events_tx_id", "tx_id"))
 
 
 class ApiBooking(Base):

@@ -8,7 +8,15 @@ what it missed.
    transaction of the change (so an event is kept exactly when its change commits). The triggers'
    function of 0008, `esl_cb_notify_event`, now calls it. Every 1000th event it also drops what is
    more than 100,000 events old: the log is bounded even where no API process runs (the API prunes
-   by age, `--event-log-hours`).
+   by age, `--event-log-hours`). That prune runs in the controllers' hot transactions, so it takes
+   only rows nobody holds (FOR UPDATE SKIP LOCKED, at most 5000): it never waits on the API's purge
+   or another prune (no deadlock, no stall); what it skips, a later prune or the purge takes.
+   Ids come from a sequence at insert but become visible at commit, so a lower id can commit after
+   a higher one: each event also keeps its transaction's id (`tx_id`) and the xmin of a snapshot
+   taken in it (`tx_xmin`, every transaction older than it had ended). The stream's id is
+   "<id>.<tx_xmin>"; a reconnect replays the ids after <id> and the ids at or before it whose
+   transaction is not older than <tx_xmin> (it may have been in flight then: the client
+   de-duplicates by event_id). pg_current_xact_id() is 64 bits: no wraparound.
 
 On SQLite the table is made (the models are the same), nothing fills it: live events need
 PostgreSQL.
@@ -37,12 +45,18 @@ PG_EVENT = """
 CREATE FUNCTION esl_cb_event(doc json) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     event_id bigint;
+    event_xmin bigint;
 BEGIN
-    INSERT INTO api_events (at, doc) VALUES (now(), doc::text) RETURNING id INTO event_id;
+    INSERT INTO api_events (at, doc, tx_id, tx_xmin)
+        VALUES (now(), doc::text, pg_current_xact_id()::text::bigint,
+                pg_snapshot_xmin(pg_current_snapshot())::text::bigint)
+        RETURNING id, tx_xmin INTO event_id, event_xmin;
     IF event_id % 1000 = 0 THEN
-        DELETE FROM api_events WHERE id <= event_id - 100000;
+        DELETE FROM api_events WHERE id IN (SELECT id FROM api_events WHERE id <= event_id - 100000
+                                            ORDER BY id LIMIT 5000 FOR UPDATE SKIP LOCKED);
     END IF;
-    PERFORM pg_notify('esl_cb_events', (jsonb_build_object('event_id', event_id) || doc::jsonb)::text);
+    PERFORM pg_notify('esl_cb_events', (jsonb_build_object('event_id', event_id, 'event_xmin', event_xmin)
+                                        || doc::jsonb)::text);
     RETURN event_id;
 END
 $$
@@ -88,8 +102,11 @@ def upgrade() -> None:
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("doc", sa.Text, nullable=False),
+        sa.Column("tx_id", sa.BigInteger, nullable=True),        # PostgreSQL only (SQLite keeps no events)
+        sa.Column("tx_xmin", sa.BigInteger, nullable=True),
     )
     op.create_index("ix_api_events_at", "api_events", ["at"])
+    op.create_index("ix_api_events_tx_id", "api_events", ["tx_id"])
     op.create_index("ix_contacts_waiting_fixed", "contacts", ["skill_id", "priority_initial", "queued_at", "id"],
                     postgresql_where=sa.text(f"{WAITING} AND priority_acceleration = 0"),
                     sqlite_where=sa.text(f"{WAITING} AND priority_acceleration = 0"))
@@ -107,5 +124,6 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION esl_cb_event(json)")
     op.drop_index("ix_contacts_waiting_accelerating", "contacts")
     op.drop_index("ix_contacts_waiting_fixed", "contacts")
+    op.drop_index("ix_api_events_tx_id", "api_events")
     op.drop_index("ix_api_events_at", "api_events")
     op.drop_table("api_events")
