@@ -370,5 +370,6 @@ class Dispatcher:
 def offer_of(c) -> Offer:
     """The Offer of a stored contact: what an agent leg's handler needs when the offer was not made
     in this process (a restart, a lost offer)."""
-    return Offer(c.id, c.agent_id, "", "", c.agent_leg_uuid, bool(c.callback_requested), c.caller_uuid,
+    # The agent's name is not on the contact: the logs say "agent #ID" rather than nothing.
+    return Offer(c.id, c.agent_id, f"#{c.agent_id}", "", c.agent_leg_uuid, bool(c.callback_requested), c.caller_uuid,
                  c.callback_number or c.original_ani or "", "")
