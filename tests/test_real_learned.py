@@ -81,8 +81,10 @@ def test_refusals_over_the_limits_are_destination_out_of_order_without_channel_e
     events = []
     conn = connections(events.append, events=("ALL",))
     conn.events, conn.dial, conn.max_sessions = events, fs_rig.phones.dial("agent3"), 100    # agent3 never answers
-    conn.min_refused = 34 - 30             # sessions-per-second 30 (the switch lets 29 through)
-    check_refusals(conn, burst=34)
+    # sessions-per-second 30 (the switch lets 29 through each calendar second): 64 at once leave at least
+    # 4 refused even when the burst straddles a second (34 did not, once in a loaded CI run: 0 refused).
+    conn.min_refused = 4
+    check_refusals(conn, burst=64)
 
 
 def test_prompts_the_switch_lacks(fs_rig):
