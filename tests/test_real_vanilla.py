@@ -169,14 +169,19 @@ class VanillaSwitch:
             self.proc.wait(5)
 
 
-@pytest.fixture(scope="module")
-def vanilla(tmp_path_factory):
+def require_vanilla() -> None:
+    """The tools and the stock configuration: skipped where missing, a failure under CI."""
     require_tools()
     if not (VANILLA / "freeswitch.xml").is_file():
         reason = f"no stock configuration at {VANILLA} (set ESL_CB_FREESWITCH_CONF)"
         if REQUIRED:
             pytest.fail(f"ESL_CB_REQUIRE_FREESWITCH=1 but {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def vanilla(tmp_path_factory):
+    require_vanilla()
     switch = VanillaSwitch(tmp_path_factory.mktemp("vanilla"))
     try:
         switch.start()
@@ -690,9 +695,7 @@ def test_registration_events_name_the_directory_domain_when_the_phone_registers_
     no to-host), or the registration is stored under one and the un-register looks under the other."""
     from esl_cb.domain.phones import registration_event
 
-    require_tools()
-    if not (VANILLA / "freeswitch.xml").is_file():
-        pytest.skip(f"no stock configuration at {VANILLA}")
+    require_vanilla()
     switch = VanillaSwitch(tmp_path / "named")
     edit(switch.conf / "vars.xml", 'data="domain=$${local_ip_v4}"', 'data="domain=pbx.test"')
     seen: list = []
