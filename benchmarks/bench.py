@@ -172,8 +172,8 @@ class Rig:
         admin = psycopg2.connect(PG_ADMIN)
         admin.autocommit = True
         cur = admin.cursor()
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.db_name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{self.db_name}"')
+        # FORCE terminates and drops under the database's lock: a closing connection cannot race it
+        cur.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         admin.close()
 
 

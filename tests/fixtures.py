@@ -6,6 +6,7 @@ import uuid
 
 import gevent
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from esl_cb.sim.events import Identity
@@ -46,12 +47,26 @@ def create_database() -> str:
 
 
 def drop_database(url: str) -> None:
+    """Drop a test database even while a stopped controller's last connection is still closing.
+
+    pg_terminate_backend only signals the backend and a greenlet may reconnect before DROP runs (CI
+    once failed on "being accessed by other users"); WITH (FORCE) terminates and drops under the
+    database's lock, which a new connection waits on. Tried again a few times for a backend slow to
+    exit on a loaded machine."""
     name = url.rsplit("/", 1)[1]
     conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+    try:
+        for attempt in range(5):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg2.errors.ObjectInUse:
+                if attempt == 4:
+                    raise
+                gevent.sleep(1.0)
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")

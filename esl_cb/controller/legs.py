@@ -113,6 +113,14 @@ class LegRegistry:
     def __contains__(self, uuid: object) -> bool:
         return uuid in self.legs
 
+    def stop(self) -> None:
+        """The controller stopped: no lane handles another event (a worker retrying through a database
+        outage would otherwise reconnect after the stop; what it held is stored or reconciled later)."""
+        for lane in list(self.lanes.values()):
+            if lane.worker is not None:
+                lane.worker.kill(block=False)
+        self.lanes.clear()
+
     def get(self, uuid: str | None) -> LegWatch | None:
         return self.legs.get(uuid) if uuid else None
 

@@ -41,6 +41,11 @@ class PhoneWatch:
         self.stored: set[tuple[str, str]] = set()
         self.worker: gevent.Greenlet | None = None
 
+    def stop(self) -> None:
+        """The controller stopped: store nothing more (the next connection's check sets rows right)."""
+        if self.worker is not None:
+            self.worker.kill(block=False)
+
     def on_event(self, ev: Event) -> None:
         """From the ESL reader: never blocks (the worker does the asking and the storing)."""
         change = registration_event(ev.get("Event-Subclass"), ev.get)

@@ -43,6 +43,7 @@ class Presence:
         self.domain = domain           # the switch's default domain
         self.queue: Queue = Queue()
         self.worker: gevent.Greenlet | None = None
+        self._resync: gevent.Greenlet | None = None
 
     def on_notify(self, payload: str) -> None:
         """From the LISTEN greenlet: never blocks."""
@@ -69,7 +70,12 @@ class Presence:
                 self.queue.put((a["name"], a["state"]))
             if self.worker is None or self.worker.dead:
                 self.worker = gevent.spawn(self._work)
-        gevent.spawn(send_all)
+        self._resync = gevent.spawn(send_all)
+
+    def stop(self) -> None:
+        for g in (self.worker, self._resync):
+            if g is not None:
+                g.kill(block=False)
 
     def _work(self) -> None:
         while not self.queue.empty():

@@ -21,6 +21,7 @@ from typing import Callable
 
 import gevent
 from gevent.event import Event as GEvent
+from gevent.pool import Group
 from sqlalchemy.exc import SQLAlchemyError
 
 from esl_cb.config import Settings
@@ -85,6 +86,9 @@ class Controller:
         self.server: CallServer | None = None
         self._metrics = None
         self._prompts_checked = False
+        # Short-lived errands (a reconcile after a failed step, the prompt check): killed by stop() so a
+        # stopped controller touches neither the switch nor the database.
+        self._errands = Group()
         self._running = False
         self.supervisor = Supervisor()
         self.supervisor.on_restart = self._greenlet_restarted
@@ -132,6 +136,10 @@ class Controller:
         self.switch.close()
         self.dialler.stop()
         self.callers.stop()
+        self.legs.stop()
+        self.phones.stop()
+        self.presence.stop()
+        self._errands.kill(block=False)
         self.stopped.set()
 
     def shutdown(self, grace: float) -> None:
@@ -192,7 +200,7 @@ class Controller:
                                 watch.contact_id, e)
             log.error("contact %s: could not be reconciled after a failed step; the next reconnection will",
                       watch.contact_id)
-        gevent.spawn(again)
+        self._errands.spawn(again)
 
     def _connection_refused(self, host: str) -> None:
         if self._metrics is not None:
@@ -221,7 +229,7 @@ class Controller:
         self.presence.resync(self.store.agents)       # a restarted switch knows no lamp: every one again
         if not self._prompts_checked:
             self._prompts_checked = True
-            gevent.spawn(self.check_prompts)
+            self._errands.spawn(self.check_prompts)
 
     def check_prompts(self) -> list:
         """Name, at start, every prompt and stream of the script that the switch cannot play (a caller
@@ -322,7 +330,7 @@ class Controller:
                 except (ESLError, SQLAlchemyError) as e:
                     log.warning("reconciling after starting over failed (%s); the next reconnection will", e)
             self.wake_dispatcher()
-        gevent.spawn(rejoined)
+        self._errands.spawn(rejoined)
 
     def _calendar_loop(self) -> None:
         """Open and close each skill's callbacks by its hours (the claim reads the flag), and end the
