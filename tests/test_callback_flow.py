@@ -223,18 +223,33 @@ def test_runtime_call_delay_of_60_refuses_agent(pg_url, caplog):
     Value: "60"
     Default: Queue
 """, first="Set delay")
-    h = Harness(pg_url, s)
+    h = Harness(pg_url, s, retry_interval=3600)
     try:
         h.agent("ann", "1001", answer=0.1)
+        h.agent("bob", "1002", answer=0.1)
+        h.store.set_agent_settings("ann", {"reject_delay_sec": 1})
         h.call("3125550100", "3125557000", "dtmf 1 1.2")
-        h.wait_state("callback_queued")
+        queued = h.wait_state("callback_queued")
         h.available("ann")
-        wait_until(lambda: h.store.agents()[0]["state"] == "Refused", what="the agent Refused")
+        wait_until(lambda: {a["name"]: a["state"] for a in h.store.agents()}["ann"] == "Refused",
+                   what="the agent Refused")
         c = h.contact()
         assert c.state == "callback_queued" and c.attempts == 0
+        assert (c.priority_initial, c.queued_at) == (queued.priority_initial, queued.queued_at)   # its place
         assert h.originates_to("+13125550100") == []
         assert any(r.levelname == "ERROR" and "contact 1" in r.getMessage() and "quick" in r.getMessage()
                    and "CallDelaySec 60" in r.getMessage() for r in caplog.records)
+        # Not for ever (the script's fault, not the agent's): Refused for the reject delay, then offered
+        # again; not a miss. The contact is held for the retry interval, so the next agent is not
+        # Refused by it in turn (before: every agent, one after the other, until none was left).
+        ann = wait_until(lambda: next((a for a in h.store.agents() if a["name"] == "ann" and a["state"] == "Available"),
+                                      None), timeout=10, what="ann Available after the reject delay")
+        assert ann["missed_in_a_row"] == 0
+        h.available("bob")
+        gevent.sleep(1.0)                       # a few of the dispatcher's polls (0.2 s)
+        assert {a["name"]: a["state"] for a in h.store.agents()} == {"ann": "Available", "bob": "Available"}
+        assert len(h.originates_to("1001")) == 1 and h.originates_to("1002") == []
+        assert h.contact().state == "callback_queued"
     finally:
         h.close()
 

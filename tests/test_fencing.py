@@ -134,7 +134,7 @@ def test_a_stalled_controller_taken_over_moves_nothing_it_held(stores, caplog):
     assert a.accept_and_prepare(offered, 5, None, "new-leg") is None
     assert a.accept_callback(offered, 5) is None
     a.offer_failed(offered, refused=True, reason="declined")
-    a.refuse_accepted(offered, "CallDelaySec 60 >= 60")
+    a.refuse_accepted(offered, "CallDelaySec 60 >= 60", 300)
     assert a.accept_live(offered_live) is False
     assert a.abandon_offer(offered_live.contact_id, "caller hung up") is None
     assert a.prepared_plan(accepted.contact_id) is None

@@ -97,8 +97,10 @@ class Dialler(CustomerLeg):
         if contact.call_delay_sec >= 60:
             # SPEC 2 rule 4: the documented behaviour of the original.
             log.error("contact %s (script %s): CallDelaySec %s is 60 or more; agent %s Refused, contact keeps "
-                      "its place", contact.id, contact.script, contact.call_delay_sec, offer.agent_name)
-            self.store.refuse_accepted(offer, f"CallDelaySec {contact.call_delay_sec} >= 60")
+                      "its place and is not offered again for %gs (mend the script, or cancel the callback)",
+                      contact.id, contact.script, contact.call_delay_sec, offer.agent_name, self.settings.retry_interval)
+            self.store.refuse_accepted(offer, f"CallDelaySec {contact.call_delay_sec} >= 60",
+                                       self.settings.retry_interval)
             watch.answered = False
             self.switch.kill(watch.uuid)
             self.wake()

@@ -14,7 +14,7 @@ from typing import Callable
 
 from sqlalchemy import select, text, update
 
-from esl_cb.domain.states import NO_ANSWER_BREAK, Miss
+from esl_cb.domain.states import CALL_DELAY_REFUSAL, NO_ANSWER_BREAK, Miss
 from esl_cb.domain.states import AgentState as A
 
 from .base import StoreBase, as_utc, utcnow
@@ -176,7 +176,8 @@ def _why_by_state(a, now: datetime) -> str:
         return f"wrap-up until {until:%H:%M:%S}{pending}" if until else f"wrap-up{pending}"
     if a.state == A.REFUSED.value:
         why = {Miss.REJECTED.value: "rejected", Miss.BUSY.value: "busy", Miss.NO_ANSWER.value: "did not answer",
-               Miss.LEFT.value: "hung up during CallDelaySec"}.get(a.state_reason or "", a.state_reason or "missed")
+               Miss.LEFT.value: "hung up during CallDelaySec",
+               CALL_DELAY_REFUSAL: "accepted a callback whose CallDelaySec is 60 or more: the script's fault"}.get(a.state_reason or "", a.state_reason or "missed")
         return f"delay until {until:%H:%M:%S} ({why})" if until else f"refused ({why}; until made available)"
     if a.state == A.ON_BREAK.value:
         return f"on break ({a.state_reason or 'no reason'})"

@@ -12,7 +12,7 @@ from esl_cb.domain.states import AgentState as A
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
-from esl_cb.domain.states import Miss
+from esl_cb.domain.states import CALL_DELAY_REFUSAL, Miss
 
 from .agent_states import AgentHold, AgentStatesStore
 from .base import DialPlan, Offer, utcnow
@@ -177,16 +177,34 @@ class DispatchStore(AgentStatesStore):
         log.info("agent %s Offered -[answered contact %s]-> OnCall", offer.agent_name, offer.contact_id)
         return due, DialPlan.of(row, row.attempt_no, leg_uuid)
 
-    def refuse_accepted(self, offer: Offer, reason: str) -> None:
-        """An accepted callback that must not be dialled (CallDelaySec >= 60): agent Refused, place kept."""
+    def refuse_accepted(self, offer: Offer, reason: str, hold_contact_sec: float) -> AgentHold | None:
+        """An accepted callback that must not be dialled (CallDelaySec >= 60, SPEC 2 rule 4): the agent
+        Refused, the contact keeps its place (priority and queue time unchanged).
+
+        Neither may stay so for ever: the fault is the script's, and a stored delay never changes, so
+        the contact would be offered to every agent in turn, each left Refused, until none were left.
+        The agent is Refused for their reject delay (then Available by themself; not counted as a
+        miss), and the contact is not offered again for `hold_contact_sec` (the retry interval: the
+        error is said again then, until an operator cancels or the script is mended)."""
         now = utcnow()
         with self.engine.begin() as conn:
             self._move(conn, offer.contact_id, [C.OFFERED, C.ACCEPTED], C.CALLBACK_QUEUED, reason,
-                       agent_id=None, agent_leg_uuid=None, dial_due_at=None, last_error=reason)
-            res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, self._owned(Agent.controller_id)).values(
-                state=A.REFUSED.value, state_changed_at=now, contact_id=None, leg_uuid=None))
-            if res.rowcount == 1:
-                log.info("agent %s -[%s]-> Refused", offer.agent_name, reason)
+                       agent_id=None, agent_leg_uuid=None, dial_due_at=None, last_error=reason,
+                       retry_at=now + timedelta(seconds=hold_contact_sec))
+            delay = self.agent_settings(conn, offer.agent_id, offer.contact_id)["reject_delay_sec"]
+            until = now + timedelta(seconds=delay) if delay > 0 else None
+            state = A.REFUSED if until is not None else A.AVAILABLE
+            values = dict(state=state.value, state_changed_at=now, contact_id=None, leg_uuid=None,
+                          state_until=until, state_reason=CALL_DELAY_REFUSAL if until is not None else None)
+            if until is None:
+                values["available_since"] = now
+            res = conn.execute(update(Agent).where(Agent.id == offer.agent_id, Agent.contact_id == offer.contact_id,
+                                                   self._owned(Agent.controller_id)).values(**values))
+            if res.rowcount != 1:
+                return None
+        log.info("agent %s -[%s]-> %s%s", offer.agent_name, reason, state.value,
+                 f" until {until:%H:%M:%S}" if until else "")
+        return self._held(AgentHold(offer.agent_id, offer.agent_name, state, until, values["state_reason"]))
 
     def complete(self, contact_id: int, reason: str, claim_leg_uuid: str | None = None) -> tuple[bool, Offer | None]:
         """A connected contact ended: handled (live) or callback completed. The agent goes WrapUp for

@@ -58,6 +58,9 @@ class Miss(str, enum.Enum):
 
 # The reason an agent put on a break by max-no-answer carries.
 NO_ANSWER_BREAK = "no_answer"
+# The reason an agent is Refused after accepting a callback whose CallDelaySec is 60 or more (SPEC 2
+# rule 4): the script's fault, not a miss.
+CALL_DELAY_REFUSAL = "call_delay_60"
 # An agent in these states is on a call (or just after it): a logout or break asked now waits for its end.
 ON_A_CALL = frozenset({AgentState.OFFERED, AgentState.ON_CALL, AgentState.WRAP_UP})
 
