@@ -10,7 +10,7 @@ from esl_cb.config import Settings
 from esl_cb.controller.switch import SwitchLink
 from esl_cb.sim.server import Simulator
 
-from .fixtures import LAB
+from .fixtures import LAB, pg_url  # noqa: F401 (a fixture)
 
 
 def test_a_switch_that_cannot_be_reached_is_said_once_then_its_return(caplog):
@@ -35,3 +35,40 @@ def test_a_switch_that_cannot_be_reached_is_said_once_then_its_return(caplog):
         runner.kill()
         if sim is not None:
             sim.stop()
+
+
+def test_a_hang_up_owed_while_the_switch_was_unreachable_survives_a_restart(pg_url, caplog):
+    """A leg we meant to end while the switch could not be asked is hung up by the next run that
+    reaches the switch: before, it was held in this process's memory only, and a restart in between
+    left (say) an agent parked on the line for good."""
+    from esl_cb.controller.switch import StoredHangups
+    from esl_cb.db.store import Store
+
+    port = free_port()
+    esl = f"127.0.0.1:{port}"
+    store = Store(pg_url, "test")
+    leg = "5f0c8a57-9a2e-4f58-8d2a-6d7f0e2b9c11"
+    first = SwitchLink(Settings(esl=esl), route=lambda event: None)
+    first.owed = StoredHangups(store, f"localhost:{port}")        # any spelling of the same switch
+    assert first.kill(leg, "NORMAL_CLEARING") is False           # not reachable: owed
+    first.close()                                                # the process ends before it is back
+    assert store.hangups_owed(esl) == {leg: "NORMAL_CLEARING"}
+
+    sim = Simulator(("127.0.0.1", port), identity=LAB, heartbeat=0).start()
+    sim.switch.originate(f"{{origination_uuid={leg}}}user/1001 &park()")
+    assert leg in sim.switch.channels
+    second = SwitchLink(Settings(esl=esl), route=lambda event: None)
+    second.owed = StoredHangups(store, esl)
+    runner = gevent.spawn(second.run)
+    try:
+        assert second.ready.wait(timeout=10), "connected"
+        deadline = gevent.Timeout(5, AssertionError("the owed leg was not hung up"))
+        with deadline:
+            while leg in sim.switch.channels:
+                gevent.sleep(0.05)
+        assert store.hangups_owed(esl) == {}                     # paid: not asked again
+    finally:
+        second.close()
+        runner.kill()
+        sim.stop()
+        store.engine.dispose()

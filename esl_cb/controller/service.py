@@ -48,7 +48,7 @@ from .presence import CHANNEL as EVENTS_CHANNEL
 from .presence import Presence
 from .recovery import Recovery
 from .supervision import Supervisor
-from .switch import SwitchHealth, SwitchLink
+from .switch import StoredHangups, SwitchHealth, SwitchLink
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Controller:
         self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
                                  self.dialler)
+        self.switch.owed = StoredHangups(self.store, settings.esl)
         self.phones = PhoneWatch(self.store, settings.esl, self.switch.api, self.wake_dispatcher)
         self.switch.on_custom = self.phones.on_event
         self.presence = Presence(self.switch.sendevent, lambda: self.phones.domain)

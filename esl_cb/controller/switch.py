@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import gevent
 from gevent.event import Event as GEvent
@@ -41,6 +41,33 @@ SHUTDOWN_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE"}
 NO_CHANNEL_CAUSES = {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "USER_NOT_REGISTERED", "DESTINATION_OUT_OF_ORDER"}
 
 
+class HangupLedger(Protocol):
+    """Where the legs owed a hang-up are kept across restarts (the database: legs_to_hang_up)."""
+
+    def owe(self, uuid: str, cause: str) -> None: ...
+
+    def owed(self) -> dict[str, str]: ...
+
+    def paid(self, uuid: str) -> None: ...
+
+
+class StoredHangups:
+    """The ledger in the database, for one switch (its identity, as the fleet names it)."""
+
+    def __init__(self, store, switch: str) -> None:
+        self.store = store
+        self.switch = switch
+
+    def owe(self, uuid: str, cause: str) -> None:
+        self.store.owe_hangup(self.switch, uuid, cause)
+
+    def owed(self) -> dict[str, str]:
+        return self.store.hangups_owed(self.switch)
+
+    def paid(self, uuid: str) -> None:
+        self.store.hangup_paid(uuid)
+
+
 @dataclass(frozen=True)
 class LegState:
     """A leg as the switch has it now (uuid_dump reads the live session; `show channels` lags)."""
@@ -65,7 +92,9 @@ class SwitchLink:
         self.lost_at: float | None = time.monotonic()    # since when we cannot reach it (None: connected)
         # Legs we meant to hang up while the switch could not be reached (the ESL cut, the switch
         # alive): hung up as soon as it answers again, before recovery looks (README 'A switch lost').
+        # Stored too (`owed`, when the controller gives one), so a restart in between forgets none.
         self.kill_when_back: dict[str, str] = {}
+        self.owed: HangupLedger | None = None
 
     # -- the connection -----------------------------------------------------
     def run(self) -> None:
@@ -156,10 +185,22 @@ class SwitchLink:
         except ESLError as e:
             log.warning("could not hang up %s (%s); hanging it up once FreeSWITCH answers again", uuid, e)
             self.kill_when_back[uuid] = cause
+            if self.owed is not None:
+                try:
+                    self.owed.owe(uuid, cause)
+                except Exception as db_error:       # the database away too: memory keeps it while we run
+                    log.warning("leg %s: the hang-up owed could not be stored (%s)", uuid, db_error)
             return False
 
     def _kill_pending(self) -> None:
+        """At each connection, before recovery: the legs owed a hang-up, this process's and those
+        stored by an earlier run (or by another controller of this switch)."""
         pending, self.kill_when_back = self.kill_when_back, {}
+        if self.owed is not None:
+            try:
+                pending = {**self.owed.owed(), **pending}
+            except Exception as e:
+                log.warning("the stored hang-ups owed could not be read (%s); the next connection will", e)
         for uuid, cause in pending.items():
             try:
                 if self.api(f"uuid_kill {uuid} {cause}").startswith("+OK"):
@@ -167,6 +208,12 @@ class SwitchLink:
             except ESLError as e:
                 log.warning("could not hang up %s (%s); trying again at the next connection", uuid, e)
                 self.kill_when_back[uuid] = cause
+                continue
+            if self.owed is not None:
+                try:
+                    self.owed.paid(uuid)         # hung up now, or gone already: nothing owed any more
+                except Exception as e:
+                    log.warning("leg %s: its hang-up could not be marked done (%s); it is tried again", uuid, e)
 
     def leg_state(self, uuid: str | None) -> LegState | None:
         """The leg's live state; None when the switch has no such leg."""

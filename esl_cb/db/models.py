@@ -113,6 +113,16 @@ class PhoneRegistration(Base):
     __table_args__ = (UniqueConstraint("switch", "reg_user", "realm", name="uq_phone_registrations_user"),)
 
 
+class LegToHangUp(Base):
+    """A leg this project meant to end while its switch could not be asked (migration 0014): hung up by
+    whichever controller next talks to that switch, even after a restart."""
+    __tablename__ = "legs_to_hang_up"
+    uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    switch: Mapped[str] = mapped_column(String(255), index=True)
+    cause: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class AgentStateChange(Base):
     """Every agent state change, written by triggers on `agents` (migration 0011) whatever the path."""
     __tablename__ = "agent_state_history"

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, insert, select, update
 from esl_cb.netaddr import switch_identity as identity
 
 from .base import NotFound, StaleState, StoreBase, StoreError, utcnow
-from .models import Contact, ControllerMember, Switch
+from .models import Contact, ControllerMember, LegToHangUp, Switch
 
 log = logging.getLogger(__name__)
 STATES = ("up", "draining")
@@ -110,6 +110,27 @@ class SwitchesStore(StoreBase):
             return SwitchShare(None, n, None, None, False)
         return SwitchShare(row.name, n, _rate_share(row.sessions_per_second, n),
                            max(row.voice_ports // n, 1) if row.voice_ports else None, row.state == "draining")
+
+    # -- legs owed a hang-up (migration 0014) ------------------------------------------------------
+    def owe_hangup(self, switch: str, uuid: str, cause: str) -> None:
+        """`uuid` on `switch` must be hung up once that switch can be asked (kept across restarts)."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(LegToHangUp.uuid).where(LegToHangUp.uuid == uuid)).first() is None:
+                conn.execute(insert(LegToHangUp).values(uuid=uuid, switch=identity(switch), cause=cause,
+                                                        since=utcnow()))
+
+    def hangups_owed(self, switch: str) -> dict[str, str]:
+        """The legs owed a hang-up on `switch`: uuid -> cause."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(LegToHangUp.uuid, LegToHangUp.cause)
+                                .where(LegToHangUp.switch == identity(switch))).all()
+        return {r.uuid: r.cause for r in rows}
+
+    def hangup_paid(self, uuid: str) -> None:
+        """The switch hung it up, or has no such leg any more."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(LegToHangUp).where(LegToHangUp.uuid == uuid))
+
 
 
 def _rate_share(sps: int | None, controllers: int) -> float | None:
