@@ -11,7 +11,7 @@ from sqlalchemy import text
 from esl_cb.app import AgentService
 from esl_cb.db.agent_states import why_not_offered
 from esl_cb.db.migrate import upgrade
-from esl_cb.db.store import Store, utcnow
+from esl_cb.db.store import Store, StoreError, utcnow
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import AgentState, Miss
 
@@ -216,3 +216,44 @@ def test_the_history_adds_up_to_the_wall_time_for_each_agent(store):
     assert 0 < alice.occupancy <= 1
     days = store.agent_day_report()
     assert [d["breaks"] for d in days if d["agent_name"] == "alice"][0].keys() == {"lunch"}
+
+
+def _history(store: Store, rows: list[tuple[str, str, str]]) -> int:
+    """alice's history replaced by (from, to, at ISO UTC) rows, the last one open until now."""
+    from datetime import datetime
+    agent_id = _agent(store).id
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM agent_state_history WHERE agent_id = :a"), {"a": agent_id})
+        for frm, to, at in rows:
+            conn.execute(text("INSERT INTO agent_state_history (agent_id, agent_name, from_state, to_state, at) "
+                              "VALUES (:a, 'alice', :f, :t, :at)"),
+                         {"a": agent_id, "f": frm, "t": to, "at": datetime.fromisoformat(at)})
+    return agent_id
+
+
+@pytest.mark.parametrize("tz, expected", [
+    ("UTC", {"2026-03-01": 7200, "2026-03-02": 7200}),
+    ("Europe/Amsterdam", {"2026-03-01": 3600, "2026-03-02": 10800}),     # 23:00-03:00 local (UTC+1)
+    ("America/Chicago", {"2026-03-01": 14400}),                           # 16:00-20:00 local (UTC-6)
+])
+def test_an_interval_over_midnight_counts_on_each_day_of_the_report_time_zone(store, tz, expected):
+    """Before migration 0015 the whole interval counted on the UTC day it started (7,200 + 7,200 s
+    were 14,400 s on 1 March whatever the reader's time zone). SQLite's days are UTC days."""
+    _history(store, [(None, "LoggedOut", "2026-03-01T12:00:00+00:00"),
+                     ("LoggedOut", "Available", "2026-03-01T22:00:00+00:00"),
+                     ("Available", "LoggedOut", "2026-03-02T02:00:00+00:00")])
+    if not store._pg and tz != "UTC":
+        with pytest.raises(StoreError, match="need PostgreSQL"):
+            store.agent_day_report(agent="alice", tz=tz)
+        return
+    days = {d["day"]: d for d in store.agent_day_report(agent="alice", tz=tz)}
+    available = {day: round(float(d["available_sec"])) for day, d in days.items() if float(d["available_sec"])}
+    assert available == expected
+    # Each day's states add up to its whole length (the open LoggedOut interval runs until now).
+    first_full_day = sorted(days)[1]
+    assert round(float(days[first_full_day]["logged_in_sec"]) + float(days[first_full_day]["logged_out_sec"])) == 86400
+
+
+def test_a_report_time_zone_that_does_not_exist_is_refused_by_name(store):
+    with pytest.raises(StoreError, match="Europe/Amsterdm"):
+        store.agent_day_report(tz="Europe/Amsterdm")

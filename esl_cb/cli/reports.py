@@ -92,20 +92,23 @@ def _hms(seconds) -> str:
 
 
 @report.command("agents")
-@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d"]), help="Days from (UTC, YYYY-MM-DD).")
+@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d"]), help="Days from (YYYY-MM-DD).")
 @click.option("--agent", help="One agent only.")
+@click.option("--tz", help="The days' time zone (IANA name); default: the skills' when they share one, else UTC.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @db_option
-def report_agents(since, agent: str | None, as_json: bool, db: str | None) -> None:
-    """Per agent and day (UTC): time logged in, available, on call, in wrap-up, on break by reason;
+def report_agents(since, agent: str | None, tz: str | None, as_json: bool, db: str | None) -> None:
+    """Per agent and day: time logged in, available, on call, in wrap-up, on break by reason;
     contacts handled and missed; occupancy (offered + on call + wrap-up over those and available).
 
     \b
-    From the view agent_day_report (migration 0011); an interval counts on the day it started.
+    From the view agent_day_report (migrations 0011, 0015): an interval over midnight counts on each
+    day for its part; the days are those of --tz (UTC days on SQLite).
     Example:
-      esl-cb report agents --from 2026-12-01
+      esl-cb report agents --from 2026-12-01 --tz Europe/Amsterdam
     """
-    rows = store_call(open_store(db).agent_day_report, since.date() if since else None, agent)
+    rows = store_call(open_store(db).agent_day_report, since.date() if since else None, agent, tz,
+                      fields={"tz": "--tz"})
     if as_json:
         click.echo(json.dumps(rows, default=str, indent=2))
         return

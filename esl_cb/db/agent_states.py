@@ -11,13 +11,14 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, text, update
 
 from esl_cb.domain.states import CALL_DELAY_REFUSAL, NO_ANSWER_BREAK, Miss
 from esl_cb.domain.states import AgentState as A
 
-from .base import StoreBase, as_utc, utcnow
+from .base import StoreBase, StoreError, as_utc, utcnow
 from .models import Agent, AgentSkill, Contact, Skill
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,17 @@ class AgentStatesStore(StoreBase):
             log.info("agent %s: wrap-up or delay over -> %s", name, state)
         return [r.name for r in rows]
 
-    def agent_day_report(self, since: date | None = None, agent: str | None = None) -> list[dict]:
-        """The view agent_day_report (per agent and UTC day), with each day's breaks by reason."""
+    def report_time_zone(self) -> str:
+        """The days of a report: the skills' time zone when they all share one, else UTC."""
+        with self.engine.connect() as conn:
+            zones = conn.execute(select(Skill.timezone).distinct()).scalars().all()
+        return zones[0] if len(zones) == 1 and zones[0] else "UTC"
+
+    def agent_day_report(self, since: date | None = None, agent: str | None = None,
+                         tz: str | None = None) -> list[dict]:
+        """The view agent_day_report (per agent and day), with each day's breaks by reason. The days are
+        those of `tz` (an IANA name; default: report_time_zone()) on PostgreSQL, UTC days on SQLite;
+        an interval over midnight counts on each day for its part (migration 0015)."""
         where, params = [], {}
         if since is not None:
             where.append("day >= :since")
@@ -145,7 +155,18 @@ class AgentStatesStore(StoreBase):
             where.append("agent_name = :agent")
             params["agent"] = agent
         cond = (" WHERE " + " AND ".join(where)) if where else ""
-        with self.engine.connect() as conn:
+        zone = tz or (self.report_time_zone() if self._pg else "UTC")
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise StoreError(f"time zone {zone!r}: not an IANA time zone name (e.g. Europe/Amsterdam)",
+                             where="tz") from None
+        if not self._pg and zone not in ("UTC", "Etc/UTC"):
+            raise StoreError(f"time zone {zone!r}: days by time zone need PostgreSQL; SQLite reports UTC days",
+                             where="tz")
+        with self.engine.begin() as conn:
+            if self._pg:
+                conn.execute(text("SELECT set_config('TimeZone', :tz, true)"), {"tz": zone})   # this transaction
             rows = conn.execute(text(f"SELECT * FROM agent_day_report{cond} ORDER BY day, agent_name"), params).all()
             breaks = conn.execute(text(f"SELECT agent_id, day, reason, seconds FROM agent_day_states{cond}"
                                        f"{' AND' if cond else ' WHERE'} state = 'OnBreak'"), params).all()
