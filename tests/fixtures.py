@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import gevent
 import psycopg2
@@ -67,6 +69,27 @@ def drop_database(url: str) -> None:
                 gevent.sleep(1.0)
     finally:
         conn.close()
+
+
+DIALECTS = ["postgresql", "sqlite"]
+
+
+@contextmanager
+def migrated_store(dialect: str, tmp_path) -> Iterator:
+    """A Store on a fresh migrated database of `dialect` (a PostgreSQL database or an SQLite file),
+    closed and dropped afterwards: the fixture of the tests that hold for both dialects."""
+    from esl_cb.db.migrate import upgrade
+    from esl_cb.db.store import Store
+
+    url = create_database() if dialect == "postgresql" else f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    st = Store(url, "test")
+    try:
+        yield st
+    finally:
+        st.close()
+        if dialect == "postgresql":
+            drop_database(url)
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,18 @@ from sqlalchemy import text
 
 from esl_cb.app import AgentService
 from esl_cb.db.agent_states import why_not_offered
-from esl_cb.db.migrate import upgrade
 from esl_cb.db.store import Store, StoreError, utcnow
 from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import AgentState, Miss
 
-from .fixtures import create_database, drop_database
+from .fixtures import DIALECTS, migrated_store
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def store(request, tmp_path):
-    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'agents.db'}"
-    upgrade(url)
-    st = Store(url, "test")
-    st.add_agent("alice", "user/1001", ["support"])
-    yield st
-    st.close()
-    if request.param == "postgresql":
-        drop_database(url)
+    with migrated_store(request.param, tmp_path) as st:
+        st.add_agent("alice", "user/1001", ["support"])
+        yield st
 
 
 def _queue(store: Store, i: int) -> int:

@@ -17,20 +17,15 @@ from esl_cb.db.store import Store, utcnow
 from esl_cb.domain.queue import Priority, order_key
 from esl_cb.domain.states import AgentState
 
-from .fixtures import create_database, drop_database
+from .fixtures import DIALECTS, create_database, drop_database, migrated_store
 
 AGENTS = {"ann": ["support"], "bob": ["support", "sales"], "cid": ["sales", "billing"], "dee": ["billing"]}
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def store(request, tmp_path):
-    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'claim.db'}"
-    upgrade(url)
-    st = Store(url, "test")
-    yield st
-    st.close()
-    if request.param == "postgresql":
-        drop_database(url)
+    with migrated_store(request.param, tmp_path) as st:
+        yield st
 
 
 def _queue(store: Store, i: int, priority: Priority, queued_at, skill: str, callback: bool = False) -> int:

@@ -18,7 +18,7 @@ from esl_cb.esl.inbound import InboundConnection
 from esl_cb.esl.wire import FrameReader
 from esl_cb.sim import api as sim_api
 
-from .fixtures import wait_until
+from .fixtures import DIALECTS, migrated_store, wait_until
 from .harness import Harness
 from .replay import CAPTURES
 
@@ -112,19 +112,10 @@ def test_a_reconnection_asks_the_switch_for_every_tracked_phone(h):
                                                                        f"api sofia_contact 1002@{domain}"]
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def store(request, tmp_path):
-    from esl_cb.db.migrate import upgrade
-    from esl_cb.db.store import Store
-
-    from .fixtures import create_database, drop_database
-    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'phones.db'}"
-    upgrade(url)
-    st = Store(url, "test")
-    yield st
-    st.close()
-    if request.param == "postgresql":
-        drop_database(url)
+    with migrated_store(request.param, tmp_path) as st:
+        yield st
 
 
 def test_pins_are_hashed_wrong_ones_audited_and_too_many_lock_the_login(store):

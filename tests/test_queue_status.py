@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from esl_cb.db.migrate import upgrade
 from esl_cb.db.store import NotFound, StaleState, Store, as_utc, utcnow
 from esl_cb.domain import script as scripts
 from esl_cb.domain.ewt import DEFAULT_AHT_SEC, NO_AGENT_EWT_SEC, estimate_wait, recent_aht
@@ -19,7 +18,7 @@ from esl_cb.domain.speech import all_number_files, minutes_sounds, number_files,
 from esl_cb.domain.states import AgentState
 from esl_cb.esl.inbound import InboundConnection
 
-from .fixtures import create_database, drop_database, wait_until
+from .fixtures import DIALECTS, migrated_store, wait_until
 from .harness import Harness
 
 
@@ -153,15 +152,10 @@ def test_queuestatus_errors_take_on_error(queue, err):
 
 
 # -- the store's read ------------------------------------------------------------------------------
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def store(request, tmp_path):
-    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade(url)
-    st = Store(url, "test")
-    yield st
-    st.close()
-    if request.param == "postgresql":
-        drop_database(url)
+    with migrated_store(request.param, tmp_path) as st:
+        yield st
 
 
 def _queue(store: Store, i: int, priority: Priority, waited_min: float, skill: str = "support") -> int:

@@ -18,21 +18,13 @@ from esl_cb.db.store import Store, utcnow
 from esl_cb.domain.queue import Priority, order_key
 from esl_cb.domain.states import AgentState
 
-from .fixtures import PG_ADMIN, create_database, drop_database, wait_until
+from .fixtures import DIALECTS, PG_ADMIN, create_database, drop_database, migrated_store, wait_until
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def store(request, tmp_path):
-    if request.param == "postgresql":
-        url = create_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade(url)
-    st = Store(url, "test")
-    yield st
-    st.close()
-    if request.param == "postgresql":
-        drop_database(url)
+    with migrated_store(request.param, tmp_path) as st:
+        yield st
 
 
 def _queue(store: Store, i: int, priority: Priority, waited_min: float, skill: str = "support") -> int:

@@ -10,7 +10,7 @@ from esl_cb.config import Settings
 from esl_cb.controller.switch import SwitchLink
 from esl_cb.sim.server import Simulator
 
-from .fixtures import LAB, pg_url  # noqa: F401 (a fixture)
+from .fixtures import LAB
 
 
 def test_a_switch_that_cannot_be_reached_is_said_once_then_its_return(caplog):

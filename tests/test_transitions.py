@@ -16,26 +16,20 @@ import pytest
 from sqlalchemy import text
 
 from esl_cb.db.base import IllegalTransition
-from esl_cb.db.migrate import upgrade
 from esl_cb.db.store import Store
 from esl_cb.domain.states import CONTACT_INITIAL_STATES, CONTACT_TRANSITIONS, ContactState
 
-from .fixtures import create_database, drop_database
+from .fixtures import DIALECTS, migrated_store
 
 STATES = [s.value for s in ContactState]
 LEGAL = {(a.value, b.value) for a, tos in CONTACT_TRANSITIONS.items() for b in tos}
 DB_DIR = Path(__file__).resolve().parent.parent / "esl_cb" / "db"
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def store(request, tmp_path):
-    url = create_database() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'states.db'}"
-    upgrade(url)
-    st = Store(url, "test")
-    yield st
-    st.close()
-    if request.param == "postgresql":
-        drop_database(url)
+    with migrated_store(request.param, tmp_path) as st:
+        yield st
 
 
 def _insert(conn, state: str) -> int:
