@@ -209,3 +209,40 @@ def test_an_agent_whose_phone_has_no_registration_is_not_offered(store):
     offer = store.claim_offer("leg-7")
     assert (offer.contact_id, offer.agent_name) == (billing, "rex")
     assert list(store.unregistered_agents()) == ["pat"]
+
+
+def test_in_a_fleet_an_agent_is_offered_by_the_controller_of_a_switch_their_phone_is_registered_on(pg_url):
+    """Phones registered on the switches themselves (no proxy as their registrar): a user/N agent can
+    only be rung through a switch that has a registration of that phone, so only that switch's
+    controller claims them (before: any controller, whose switch answered USER_NOT_REGISTERED). A
+    phone known nowhere, an agent not tracked, and a store with no switch: as before."""
+    a, b, cli = Store(pg_url, "ctl-a"), Store(pg_url, "ctl-b"), Store(pg_url, "")
+    try:
+        a.register("10.0.0.1:8021")
+        b.register("10.0.0.2:8021")
+        cli.add_agent("pat", "user/2001", ["support"])
+        cli.set_agent_state("pat", AgentState.AVAILABLE, list(AgentState))
+        now = utcnow()
+        first = _queue(cli, 1, Priority(10, 0, 10), now - timedelta(minutes=2), "support", callback=True)
+        assert cli.phone_registered("10.0.0.2:8021", "2001", "example.com", "sip:2001@192.0.2.9") == []
+        assert a.claim_offer("leg-a1") is None                      # pat's phone is on B only
+        offer = b.claim_offer("leg-b1")
+        assert (offer.contact_id, offer.agent_name) == (first, "pat")
+        cli.cancel(first, "test: next one", force=True)
+        second = _queue(cli, 2, Priority(10, 0, 10), now - timedelta(minutes=1), "support", callback=True)
+        # The phone moves to A (B's row gone: the last one there unregistered).
+        assert cli.phone_registered("10.0.0.1:8021", "2001", "example.com", "sip:2001@192.0.2.9") == []
+        assert cli.phone_gone("10.0.0.2:8021", "2001", "example.com") == []
+        assert b.claim_offer("leg-b2") is None
+        offer = a.claim_offer("leg-a2")
+        assert (offer.contact_id, offer.agent_name) == (second, "pat")
+        cli.cancel(second, "test: next one", force=True)
+        # Not tracked (a gateway): any controller.
+        cli.add_agent("gus", "sofia/gateway/pstn/13125550100", ["sales"])
+        cli.set_agent_state("gus", AgentState.AVAILABLE, list(AgentState))
+        sales = _queue(cli, 3, Priority(10, 0, 10), now, "sales", callback=True)
+        offer = b.claim_offer("leg-b3")
+        assert (offer.contact_id, offer.agent_name) == (sales, "gus")
+    finally:
+        for s in (a, b, cli):
+            s.close()
