@@ -78,6 +78,20 @@ def _queue_status(store: Store, conn, contact_id: int, now: datetime) -> dict:
             "state": row.state}
 
 
+def with_aht(store: Store, status: dict, now: datetime | None = None, conn=None) -> dict:
+    """A place read by the booking's statement (esl_cb_book), with its skill's recent handle time:
+    the store's, kept a minute; else read (within `conn`, else on a connection of its own)."""
+    kept = store.cached_aht(status["skill_id"], 60.0)
+    if kept is None:
+        now = now or datetime.now(timezone.utc)
+        if conn is not None:
+            kept = store._recent_aht(conn, status["skill_id"], now, 60.0)                # noqa: SLF001
+        else:
+            with (store._autocommit if store._pg else store.engine).connect() as c:     # noqa: SLF001
+                kept = store._recent_aht(c, status["skill_id"], now, 60.0)              # noqa: SLF001
+    return {**status, "aht_sec": kept[0]}
+
+
 # Built once (each read of one callback would otherwise build its joins and aliases again: ~2 ms).
 _ONE = _callback_rows().where(Contact.id == bindparam("b_id"))
 _ONE_OF_TOKEN = _ONE.join(ApiBooking, and_(ApiBooking.contact_id == Contact.id,

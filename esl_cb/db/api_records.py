@@ -15,8 +15,6 @@ from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
 from .models import ApiBooking, ApiEvent, ApiToken, IdempotencyKey, WebhookDelivery
 
 log = logging.getLogger(__name__)
-_TIE_PG = text("WITH tie AS (INSERT INTO api_bookings (contact_id, token_id, booked_at) VALUES (:c, :t, :now) "
-               "ON CONFLICT DO NOTHING) SELECT esl_cb_event(CAST(:d AS json))")      # kept and NOTIFYed (0012)
 _RECALL = select(IdempotencyKey.__table__).where(IdempotencyKey.token_id == bindparam("t"),
                                                  IdempotencyKey.key == bindparam("k"))
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -121,22 +119,9 @@ class ApiRecords(StoreBase):
         return Token.of(row) if row is not None else None
 
     # -- bookings by token, and the answers of Idempotency-Keys -------------------------------------
-    # Both are written in the booking's own transaction (CallbackService.book_callback's `then`): a
-    # callback is never stored without the tie that lets its token see it, nor a keyed request's
-    # answer without its callback, whatever fails between the statements.
-    @staticmethod
-    def tie_booking(conn, contact_id: int, token_id: int, state: str) -> None:
-        """The token booked (or joined) this callback; once per pair. The live event stream hears of it
-        at the commit, after the contact's own event (NOTIFYs keep their order within a transaction)."""
-        if conn.dialect.name == "postgresql":
-            conn.execute(_TIE_PG, {"c": contact_id, "t": token_id, "now": utcnow(), "d": json.dumps(
-                {"kind": "contact", "id": contact_id, "state": state, "callback": True, "change": ["booked"],
-                 "token_id": token_id})})
-            return
-        if conn.execute(select(ApiBooking.contact_id).where(ApiBooking.contact_id == contact_id,
-                                                            ApiBooking.token_id == token_id)).first() is None:
-            conn.execute(insert(ApiBooking).values(contact_id=contact_id, token_id=token_id, booked_at=utcnow()))
-
+    # Both are written in the booking's own transaction (the tie by the store's schedule_callback, the
+    # answer by CallbackService.book_callback's `then`): a callback is never stored without the tie
+    # that lets its token see it, nor a keyed request's answer without its callback.
     def booked_by(self, contact_id: int, token_id: int) -> bool:
         with (self._autocommit if self._pg else self.engine).connect() as conn:
             return conn.execute(select(ApiBooking.contact_id).where(
