@@ -130,11 +130,12 @@ class Load:
 
     def _one(self, i: int) -> None:
         """Of each 20: 12 reads of one callback, 4 pages of the list, 2 queue summaries, 2 bookings;
-        one request in 200 is a wall screen reading every row (queues?detail=true)."""
+        one request in 200 is a wall screen reading its board: the supervisor page's request, the
+        whole counts and the first 50 rows of each queue (queues?detail=true&limit=50)."""
         c = self.api.client
         k = i % 20
         if i % 200 == 199:
-            call = lambda: c.get("/api/v1/queues", params={"detail": "true"})      # noqa: E731
+            call = lambda: c.get("/api/v1/queues", params={"detail": "true", "limit": 50})  # noqa: E731
         elif k < 12:
             call = lambda: c.get(f"/api/v1/callbacks/{random.choice(self.ids)}")  # noqa: E731
         elif k < 16:
