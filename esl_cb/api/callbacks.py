@@ -108,7 +108,6 @@ def _book(svc: Services, caller: Caller, body: BookingIn, keyed: tuple[str, str]
     callback is never stored that its token cannot see, nor a key's answer without its callback.
     Without a key nothing else commits with it: on PostgreSQL the booking is one statement."""
     window = Window(body.window.start, body.window.end, body.window.tz) if body.window else None
-    caller_id = svc.caller_ids.for_booking(body.skill, body.caller_id)
     answer: list[JSONResponse] = []
 
     def respond(booking: Booking, conn) -> tuple[int, dict, str]:
@@ -121,7 +120,7 @@ def _book(svc: Services, caller: Caller, body: BookingIn, keyed: tuple[str, str]
         doc = jsonable_encoder({
             "id": booking.id, "state": booking.state, "position": position, "ewt_sec": ewt,
             "merged_into": booking.merged_into, "number": booking.number, "skill": booking.skill,
-            "caller_id": caller_id or booking.number, "not_before": booking.not_before,
+            "caller_id": booking.caller_id or booking.number, "not_before": booking.not_before,
             "expire_at": booking.expire_at, "override": booking.override, "location": location})
         return 200 if booking.merged else 201, doc, location
 
@@ -129,10 +128,11 @@ def _book(svc: Services, caller: Caller, body: BookingIn, keyed: tuple[str, str]
         status, doc, location = respond(booking, conn)
         svc.records.answer_key(conn, caller.token.id, keyed[0], keyed[1], status, json.dumps(doc), location)
         answer.append(JSONResponse(doc, status, headers={"Location": location}))
-    booking = svc.callbacks.book_callback(body.number, body.skill, caller_id, priority=body.priority,
+    # Without a caller ID the skill's (the number its customers know), read in the booking's statement.
+    booking = svc.callbacks.book_callback(body.number, body.skill, body.caller_id or "", priority=body.priority,
                                           not_before=body.not_before, window=window,
                                           expire_after=body.expire_after, delay=body.delay, data=body.data,
-                                          operator=caller.operator, token_id=caller.token.id,
+                                          operator=caller.operator, token_id=caller.token.id, skill_caller_id=True,
                                           then=then if keyed is not None else None)
     if answer:
         return answer[-1]

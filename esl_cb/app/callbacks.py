@@ -60,6 +60,7 @@ class Booking:
     position: int | None = None      # 1 = next in its skill's queue; None when not waiting any more
     override: bool = False           # allowed only by an operator's override of the policy
     status: dict | None = None       # its place as the booking read it (PostgreSQL): position, agents...
+    caller_id: str | None = None     # what the customer will see: given, or the skill's; None: the number
 
     @property
     def merged(self) -> bool:
@@ -85,7 +86,7 @@ class CallbackService:
     def book_callback(self, number: str, skill: str, caller_id: str = "", *, priority: float | None = None,
                       not_before: datetime | str | None = None, window: Window | None = None,
                       expire_after: float | None = None, delay: int | None = None, data: dict | None = None,
-                      operator: str | None = None, token_id: int | None = None,
+                      operator: str | None = None, token_id: int | None = None, skill_caller_id: bool = False,
                       then: Callable[[Connection, Booking], None] | None = None) -> Booking:
         """Book a callback of `number` by an agent of `skill`.
 
@@ -103,7 +104,8 @@ class CallbackService:
         callback to its token and keeps its Idempotency-Key's answer there): the callback, its audit
         row and that work commit together, or nothing is stored. The booking's place is read in that
         transaction too (without `then` on SQLite: just after it). `token_id`: the API token that
-        booked it, tied to it in the same transaction."""
+        booked it, tied to it in the same transaction. `skill_caller_id`: without a `caller_id`, the
+        skill's outbound caller ID (esl-cb skill caller-id), read in the booking's own statement."""
         e164 = _number(number, self.region, "number")
         shown = _number(caller_id, self.region, "caller_id") if caller_id else None
         _check_priority(priority)
@@ -123,7 +125,7 @@ class CallbackService:
             position = (done.status["position"] if done.status else None) if done.placed \
                 else self._position(done.contact_id, conn)
             return Booking(done.contact_id, done.state, e164, skill, done.not_before, done.expire_at,
-                           done.merged_into, position, override, done.status)
+                           done.merged_into, position, override, done.status, done.caller_id)
 
         def within(conn: Connection, done: Scheduled) -> None:
             made.append(booking(done, conn))
@@ -132,7 +134,8 @@ class CallbackService:
         done = self.store.schedule_callback(
             e164, skill, at, shown, delay, None if priority is None else Priority(priority, 0, priority),
             expire_after, operator, limits=self.policy.limits, override=override, expire_at=expire_at,
-            data=stored_data, token_id=token_id, then=within if then is not None else None)
+            data=stored_data, token_id=token_id, skill_caller_id=skill_caller_id,
+            then=within if then is not None else None)
         return made[-1] if made else booking(done, None)
 
     @database_errors

@@ -18,6 +18,17 @@ log = logging.getLogger(__name__)
 _RECALL = select(IdempotencyKey.__table__).where(IdempotencyKey.token_id == bindparam("t"),
                                                  IdempotencyKey.key == bindparam("k"))
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# A keyed request's answer (PostgreSQL): a key past its 24 hours (or left running, status 0) is taken
+# over; a live one is not touched and no row comes back. A second insert of a key waits for the
+# first one's commit, then finds it: the same refusal.
+_ANSWER_PG = text("""
+INSERT INTO idempotency_keys AS i (token_id, key, request_sha256, status, response, location, created_at)
+VALUES (:t, :k, :sha, :status, :response, :location, :now)
+ON CONFLICT (token_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, status = excluded.status,
+    response = excluded.response, location = excluded.location, created_at = excluded.created_at
+ WHERE i.created_at < :old OR i.status = 0
+RETURNING 1
+""")
 ROLES = ("booking", "agent", "supervisor", "admin")
 
 
@@ -146,6 +157,13 @@ class ApiRecords(StoreBase):
         transaction is undone, and the caller answers with what the other one kept (PostgreSQL makes
         the second insert of a key wait for the first one's commit)."""
         now = utcnow()
+        if conn.dialect.name == "postgresql":          # one statement: the delete and insert below as one
+            kept = conn.execute(_ANSWER_PG, {"t": token_id, "k": key, "sha": request_sha256, "status": status,
+                                             "response": response, "location": location, "now": now,
+                                             "old": now - IDEMPOTENCY_TTL}).first()
+            if kept is None:
+                raise IdempotencyKeyInUse(f"Idempotency-Key {key!r} was answered by another request meanwhile")
+            return
         conn.execute(delete(IdempotencyKey).where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key,
                                                   (IdempotencyKey.created_at < now - IDEMPOTENCY_TTL)
                                                   | (IdempotencyKey.status == 0)))

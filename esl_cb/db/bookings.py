@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -21,7 +21,7 @@ from .models import ApiBooking, Contact
 
 log = logging.getLogger(__name__)
 
-_SKILL = text("SELECT id, callback_expire_sec FROM skills WHERE name = :skill")
+_SKILL = text("SELECT id, callback_expire_sec, outbound_caller_id FROM skills WHERE name = :skill")
 # A booking in one round trip (migration 0014): the statements of the Python path below, in order,
 # and the new callback's place; named arguments, so the call reads as its signature. The locks are
 # the Python path's, in its order (the limits', then the number's and skill's): no deadlock with a
@@ -31,7 +31,7 @@ SELECT * FROM esl_cb_book(p_number => :number, p_skill => :skill, p_now => :now,
     p_caller_id => :caller_id, p_delay => :delay, p_pi => :pi, p_pa => :pa, p_pm => :pm,
     p_expire_after => :expire_after, p_expire_at => :expire_at, p_override => :override, p_data => :data,
     p_options => :options, p_limits => :limits, p_per_number => :per_number, p_per_caller => :per_caller,
-    p_operator => :operator, p_new_detail => :detail, p_token => :token)
+    p_operator => :operator, p_new_detail => :detail, p_token => :token, p_skill_caller_id => :skill_caller_id)
 """)
 
 
@@ -44,6 +44,7 @@ class Scheduled:
     not_before: datetime | None
     expire_at: datetime | None
     merged_into: int | None = None
+    caller_id: str | None = None     # the caller ID it was given (given, or the skill's); None: the number
     placed: bool = False             # `status` was read in the booking's transaction (PostgreSQL)
     status: dict | None = None       # then: its place (position, being_served, agents_staffed,
     #                                  agents_available, state, skill_id); None: not in a queue
@@ -56,7 +57,7 @@ class BookingsStore(ContactsStore):
                           delay: int | None = None, priority: Priority | None = None,
                           expire_after: float | None = None, operator: str | None = None, *,
                           limits: RateLimits | None = None, override: bool = False, expire_at: datetime | None = None,
-                          data: dict | None = None, token_id: int | None = None,
+                          data: dict | None = None, token_id: int | None = None, skill_caller_id: bool = False,
                           then: Callable[[Connection, Scheduled], None] | None = None) -> Scheduled:
         """A callback booked by an operator or a program (no call came in): offered to an agent from
         `at` (None: now), within the skill's hours, ahead of contacts queued after it at the same
@@ -74,6 +75,7 @@ class BookingsStore(ContactsStore):
         work for this transaction, once the callback is stored (the HTTP API ties it to its token and
         keeps its Idempotency-Key's answer there): all of it commits, or none. `token_id`: the API token
         that booked it, tied to it in this transaction (api_bookings; on PostgreSQL with its event).
+        `skill_caller_id`: without a `caller_id`, the skill's outbound caller ID, read with the skill.
 
         On PostgreSQL all of it, and the callback's place (`Scheduled.status`), is one statement
         (esl_cb_book, migration 0014): in a transaction of its own without `then`."""
@@ -83,13 +85,16 @@ class BookingsStore(ContactsStore):
         try:
             if self._pg:
                 done, detail = self._book_pg(number, skill, now, at, caller_id, delay, priority, expire_after,
-                                             expire_at, override, data, limits, operator, token_id, then)
+                                             expire_at, override, data, limits, operator, token_id,
+                                             skill_caller_id, then)
                 log.info("contact %s: callback to %s booked (%s)", done.contact_id, number, detail)
                 return done
             with self.engine.begin() as conn:       # SQLite: one writer at a time, the statements in turn
                 row = conn.execute(_SKILL, {"skill": skill}).first()
                 if row is None:
                     raise UnknownSkill(f"no skill named {skill!r} (esl-cb skill add {skill})", where="skill")
+                if not caller_id and skill_caller_id:
+                    caller_id = row.outbound_caller_id or None
                 if limits is not None:
                     self._lock_limits(conn, number, number)
                 other = self._open_callback(conn, number, row.id)
@@ -102,6 +107,7 @@ class BookingsStore(ContactsStore):
                     done = self._insert_booking(conn, number, row, now, at, caller_id, delay, priority,
                                                 expire_after, expire_at, override, data)
                     detail = f"{number} on {skill} at {(at or now).isoformat()}"
+                done = replace(done, caller_id=caller_id or None)
                 self._audit(conn, operator, "callback schedule", f"contact {done.contact_id}", detail)
                 self._notify(conn, f"schedule {done.contact_id}")
                 if token_id is not None and conn.execute(select(ApiBooking.contact_id).where(
@@ -119,7 +125,7 @@ class BookingsStore(ContactsStore):
     def _book_pg(self, number: str, skill: str, now: datetime, at: datetime | None, caller_id: str | None,
                  delay: int | None, priority: Priority | None, expire_after: float | None,
                  expire_at: datetime | None, override: bool, data: dict | None, limits: RateLimits | None,
-                 operator: str | None, token_id: int | None,
+                 operator: str | None, token_id: int | None, skill_caller_id: bool,
                  then: Callable[[Connection, Scheduled], None] | None) -> tuple[Scheduled, str]:
         """schedule_callback on PostgreSQL: esl_cb_book, then `then` in its transaction."""
         detail = f"{number} on {skill} at {(at or now).isoformat()}"
@@ -131,7 +137,7 @@ class BookingsStore(ContactsStore):
                   "options": json.dumps({"data": data}) if data is not None else None,
                   "limits": limits is not None, "per_number": limits.per_number_per_day if limits else 0,
                   "per_caller": limits.per_caller_per_hour if limits else 0, "operator": operator or None,
-                  "detail": detail, "token": token_id}
+                  "detail": detail, "token": token_id, "skill_caller_id": skill_caller_id}
         if then is None:           # one statement, its own transaction: one round trip
             with self._autocommit.connect() as conn:
                 done = self._booked(conn.execute(_PG_BOOK, params).one(), number, skill, limits)
@@ -156,7 +162,7 @@ class BookingsStore(ContactsStore):
                       "agents_staffed": int(row.staffed), "agents_available": int(row.available),
                       "state": row.state, "skill_id": row.skill_id}
         return Scheduled(row.contact_id, row.state, row.not_before, row.expire_at,
-                         row.contact_id if row.outcome == "joined" else None, True, status)
+                         row.contact_id if row.outcome == "joined" else None, row.shown, True, status)
 
     @staticmethod
     def _open_callback(conn, number: str, skill_id: int, locked: bool = False):

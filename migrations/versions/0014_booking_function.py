@@ -9,8 +9,10 @@ the limits' first, then the number's and skill's: no deadlock with a script's Ca
 place is counted as `db/queue_status.py:_status_query` counts it (ix_contacts_waiting_fixed for the
 priorities that do not accelerate; tests compare the two). SQLite keeps the Python path.
 
+`p_skill_caller_id`: without a caller ID given, the skill's outbound one (read with the skill).
 Returns one row: `outcome` unknown_skill | per_number | per_caller (a rate limit: `n` requests
-counted; nothing was written) | new | joined; the callback's id, state, not_before, expire_at; and
+counted; nothing was written) | new | joined; the callback's id, state, not_before, expire_at, the
+caller ID it was given (`shown`: given or the skill's; NULL: the number itself); and
 for its place, as the status query: `waiting`/`served`, `ahead`, the skill's agents `staffed` and
 `available`, its `skill_id`.
 
@@ -31,9 +33,10 @@ CREATE FUNCTION esl_cb_book(
     p_number text, p_skill text, p_now timestamptz, p_at timestamptz, p_caller_id text, p_delay integer,
     p_pi double precision, p_pa double precision, p_pm double precision, p_expire_after double precision,
     p_expire_at timestamptz, p_override boolean, p_data text, p_options text, p_limits boolean,
-    p_per_number integer, p_per_caller integer, p_operator text, p_new_detail text, p_token bigint)
+    p_per_number integer, p_per_caller integer, p_operator text, p_new_detail text, p_token bigint,
+    p_skill_caller_id boolean)
 RETURNS TABLE (outcome text, n bigint, contact_id bigint, state text, not_before timestamptz,
-               expire_at timestamptz, skill_id integer, waiting boolean, served boolean, ahead bigint,
+               expire_at timestamptz, shown text, skill_id integer, waiting boolean, served boolean, ahead bigint,
                staffed bigint, available bigint)
 LANGUAGE plpgsql
 SET jit = off          -- see JIT_OFF
@@ -43,15 +46,20 @@ DECLARE
     o record;
     me record;
     cid bigint;
+    v_caller text := nullif(p_caller_id, '');
     expire double precision;
     p double precision;
 BEGIN
-    SELECT k.id, k.callback_expire_sec INTO s FROM skills k WHERE k.name = p_skill;
+    SELECT k.id, k.callback_expire_sec, k.outbound_caller_id INTO s FROM skills k WHERE k.name = p_skill;
     IF NOT FOUND THEN
         outcome := 'unknown_skill';
         RETURN NEXT;
         RETURN;
     END IF;
+    IF v_caller IS NULL AND p_skill_caller_id THEN      -- none given: the number the skill's customers know
+        v_caller := nullif(s.outbound_caller_id, '');
+    END IF;
+    shown := v_caller;
     IF p_limits THEN
         PERFORM pg_advisory_xact_lock(hashtext('cb-number/' || p_number));
         PERFORM pg_advisory_xact_lock(hashtext('cb-caller/' || p_number));
@@ -65,8 +73,7 @@ BEGIN
     IF FOUND THEN             -- joins the open callback: makes no call, never refused by the limits
         UPDATE contacts c SET
             queued_at = least(coalesce(o.queued_at, coalesce(p_at, p_now)), coalesce(p_at, p_now)),
-            callback_caller_id = CASE WHEN coalesce(p_caller_id, '') <> '' THEN p_caller_id
-                                      ELSE c.callback_caller_id END,
+            callback_caller_id = coalesce(v_caller, c.callback_caller_id),
             call_delay_sec = coalesce(p_delay, c.call_delay_sec),
             priority_initial = CASE WHEN p_pi IS NULL THEN c.priority_initial ELSE greatest(o.priority_initial, p_pi) END,
             priority_acceleration = CASE WHEN p_pi IS NULL THEN c.priority_acceleration
@@ -120,9 +127,9 @@ BEGIN
                               arrived_at, queued_at, not_before, expire_at, controller_id, policy_override,
                               callback_options)
              VALUES ('inbound', 'callback_queued', '(scheduled)', s.id, p_number,
-                     coalesce(nullif(p_caller_id, ''), p_number), coalesce(nullif(p_caller_id, ''), p_number),
+                     coalesce(v_caller, p_number), coalesce(v_caller, p_number),
                      p_number, coalesce(p_pi, 0), coalesce(p_pa, 0), coalesce(p_pm, 0), true, p_number,
-                     coalesce(nullif(p_caller_id, ''), p_number), coalesce(p_delay, 0), p_now, 0, p_now,
+                     coalesce(v_caller, p_number), coalesce(p_delay, 0), p_now, 0, p_now,
                      coalesce(p_at, p_now), p_at, expire_at, NULL, p_override, p_options)
           RETURNING id INTO cid;
         outcome := 'new';
@@ -205,4 +212,4 @@ def downgrade() -> None:
             op.execute(statement.replace("SET jit = off", "RESET jit"))
         op.execute("DROP FUNCTION esl_cb_book(text, text, timestamptz, timestamptz, text, integer, double precision, "
                    "double precision, double precision, double precision, timestamptz, boolean, text, text, "
-                   "boolean, integer, integer, text, text, bigint)")
+                   "boolean, integer, integer, text, text, bigint, boolean)")
