@@ -100,8 +100,8 @@ class CallbackService:
         Raises InvalidNumber, InvalidInput (with `where` naming the field), UnknownSkill,
         PolicyRefused (recorded in policy_refusals), RateLimited.
 
-        `then(conn, booking)`: more work for the booking's own transaction (the HTTP API ties the
-        callback to its token and keeps its Idempotency-Key's answer there): the callback, its audit
+        `then(conn, booking)`: more work for the booking's own transaction (the HTTP API keeps its
+        Idempotency-Key's answer there): the callback, its audit
         row and that work commit together, or nothing is stored. The booking's place is read in that
         transaction too (without `then` on SQLite: just after it). `token_id`: the API token that
         booked it, tied to it in the same transaction. `skill_caller_id`: without a `caller_id`, the

@@ -72,8 +72,8 @@ class BookingsStore(ContactsStore):
         delay, priority 0). Expiry: `expire_at`, else `expire_after` seconds after `at`, else the
         skill's default. `override`: the destination policy allowed it only by an operator's override
         (the dial-time check honours it). UnknownSkill when `skill` does not exist. `then`: more
-        work for this transaction, once the callback is stored (the HTTP API ties it to its token and
-        keeps its Idempotency-Key's answer there): all of it commits, or none. `token_id`: the API token
+        work for this transaction, once the callback is stored (the HTTP API keeps its
+        Idempotency-Key's answer there): all of it commits, or none. `token_id`: the API token
         that booked it, tied to it in this transaction (api_bookings; on PostgreSQL with its event).
         `skill_caller_id`: without a `caller_id`, the skill's outbound caller ID, read with the skill.
 
