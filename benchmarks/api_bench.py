@@ -53,10 +53,10 @@ SELECT 'inbound', 'callback_queued', '(bench)', s.id, n, '+13125557000', '+13125
 
 
 class Api:
-    def __init__(self, rig: Rig, tmp: Path, workers: int = 1) -> None:
+    def __init__(self, rig: Rig, tmp: Path, workers: int = 1, connections: int = 20) -> None:
         self.port = free_port()
         self.proc = esl_cb("api", "--db", rig.url, "--listen", f"127.0.0.1:{self.port}", "--rate-limit", "0",
-                           "--workers", str(workers),
+                           "--workers", str(workers), "--db-connections", str(connections),
                            "--callbacks-per-number-per-day", "0", "--callbacks-per-caller-per-hour", "0",
                            "--log-level", "WARNING", log=(tmp / "api.log").open("wb"))
         wait_port(self.port)
@@ -130,11 +130,12 @@ class Load:
 
     def _one(self, i: int) -> None:
         """Of each 20: 12 reads of one callback, 4 pages of the list, 2 queue summaries, 2 bookings;
-        one request in 200 is a wall screen reading every row (queues?detail=true)."""
+        one request in 200 is a wall screen reading its board: the supervisor page's request, the
+        whole counts and the first 50 rows of each queue (queues?detail=true&limit=50)."""
         c = self.api.client
         k = i % 20
         if i % 200 == 199:
-            call = lambda: c.get("/api/v1/queues", params={"detail": "true"})      # noqa: E731
+            call = lambda: c.get("/api/v1/queues", params={"detail": "true", "limit": 50})  # noqa: E731
         elif k < 12:
             call = lambda: c.get(f"/api/v1/callbacks/{random.choice(self.ids)}")  # noqa: E731
         elif k < 16:
@@ -192,6 +193,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=0, help="requests per latency row (default 1000, smoke 20)")
     ap.add_argument("--rate", type=float, default=200.0, help="API requests a second during the offers")
     ap.add_argument("--workers", type=int, default=1, help="esl-cb api --workers")
+    ap.add_argument("--db-connections", type=int, default=20, help="esl-cb api --db-connections")
     ap.add_argument("--concurrency", type=int, default=8, help="bookings at once for the bookings a second")
     args = ap.parse_args()
     n = args.samples or (20 if args.smoke else 1000)
@@ -201,12 +203,12 @@ def main() -> None:
         print(line, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp), 10.0)
-        api = Api(rig, Path(tmp), args.workers)
+        api = Api(rig, Path(tmp), args.workers, args.db_connections)
         try:
             ids = store_callbacks(rig, 1000 if args.smoke else STORED)
             say(f"esl-cb API benchmark {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} "
                 f"cores, Python {platform.python_version()}), {len(ids):,} callbacks stored, {n} requests per row, "
-                f"API workers {args.workers}, load average {os.getloadavg()[0]:.1f} at the start"
+                f"API workers {args.workers} ({args.db_connections} database connections each), load average {os.getloadavg()[0]:.1f} at the start"
                 + (" (SMOKE: numbers meaningless)" if args.smoke else ""))
             say()
             say("| measure (ms) | p50 | p95 | p99 | max | goal |")

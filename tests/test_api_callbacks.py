@@ -128,6 +128,23 @@ def test_a_repeated_idempotency_key_makes_one_callback_and_answers_the_same(clie
             "invalid_input", "Idempotency-Key")
 
 
+def test_a_key_past_its_24_hours_is_a_new_request(clients, store):
+    key = {"Idempotency-Key": "order-old"}
+    first = clients["website"].post("/api/v1/callbacks", json={"number": "+13125550109", "skill": "support"},
+                                    headers=key)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"))
+    later = clients["website"].post("/api/v1/callbacks", json={"number": "+13125550110", "skill": "support"},
+                                    headers=key)
+    assert first.status_code == later.status_code == 201 and later.json()["id"] != first.json()["id"]
+    assert "idempotent-replayed" not in later.headers
+    # The key now holds the later answer, and replays it.
+    again = clients["website"].post("/api/v1/callbacks", json={"number": "+13125550110", "skill": "support"},
+                                    headers=key)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == later.json()
+    assert count(store, "SELECT count(*) FROM idempotency_keys") == 1
+
+
 def test_a_failed_request_does_not_keep_its_key(clients, store):
     key = {"Idempotency-Key": "try-again"}
     problem(clients["website"].post("/api/v1/callbacks", json={"number": "+13125550105", "skill": "billing"},

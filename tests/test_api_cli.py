@@ -163,3 +163,17 @@ def test_on_sqlite_bookings_work_and_live_events_say_they_need_postgresql(tmp_pa
     finally:
         api.stop()
         store.close()
+
+
+def test_the_api_holds_at_most_db_connections_of_postgresql(pg_url):
+    """--db-connections bounds the statements one API process runs in PostgreSQL at once."""
+    from esl_cb.api.app import build_services
+
+    with pytest.raises(ConfigError, match="db_connections"):
+        ApiSettings(Settings(db=pg_url), db_connections=0).validate()
+    for n, (size, overflow) in ((4, (4, 0)), (20, (10, 10))):
+        svc = build_services(ApiSettings(Settings(db=pg_url), db_connections=n).validate())
+        try:
+            assert (svc.store.engine.pool.size(), svc.store.engine.pool._max_overflow) == (size, overflow)
+        finally:
+            svc.store.close()

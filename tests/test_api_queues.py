@@ -180,3 +180,40 @@ def test_live_events_show_each_token_what_it_may_see(clients, store):
     finally:
         for s in streams.values():
             s.close()
+
+
+def test_the_board_comes_a_page_at_a_time_with_whole_counts(clients, store):
+    """detail=true with a limit: those an agent has first, then the waiting ones by place; the pages
+    joined by their cursors are the whole queue in order; the counts are always whole."""
+    from esl_cb.domain.queue import Priority
+    ids = [book(clients, f"+1312555{n:04d}", priority=n % 3) for n in range(7)]
+    live = store.create_contact("call-9", "+13125559999", "3125557000", "t", "+13125559999", "3125557000")
+    store.queue_contact(live, "support", Priority(1, 0, 1))
+    store.set_agent_state("alice", AgentState.AVAILABLE, list(AgentState))
+    offered = store.claim_offer("leg-1")                       # one contact offered to alice
+    assert offered is not None and offered.contact_id != live
+    whole = next(q for q in clients["wall"].get("/api/v1/queues", params={"detail": "true", "limit": 500})
+                 .json()["queues"] if q["skill"] == "support")
+    assert whole["next_cursor"] is None and len(whole["contacts"]) == 8
+    assert [(r["id"], r["place"]) for r in whole["contacts"][:1]] == [(offered.contact_id, None)]
+    paged, cursor, pages = [], None, 0
+    while True:
+        params = {"detail": "true", "limit": 3, "skill": "support", **({"cursor": cursor} if cursor else {})}
+        doc = clients["wall"].get("/api/v1/queues", params=params).json()
+        assert [q["skill"] for q in doc["queues"]] == ["support"]
+        q = doc["queues"][0]
+        assert (q["waiting_callers"], q["waiting_callbacks"], q["being_served"]) == (1, 6, 1)
+        paged += q["contacts"]
+        pages += 1
+        cursor = q["next_cursor"]
+        if cursor is None:
+            break
+    def rows(contacts):
+        return [(r["id"], r["place"], r["state"]) for r in contacts]
+    assert pages == 3 and rows(paged) == rows(whole["contacts"])
+    assert [r["place"] for r in paged if r["place"]] == list(range(1, 8))
+    assert set(r["id"] for r in paged) == set(ids) | {live}
+    problem(clients["wall"].get("/api/v1/queues", params={"detail": "true", "cursor": "3"}), 422, "invalid_input",
+            "cursor")
+    problem(clients["wall"].get("/api/v1/queues", params={"skill": "nowhere"}), 404, "not_found", "skill")
+    problem(clients["wall"].get("/api/v1/queues", params={"detail": "true", "limit": 501}), 422, "invalid_input")

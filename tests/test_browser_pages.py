@@ -166,3 +166,27 @@ def test_the_supervisor_page_works_by_keyboard_and_keeps_the_focus_through_live_
             b.screenshot("supervisor-acting-by-keyboard")
     finally:
         store.close()
+
+
+@pytest.mark.freeswitch
+def test_the_supervisor_page_shows_a_page_of_the_queue_and_more_on_request(api, pg_url, browser_factory):
+    """A queue longer than the page: the first 50 places, the whole count, 50 more on request."""
+    store = Store(pg_url)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        store.add_skill("support")
+        for n in range(55):
+            store.schedule_callback(f"+1312555{n:04d}", "support", None, None)
+        secret, _ = make_token(store, "wall", "supervisor")
+        b = browser_factory(api.url)
+        b.sign_in(secret, "/ui/supervisor")
+        b.wait(lambda d: len(b.css("table.queue tbody tr[data-contact]")) == 50, what="the first 50 rows")
+        assert "55 callbacks waiting" in b.text("table.queue caption")
+        assert b.text("p.more").startswith("Places 1 to 50 of 55 waiting")
+        b.click("button[data-key='more-support']")
+        b.wait(lambda d: len(b.css("table.queue tbody tr[data-contact]")) == 55, what="all 55 rows")
+        assert not b.css("p.more")
+        b.screenshot("supervisor-a-longer-queue")
+    finally:
+        store.close()

@@ -24,7 +24,7 @@ TRIGGERS = {"contacts_initial_state", "contacts_state_transition", "agents_histo
 PG_TRIGGERS = {"contacts_event_insert", "contacts_event_state", "agents_event_state", "contacts_outcome_outbox"}
 FUNCTIONS = {"esl_cb_claim", "esl_cb_complete", "esl_cb_effective_priority", "esl_cb_check_contact_state",
              "esl_cb_notify_event", "esl_cb_outcome_to_outbox", "esl_cb_agent_history", "esl_cb_apply_pending_state",
-             "esl_cb_event"}
+             "esl_cb_event", "esl_cb_book"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

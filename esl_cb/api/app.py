@@ -16,7 +16,7 @@ from esl_cb.app import AgentService
 from esl_cb.app.changes import CallbackChanges, CallerIds
 from esl_cb.app.tokens import TokenService
 from esl_cb.db.api_records import ApiRecords
-from esl_cb.db.store import NotFound, Store
+from esl_cb.db.store import NotFound, Store, make_engine
 from esl_cb.domain.errors import EslCbError, InvalidInput
 
 from . import callbacks, queues
@@ -31,7 +31,11 @@ PROBLEM = "application/problem+json"
 
 
 def build_services(settings: ApiSettings, store: Store | None = None) -> Services:
-    store = store or Store(settings.shared.db, "api")
+    if store is None:
+        # At most db_connections statements of this worker at once: PostgreSQL's CPU is shared with the
+        # controllers' statements, and each connection is one more runnable backend beside theirs.
+        n = settings.db_connections
+        store = Store(make_engine(settings.shared.db, pool_size=min(n, 10), max_overflow=n - min(n, 10)), "api")
     tokens = TokenService(store)
     return Services(settings, store, ApiCallbacks(store, settings.shared.policy(), settings.shared.region),
                     CallbackChanges(store), CallerIds(store, settings.shared.region), AgentService(store), tokens,

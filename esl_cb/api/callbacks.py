@@ -103,34 +103,41 @@ def book(body: BookingIn, caller: Caller = Depends(current_caller), svc: Service
 
 
 def _book(svc: Services, caller: Caller, body: BookingIn, keyed: tuple[str, str] | None = None) -> JSONResponse:
-    """Book, and in the booking's own transaction tie the callback to this token and keep the answer
-    of its Idempotency-Key (`keyed`: the key and the request's fingerprint): a callback is never
-    stored that its token cannot see, nor a key's answer without its callback."""
+    """Book, tied to this token in the booking's own transaction, and with an Idempotency-Key
+    (`keyed`: the key and the request's fingerprint) keep its answer in that transaction too: a
+    callback is never stored that its token cannot see, nor a key's answer without its callback.
+    Without a key nothing else commits with it: on PostgreSQL the booking is one statement."""
     window = Window(body.window.start, body.window.end, body.window.tz) if body.window else None
-    caller_id = svc.caller_ids.for_booking(body.skill, body.caller_id)
     answer: list[JSONResponse] = []
 
-    def then(conn, booking: Booking) -> None:
-        svc.records.tie_booking(conn, booking.id, caller.token.id, booking.state)
+    def respond(booking: Booking, conn) -> tuple[int, dict, str]:
         if booking.position is None:
             position, ewt = None, None
         else:
             position, ewt = position_ewt(svc.store, booking.id, booking.not_before, conn=conn,
-                                         status=svc.callbacks.status_read(booking.id))
+                                         status=booking.status or svc.callbacks.status_read(booking.id))
         location = f"/api/v1/callbacks/{booking.id}"
         doc = jsonable_encoder({
             "id": booking.id, "state": booking.state, "position": position, "ewt_sec": ewt,
             "merged_into": booking.merged_into, "number": booking.number, "skill": booking.skill,
-            "caller_id": caller_id or booking.number, "not_before": booking.not_before,
+            "caller_id": booking.caller_id or booking.number, "not_before": booking.not_before,
             "expire_at": booking.expire_at, "override": booking.override, "location": location})
-        status = 200 if booking.merged else 201
-        if keyed is not None:
-            svc.records.answer_key(conn, caller.token.id, keyed[0], keyed[1], status, json.dumps(doc), location)
+        return 200 if booking.merged else 201, doc, location
+
+    def then(conn, booking: Booking) -> None:
+        status, doc, location = respond(booking, conn)
+        svc.records.answer_key(conn, caller.token.id, keyed[0], keyed[1], status, json.dumps(doc), location)
         answer.append(JSONResponse(doc, status, headers={"Location": location}))
-    svc.callbacks.book_callback(body.number, body.skill, caller_id, priority=body.priority,
-                                not_before=body.not_before, window=window, expire_after=body.expire_after,
-                                delay=body.delay, data=body.data, operator=caller.operator, then=then)
-    return answer[-1]
+    # Without a caller ID the skill's (the number its customers know), read in the booking's statement.
+    booking = svc.callbacks.book_callback(body.number, body.skill, body.caller_id or "", priority=body.priority,
+                                          not_before=body.not_before, window=window,
+                                          expire_after=body.expire_after, delay=body.delay, data=body.data,
+                                          operator=caller.operator, token_id=caller.token.id, skill_caller_id=True,
+                                          then=then if keyed is not None else None)
+    if answer:
+        return answer[-1]
+    status, doc, location = respond(booking, None)
+    return JSONResponse(doc, status, headers={"Location": location})
 
 
 def visible(svc: Services, caller: Caller, contact_id: int):

@@ -29,21 +29,28 @@ def me(caller: Caller = Depends(current_caller)) -> dict:
 
 @router.get("/queues", tags=["queues"], summary="Per skill: waiting callers and callbacks, EWT, agents by state")
 def queues(caller: Caller = Depends(current_caller), svc: Services = Depends(services),
-           detail: bool = Query(False, description="Also every open contact as a row (supervisor, admin)")) -> dict:
+           detail: bool = Query(False, description="Also the open contacts as rows, a page at a time (supervisor, "
+                                                   "admin): those an agent has, then the waiting ones by place"),
+           skill: str | None = Query(None, max_length=64, description="Only this skill"),
+           limit: int = Query(100, ge=1, le=api_queries.BOARD_LIMIT,
+                              description="With detail: waiting rows per skill in this page"),
+           cursor: str | None = Query(None, description="With detail and skill: the skill's next_cursor of the page "
+                                                        "before (the rows after that place)")) -> dict:
     if detail and not caller.oversees:
         raise Forbidden("the rows of a queue (detail=true) take a supervisor or admin token")
+    after = _place(cursor)
+    if after and not skill:
+        raise InvalidInput("cursor: give the skill it belongs to (skill=...)", where="cursor")
     now = datetime.now(timezone.utc)
+    # The counts are always whole (counted in the database); only the rows come a page at a time.
+    counted = api_queries.queue_counts(svc.store, now)
+    if skill is not None:
+        if skill not in counted:
+            raise NotFound(f"no skill named {skill!r}", where="skill")
+        counted = {skill: counted[skill]}
+    pages = api_queries.board_rows(svc.store, now, [q["id"] for q in counted.values()], limit, after) \
+        if detail else {}
     out = []
-    if detail:
-        board = api_queries.board(svc.store, now)
-        counted = {}
-        for name, q in board.items():
-            waiting = [r for r in q["contacts"] if r["place"] is not None]
-            counted[name] = {**q, "waiting_callers": sum(1 for r in waiting if r["kind"] == "live"),
-                             "waiting_callbacks": sum(1 for r in waiting if r["kind"] == "callback"),
-                             "being_served": len(q["contacts"]) - len(waiting)}
-    else:
-        counted = api_queries.queue_counts(svc.store, now)
     for name, q in counted.items():
         staffed = sum(q["agents"].get(s, 0) for s in STAFFED)
         waiting = q["waiting_callers"] + q["waiting_callbacks"]
@@ -53,9 +60,20 @@ def queues(caller: Caller = Depends(current_caller), svc: Services = Depends(ser
                "ewt_sec": estimate_wait(waiting + 1, staffed, q["agents_available"], q["aht_sec"]),
                "aht_sec": q["aht_sec"]}
         if detail:
-            doc["contacts"] = q["contacts"]
+            rows, more = pages[q["id"]]
+            places = [r["place"] for r in rows if r["place"] is not None]
+            doc["contacts"] = rows
+            doc["next_cursor"] = str(places[-1]) if more and places else None
         out.append(doc)
     return {"time": now, "queues": out}
+
+
+def _place(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    if not cursor.isdigit():
+        raise InvalidInput(f"cursor: {cursor!r} is not a next_cursor this API gave", where="cursor")
+    return int(cursor)
 
 
 @router.get("/agents", tags=["agents"], summary="Agents with state and time in it (an agent token: its own)")

@@ -30,6 +30,7 @@ class ApiSettings:
     event_log_hours: float = 6.0         # live events kept for Last-Event-ID replay (and at most 100,000)
     nice: int = 10                       # below the controller on a shared host: HTTP load yields the CPU to it
     workers: int = 1                     # processes (uvicorn's workers); PostgreSQL only above 1
+    db_connections: int = 20             # database connections per worker at most: its statements at once
 
     @property
     def host(self) -> str:
@@ -67,6 +68,8 @@ class ApiSettings:
             raise ConfigError(f"workers must be 1 to 64, not {self.workers}")
         if self.workers > 1 and not self.shared.db.startswith("postgresql"):
             raise ConfigError("workers: several API processes need PostgreSQL (SQLite has one writer)")
+        if not 1 <= self.db_connections <= 100:
+            raise ConfigError(f"db_connections must be 1 to 100, not {self.db_connections}")
         if not 0 <= self.nice <= 19:
             raise ConfigError(f"nice must be 0 to 19, not {self.nice}")
         if not self.event_log_hours > 0:

@@ -86,6 +86,8 @@ def position_ewt(store: Store, contact_id: int, not_before: datetime | None = No
             status = api_queries.queue_status(store, contact_id, conn=conn)
         except (StaleState, NotFound):
             return None, None
+    elif "aht_sec" not in status:           # read by the booking's statement: its skill's handle time added
+        status = api_queries.with_aht(store, status, conn=conn)
     if status["being_served"]:
         return 1, 0
     ewt = estimate_wait(status["position"], status["agents_staffed"], status["agents_available"], status["aht_sec"])

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection
 
-from esl_cb.db.contacts import Scheduled
+from esl_cb.db.bookings import Scheduled
 from esl_cb.db.store import NotFound, PolicyRefused, StaleState, Store, StoreError, UnknownSkill, utcnow
 from esl_cb.domain.errors import InvalidInput
 from esl_cb.domain.hours import parse_when
@@ -59,6 +59,8 @@ class Booking:
     merged_into: int | None = None
     position: int | None = None      # 1 = next in its skill's queue; None when not waiting any more
     override: bool = False           # allowed only by an operator's override of the policy
+    status: dict | None = None       # its place as the booking read it (PostgreSQL): position, agents...
+    caller_id: str | None = None     # what the customer will see: given, or the skill's; None: the number
 
     @property
     def merged(self) -> bool:
@@ -84,7 +86,7 @@ class CallbackService:
     def book_callback(self, number: str, skill: str, caller_id: str = "", *, priority: float | None = None,
                       not_before: datetime | str | None = None, window: Window | None = None,
                       expire_after: float | None = None, delay: int | None = None, data: dict | None = None,
-                      operator: str | None = None,
+                      operator: str | None = None, token_id: int | None = None, skill_caller_id: bool = False,
                       then: Callable[[Connection, Booking], None] | None = None) -> Booking:
         """Book a callback of `number` by an agent of `skill`.
 
@@ -98,10 +100,12 @@ class CallbackService:
         Raises InvalidNumber, InvalidInput (with `where` naming the field), UnknownSkill,
         PolicyRefused (recorded in policy_refusals), RateLimited.
 
-        `then(conn, booking)`: more work for the booking's own transaction (the HTTP API ties the
-        callback to its token and keeps its Idempotency-Key's answer there): the callback, its audit
+        `then(conn, booking)`: more work for the booking's own transaction (the HTTP API keeps its
+        Idempotency-Key's answer there): the callback, its audit
         row and that work commit together, or nothing is stored. The booking's place is read in that
-        transaction too."""
+        transaction too (without `then` on SQLite: just after it). `token_id`: the API token that
+        booked it, tied to it in the same transaction. `skill_caller_id`: without a `caller_id`, the
+        skill's outbound caller ID (esl-cb skill caller-id), read in the booking's own statement."""
         e164 = _number(number, self.region, "number")
         shown = _number(caller_id, self.region, "caller_id") if caller_id else None
         _check_priority(priority)
@@ -116,17 +120,23 @@ class CallbackService:
         override = self._check_policy(e164)
         made: list[Booking] = []
 
+        def booking(done: Scheduled, conn: Connection | None) -> Booking:
+            # PostgreSQL read the place in the booking's own statement; SQLite reads it here.
+            position = (done.status["position"] if done.status else None) if done.placed \
+                else self._position(done.contact_id, conn)
+            return Booking(done.contact_id, done.state, e164, skill, done.not_before, done.expire_at,
+                           done.merged_into, position, override, done.status, done.caller_id)
+
         def within(conn: Connection, done: Scheduled) -> None:
-            booking = Booking(done.contact_id, done.state, e164, skill, done.not_before, done.expire_at,
-                              done.merged_into, self._position(done.contact_id, conn), override)
-            if then is not None:
-                then(conn, booking)
-            made.append(booking)
-        self.store.schedule_callback(
+            made.append(booking(done, conn))
+            then(conn, made[-1])
+        # Without `then`, nothing else waits on the transaction: PostgreSQL books in one round trip.
+        done = self.store.schedule_callback(
             e164, skill, at, shown, delay, None if priority is None else Priority(priority, 0, priority),
             expire_after, operator, limits=self.policy.limits, override=override, expire_at=expire_at,
-            data=stored_data, then=within)
-        return made[-1]
+            data=stored_data, token_id=token_id, skill_caller_id=skill_caller_id,
+            then=within if then is not None else None)
+        return made[-1] if made else booking(done, None)
 
     @database_errors
     def cancel_callback(self, contact_id: int, reason: str = "cancelled by operator",

@@ -32,6 +32,9 @@ from .running import use_credentials
 @click.option("--workers", type=int, envvar="ESL_CB_API_WORKERS",
               help="API processes sharing the port (PostgreSQL only), e.g. one per core the API may use; each "
                    "takes rate-limit / workers of a token's rate. [default: 1]")
+@click.option("--db-connections", type=int, envvar="ESL_CB_API_DB_CONNECTIONS",
+              help="Database connections per API process at most, so at most this many of its statements run in "
+                   "PostgreSQL at once beside the controllers'; more requests wait in the API. [default: 20]")
 @click.option("--event-log-hours", type=float, envvar="ESL_CB_API_EVENT_LOG_HOURS",
               help="Live events kept for a client that reconnects with Last-Event-ID (and at most the last "
                    "100,000). [default: 6]")

@@ -17,6 +17,7 @@ from esl_cb.domain.states import ContactState as C
 from .base import as_utc
 from .models import Agent, AgentSkill, ApiBooking, CallbackAssignment, CallbackAttempt, Contact, Skill
 from .queue_status import SERVED, QueueStatusStore
+from .sqlexpr import effective_priority
 from .store import NotFound, StaleState, Store
 
 WAITING = (C.QUEUED.value, C.CALLBACK_QUEUED.value)
@@ -78,6 +79,20 @@ def _queue_status(store: Store, conn, contact_id: int, now: datetime) -> dict:
             "state": row.state}
 
 
+def with_aht(store: Store, status: dict, now: datetime | None = None, conn=None) -> dict:
+    """A place read by the booking's statement (esl_cb_book), with its skill's recent handle time:
+    the store's, kept a minute; else read (within `conn`, else on a connection of its own)."""
+    kept = store.cached_aht(status["skill_id"], 60.0)
+    if kept is None:
+        now = now or datetime.now(timezone.utc)
+        if conn is not None:
+            kept = store._recent_aht(conn, status["skill_id"], now, 60.0)                # noqa: SLF001
+        else:
+            with (store._autocommit if store._pg else store.engine).connect() as c:     # noqa: SLF001
+                kept = store._recent_aht(c, status["skill_id"], now, 60.0)              # noqa: SLF001
+    return {**status, "aht_sec": kept[0]}
+
+
 # Built once (each read of one callback would otherwise build its joins and aliases again: ~2 ms).
 _ONE = _callback_rows().where(Contact.id == bindparam("b_id"))
 _ONE_OF_TOKEN = _ONE.join(ApiBooking, and_(ApiBooking.contact_id == Contact.id,
@@ -125,38 +140,33 @@ def list_callbacks(store: Store, *, token_id: int | None = None, states: tuple[s
         return conn.execute(q.order_by(Contact.id.desc()).limit(min(limit, LIST_LIMIT))).all()
 
 
-def board(store: Store, now: datetime) -> dict:
-    """Per skill: its contacts not ended, as rows in queue order (waiting ones numbered by `place`,
-    SPEC 3: effective priority, then the time queued, then the id), and its agents' states."""
+BOARD_LIMIT = 500               # waiting rows per skill in one page of the board
+
+
+def board_rows(store: Store, now: datetime, skill_ids: list[int], limit: int, after: int = 0) -> dict[int, tuple]:
+    """A page of the board per skill: ({skill id: (rows, more)}), `rows` the contacts an agent has
+    (the first page only: at most one per agent) and then `limit` waiting ones from place `after` + 1
+    in SPEC 3 order (effective priority, then the time queued, then the id; ordered by the database,
+    as the claim orders them), each numbered by its `place`; `more`: waiting ones follow. Its cost
+    grows with the page, not the queue (a top-N sort: 10,000 waiting are not read out)."""
     reserved = aliased(Agent, name="reserved")
-    with store.engine.connect() as conn:
-        skills = conn.execute(select(Skill.id, Skill.name, Skill.callbacks_open, Skill.outbound_caller_id)
-                              .order_by(Skill.name)).all()
-        rows = conn.execute(select(Contact.__table__, Agent.name.label("agent"),
-                                   reserved.name.label("assigned_agent"))
-                            .outerjoin(Agent, Agent.id == Contact.agent_id)
-                            .outerjoin(CallbackAssignment, CallbackAssignment.contact_id == Contact.id)
-                            .outerjoin(reserved, reserved.id == CallbackAssignment.agent_id)
-                            .where(Contact.state.in_(OPEN), Contact.skill_id.is_not(None))).all()
-        staff = conn.execute(select(AgentSkill.skill_id, Agent.state, Agent.offer_not_before)
-                             .join(Agent, Agent.id == AgentSkill.agent_id)).all()
-        ahts = {s.id: store._recent_aht(conn, s.id, now, 60.0)[0] for s in skills}   # noqa: SLF001 (cached)
+    rows = (select(Contact.__table__, Agent.name.label("agent"), reserved.name.label("assigned_agent"))
+            .outerjoin(Agent, Agent.id == Contact.agent_id)
+            .outerjoin(CallbackAssignment, CallbackAssignment.contact_id == Contact.id)
+            .outerjoin(reserved, reserved.id == CallbackAssignment.agent_id))
+    prio = effective_priority(Contact.priority_initial, Contact.priority_acceleration, Contact.priority_max,
+                              Contact.queued_at, now)
     out = {}
-    for s in skills:
-        mine = [r for r in rows if r.skill_id == s.id]
-        waiting = sorted((r for r in mine if r.state in WAITING), key=lambda r: _order(r, now))
-        place = {r.id: i + 1 for i, r in enumerate(waiting)}
-        states: dict[str, int] = {}
-        available = 0
-        for skill_id, state, held_back in staff:
-            if skill_id == s.id:
-                states[state] = states.get(state, 0) + 1
-                if state == "Available" and (held_back is None or as_utc(held_back) <= now):
-                    available += 1
-        out[s.name] = {"id": s.id, "open": bool(s.callbacks_open), "outbound_caller_id": s.outbound_caller_id,
-                       "aht_sec": ahts[s.id], "agents": states, "agents_available": available,
-                       "contacts": [_row(r, place.get(r.id), now) for r in
-                                    sorted(mine, key=lambda r: (place.get(r.id) or 0, r.id))]}
+    with store.engine.connect() as conn:
+        for sid in skill_ids:
+            served = [] if after else conn.execute(rows.where(
+                Contact.skill_id == sid, Contact.state.in_([s for s in OPEN if s not in WAITING])
+            ).order_by(Contact.id)).all()
+            waiting = conn.execute(rows.where(Contact.skill_id == sid, Contact.state.in_(WAITING))
+                                   .order_by(prio.desc(), Contact.queued_at, Contact.id)
+                                   .limit(limit + 1).offset(after)).all()
+            out[sid] = ([_row(r, None, now) for r in served]
+                        + [_row(r, after + i + 1, now) for i, r in enumerate(waiting[:limit])], len(waiting) > limit)
     return out
 
 
@@ -187,11 +197,6 @@ def queue_counts(store: Store, now: datetime) -> dict:
                        "waiting_callbacks": sum(n for state, cb, n in mine if state in WAITING and cb),
                        "being_served": sum(n for state, _, n in mine if state not in WAITING)}
     return out
-
-
-def _order(r, now: datetime):
-    prio = Priority(r.priority_initial, r.priority_acceleration, r.priority_max).effective(as_utc(r.queued_at), now)
-    return (-prio, as_utc(r.queued_at), r.id)
 
 
 def _row(r, place: int | None, now: datetime) -> dict:

@@ -15,11 +15,20 @@ from .base import NotFound, StaleState, StoreBase, StoreError, as_utc, utcnow
 from .models import ApiBooking, ApiEvent, ApiToken, IdempotencyKey, WebhookDelivery
 
 log = logging.getLogger(__name__)
-_TIE_PG = text("WITH tie AS (INSERT INTO api_bookings (contact_id, token_id, booked_at) VALUES (:c, :t, :now) "
-               "ON CONFLICT DO NOTHING) SELECT esl_cb_event(CAST(:d AS json))")      # kept and NOTIFYed (0012)
 _RECALL = select(IdempotencyKey.__table__).where(IdempotencyKey.token_id == bindparam("t"),
                                                  IdempotencyKey.key == bindparam("k"))
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# A keyed request's answer (PostgreSQL): a key past its 24 hours (or left running, status 0) is taken
+# over; a live one is not touched and no row comes back. A second insert of a key waits for the
+# first one's commit, then finds it: the same refusal.
+_ANSWER_PG = text("""
+INSERT INTO idempotency_keys AS i (token_id, key, request_sha256, status, response, location, created_at)
+VALUES (:t, :k, :sha, :status, :response, :location, :now)
+ON CONFLICT (token_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, status = excluded.status,
+    response = excluded.response, location = excluded.location, created_at = excluded.created_at
+ WHERE i.created_at < :old OR i.status = 0
+RETURNING 1
+""")
 ROLES = ("booking", "agent", "supervisor", "admin")
 
 
@@ -121,22 +130,9 @@ class ApiRecords(StoreBase):
         return Token.of(row) if row is not None else None
 
     # -- bookings by token, and the answers of Idempotency-Keys -------------------------------------
-    # Both are written in the booking's own transaction (CallbackService.book_callback's `then`): a
-    # callback is never stored without the tie that lets its token see it, nor a keyed request's
-    # answer without its callback, whatever fails between the statements.
-    @staticmethod
-    def tie_booking(conn, contact_id: int, token_id: int, state: str) -> None:
-        """The token booked (or joined) this callback; once per pair. The live event stream hears of it
-        at the commit, after the contact's own event (NOTIFYs keep their order within a transaction)."""
-        if conn.dialect.name == "postgresql":
-            conn.execute(_TIE_PG, {"c": contact_id, "t": token_id, "now": utcnow(), "d": json.dumps(
-                {"kind": "contact", "id": contact_id, "state": state, "callback": True, "change": ["booked"],
-                 "token_id": token_id})})
-            return
-        if conn.execute(select(ApiBooking.contact_id).where(ApiBooking.contact_id == contact_id,
-                                                            ApiBooking.token_id == token_id)).first() is None:
-            conn.execute(insert(ApiBooking).values(contact_id=contact_id, token_id=token_id, booked_at=utcnow()))
-
+    # Both are written in the booking's own transaction (the tie by the store's schedule_callback, the
+    # answer by CallbackService.book_callback's `then`): a callback is never stored without the tie
+    # that lets its token see it, nor a keyed request's answer without its callback.
     def booked_by(self, contact_id: int, token_id: int) -> bool:
         with (self._autocommit if self._pg else self.engine).connect() as conn:
             return conn.execute(select(ApiBooking.contact_id).where(
@@ -161,6 +157,13 @@ class ApiRecords(StoreBase):
         transaction is undone, and the caller answers with what the other one kept (PostgreSQL makes
         the second insert of a key wait for the first one's commit)."""
         now = utcnow()
+        if conn.dialect.name == "postgresql":          # one statement: the delete and insert below as one
+            kept = conn.execute(_ANSWER_PG, {"t": token_id, "k": key, "sha": request_sha256, "status": status,
+                                             "response": response, "location": location, "now": now,
+                                             "old": now - IDEMPOTENCY_TTL}).first()
+            if kept is None:
+                raise IdempotencyKeyInUse(f"Idempotency-Key {key!r} was answered by another request meanwhile")
+            return
         conn.execute(delete(IdempotencyKey).where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key,
                                                   (IdempotencyKey.created_at < now - IDEMPOTENCY_TTL)
                                                   | (IdempotencyKey.status == 0)))

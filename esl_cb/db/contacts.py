@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Iterable
 
-from sqlalchemy import Connection, func, insert, or_, select, text, update
+from sqlalchemy import func, insert, or_, select, text, update
 
 from esl_cb.domain.callback_options import CallbackOptions
 from esl_cb.domain.hours import parse_when
@@ -17,7 +16,7 @@ from esl_cb.domain.queue import Priority
 from esl_cb.domain.states import ContactState as C
 from esl_cb.domain.states import Outcome
 
-from .base import NotFound, PolicyRefused, RateLimited, StaleState, StoreBase, StoreError, UnknownSkill, as_utc, utcnow
+from .base import NotFound, PolicyRefused, RateLimited, StaleState, StoreBase, StoreError, as_utc, utcnow
 from .models import Contact, Leg, Skill
 
 log = logging.getLogger(__name__)
@@ -43,34 +42,6 @@ UPDATE contacts SET state = 'queued', skill_id = s.id, queued_at = :now, priorit
 FROM skills s WHERE s.name = :skill AND contacts.id = :cid AND contacts.state = 'arrived'
                 AND (:ctl = '' OR contacts.controller_id = :ctl)
 """)
-
-
-# A booking's skill with its locks (PostgreSQL): the rate limits' (cb-number/, cb-caller/: the same
-# number here) before the number's and skill's, the order of every path (_lock_limits, _open_callback).
-_SKILL = text("SELECT id, callback_expire_sec FROM skills WHERE name = :skill")
-_PG_SKILL_LOCKED = text("""
-SELECT s.id, s.callback_expire_sec,
-       CASE WHEN :limits THEN pg_advisory_xact_lock(hashtext('cb-number/' || :number)) END AS l1,
-       CASE WHEN :limits THEN pg_advisory_xact_lock(hashtext('cb-caller/' || :number)) END AS l2,
-       pg_advisory_xact_lock(hashtext(:number || '/' || s.id::text)) AS l3
-  FROM skills s WHERE s.name = :skill
-""")
-_PG_AUDIT_NOTIFY = text("""
-WITH a AS (INSERT INTO audit_log (at, operator, action, target, detail)
-           VALUES (:at, :op, 'callback schedule', :target, :detail))
-SELECT pg_notify('esl_cb_wake', :w)
-""")
-
-
-@dataclass(frozen=True)
-class Scheduled:
-    """A booked callback as stored: a new contact, or the open one it joined (`merged_into`)."""
-
-    contact_id: int
-    state: str
-    not_before: datetime | None
-    expire_at: datetime | None
-    merged_into: int | None = None
 
 
 class ContactsStore(StoreBase):
@@ -215,110 +186,6 @@ class ContactsStore(StoreBase):
                 raise StoreError("the callback would expire before its NotBefore time")
         return out
 
-    def schedule_callback(self, number: str, skill: str, at: datetime | None, caller_id: str | None,
-                          delay: int | None = None, priority: Priority | None = None,
-                          expire_after: float | None = None, operator: str | None = None, *,
-                          limits: RateLimits | None = None, override: bool = False, expire_at: datetime | None = None,
-                          data: dict | None = None,
-                          then: Callable[[Connection, Scheduled], None] | None = None) -> Scheduled:
-        """A callback booked by an operator or a program (no call came in): offered to an agent from
-        `at` (None: now), within the skill's hours, ahead of contacts queued after it at the same
-        priority. In one transaction, as a script's Callback: at most one open callback per number
-        and skill: a booking for a number that already waits joins that callback (the earlier place,
-        the higher priority, the caller ID, delay and data given now; its time and expiry stay) and
-        no contact is created; otherwise the rate limits (`limits`; RateLimited is raised and
-        recorded in policy_refusals; a join makes no call, so it is never refused by them), then the
-        new contact; the audit row; the controllers' NOTIFY, delivered at the commit.
-
-        `caller_id`, `delay`, `priority` None: not given (a new callback shows the number itself, no
-        delay, priority 0). Expiry: `expire_at`, else `expire_after` seconds after `at`, else the
-        skill's default. `override`: the destination policy allowed it only by an operator's override
-        (the dial-time check honours it). UnknownSkill when `skill` does not exist. `then`: more
-        work for this transaction, once the callback is stored (the HTTP API ties it to its token and
-        keeps its Idempotency-Key's answer there): all of it commits, or none."""
-        now = utcnow()
-        # In UTC: SQLite keeps a datetime's wall time and drops its zone.
-        at, expire_at = (t.astimezone(timezone.utc) if t is not None else None for t in (at, expire_at))
-        try:
-            with self.engine.begin() as conn:
-                # The skill and, on PostgreSQL, every lock in one round trip (a booking's cost is
-                # mostly its round trips): the limits' locks first, then the number's and skill's.
-                row = conn.execute(_PG_SKILL_LOCKED if self._pg else _SKILL, {
-                    "skill": skill, "number": number, "limits": limits is not None}).first()
-                if row is None:
-                    raise UnknownSkill(f"no skill named {skill!r} (esl-cb skill add {skill})", where="skill")
-                if limits is not None and not self._pg:
-                    self._lock_limits(conn, number, number)
-                other = self._open_callback(conn, number, row.id, locked=self._pg)
-                if other is not None:       # makes no call: not counted, never refused by the limits
-                    done = self._join_booking(conn, other, at or now, caller_id, delay, priority, data)
-                    detail = f"{number} on {skill}: joined the open callback of contact {other.id}"
-                else:
-                    if limits is not None:
-                        self._within_limits(conn, number, number, limits, now, locked=True)
-                    done = self._insert_booking(conn, number, row, now, at, caller_id, delay, priority,
-                                                expire_after, expire_at, override, data)
-                    detail = f"{number} on {skill} at {(at or now).isoformat()}"
-                if self._pg and operator:   # the audit row and the controllers' wake-up at once
-                    conn.execute(_PG_AUDIT_NOTIFY, {"at": now, "op": operator[:64], "target": f"contact {done.contact_id}",
-                                                    "detail": detail, "w": f"schedule {done.contact_id}"})
-                else:
-                    self._audit(conn, operator, "callback schedule", f"contact {done.contact_id}", detail)
-                    self._notify(conn, f"schedule {done.contact_id}")
-                if then is not None:
-                    then(conn, done)
-        except RateLimited as e:
-            self.record_refusal(None, number, e.calling_number, "request", e.rule, str(e))
-            raise
-        log.info("contact %s: callback to %s booked (%s)", done.contact_id, number, detail)
-        return done
-
-    @staticmethod
-    def _open_callback(conn, number: str, skill_id: int, locked: bool = False):
-        """The open callback of `number` for the skill, if any, locked: two requests for one number
-        and skill are taken one after the other (the same advisory lock as `_request_callback`'s),
-        so two cannot both miss each other. `locked`: that lock is held already."""
-        if conn.dialect.name == "postgresql" and not locked:
-            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{number}/{skill_id}"))))
-        return conn.execute(select(Contact.__table__).where(
-            Contact.callback_number == number, Contact.skill_id == skill_id, Contact.callback_requested.is_(True),
-            Contact.state != C.ENDED.value).order_by(Contact.queued_at).limit(1).with_for_update()).first()
-
-    def _join_booking(self, conn, other, queued_at: datetime, caller_id: str | None, delay: int | None,
-                      priority: Priority | None, data: dict | None) -> Scheduled:
-        values: dict = {"queued_at": min(as_utc(other.queued_at) or queued_at, queued_at)}
-        if caller_id:
-            values["callback_caller_id"] = caller_id
-        if delay is not None:
-            values["call_delay_sec"] = delay
-        if priority is not None:
-            values.update(priority_initial=max(other.priority_initial, priority.initial),
-                          priority_acceleration=max(other.priority_acceleration, priority.acceleration),
-                          priority_max=max(other.priority_max, priority.maximum))
-        if data is not None:
-            options = json.loads(other.callback_options) if other.callback_options else {}
-            values["callback_options"] = json.dumps({**options, "data": data})
-        conn.execute(update(Contact).where(Contact.id == other.id).values(**values))
-        return Scheduled(other.id, other.state, as_utc(other.not_before), as_utc(other.expire_at), other.id)
-
-    def _insert_booking(self, conn, number: str, skill, now: datetime, at: datetime | None, caller_id: str | None,
-                        delay: int | None, priority: Priority | None, expire_after: float | None,
-                        expire_at: datetime | None, override: bool, data: dict | None) -> Scheduled:
-        p = priority or Priority(0, 0, 0)
-        shown = caller_id or number
-        if expire_at is None:
-            expire = expire_after if expire_after is not None else skill.callback_expire_sec
-            expire_at = (at or now) + timedelta(seconds=float(expire)) if expire else None
-        cid = conn.execute(insert(Contact).values(
-            direction="inbound", state=C.CALLBACK_QUEUED.value, script="(scheduled)", skill_id=skill.id,
-            original_ani=number, original_dnis=shown, ani=shown, dnis=number,
-            priority_initial=p.initial, priority_acceleration=p.acceleration, priority_max=p.maximum,
-            callback_requested=True, callback_number=number, callback_caller_id=shown, call_delay_sec=delay or 0,
-            callback_requested_at=now, attempts=0, arrived_at=now, queued_at=at or now, not_before=at,
-            expire_at=expire_at, controller_id=None, policy_override=override,
-            callback_options=json.dumps({"data": data}) if data is not None else None).returning(Contact.id)).scalar()
-        return Scheduled(cid, C.CALLBACK_QUEUED.value, at, expire_at)
-
     def expire_callbacks(self) -> list[int]:
         """Waiting callbacks past their expiry end as callback_expired (never offered again)."""
         now = utcnow()
@@ -339,19 +206,15 @@ class ContactsStore(StoreBase):
             self._lock_limits(conn, number, calling)
         counted = Contact.callback_requested.is_(True) & or_(Contact.outcome.is_(None),
                                                               Contact.outcome != Outcome.MERGED.value)
-        checks = ((limits.per_number_per_day, Contact.callback_number == number, timedelta(days=1), "per_number",
-                   f"{number} was asked to be called back {{n}} times in the last 24 hours (at most "
-                   f"{limits.per_number_per_day})"),
-                  (limits.per_caller_per_hour, Contact.original_ani == calling, timedelta(hours=1), "per_caller",
-                   f"the calling number {calling or '(none)'} asked for {{n}} callbacks in the last hour (at most "
-                   f"{limits.per_caller_per_hour})"))
-        for limit, who, window, rule, message in checks:
+        checks = ((limits.per_number_per_day, Contact.callback_number == number, timedelta(days=1), "per_number"),
+                  (limits.per_caller_per_hour, Contact.original_ani == calling, timedelta(hours=1), "per_caller"))
+        for limit, who, window, rule in checks:
             if not limit:
                 continue
             n = conn.execute(select(func.count()).select_from(Contact).where(
                 who, counted, Contact.callback_requested_at >= now - window)).scalar()
             if n >= limit:
-                raise RateLimited(message.format(n=n), rule, calling, where="number" if rule == "per_number" else "")
+                raise limit_error(rule, n, number, calling, limits)
 
     @staticmethod
     def _lock_limits(conn, number: str, calling: str) -> None:
@@ -393,3 +256,12 @@ class ContactsStore(StoreBase):
                 raise StaleState(f"contact {contact_id} changed state meanwhile; try again")
             self._audit(conn, operator, "callback cancel", f"contact {contact_id}", f"{row.state}: {reason}")
             return row.state
+
+
+def limit_error(rule: str, n: int, number: str, calling: str, limits: RateLimits) -> RateLimited:
+    """The refusal of a rate limit (`rule` per_number | per_caller, `n` requests counted)."""
+    if rule == "per_number":
+        return RateLimited(f"{number} was asked to be called back {n} times in the last 24 hours (at most "
+                           f"{limits.per_number_per_day})", rule, calling, where="number")
+    return RateLimited(f"the calling number {calling or '(none)'} asked for {n} callbacks in the last hour (at most "
+                       f"{limits.per_caller_per_hour})", rule, calling)

@@ -78,11 +78,18 @@ class QueueStatusStore(StoreBase):
                 "agents_staffed": int(row.staffed), "agents_available": int(row.available),
                 "aht_sec": aht, "aht_samples": samples, "state": row.state, "in_hours": bool(in_hours)}
 
-    def _recent_aht(self, conn, skill_id: int, now: datetime, max_age: float) -> tuple[float | None, int]:
-        cache: dict[int, tuple[float, float | None, int]] = self.__dict__.setdefault("_aht_cache", {})
-        kept = cache.get(skill_id)
+    def cached_aht(self, skill_id: int, max_age: float = AHT_CACHE_SEC) -> tuple[float | None, int] | None:
+        """The skill's handle time as this store read it within `max_age` seconds; None: not kept."""
+        kept = self.__dict__.get("_aht_cache", {}).get(skill_id)
         if kept is not None and time.monotonic() - kept[0] < max_age:
             return kept[1], kept[2]
+        return None
+
+    def _recent_aht(self, conn, skill_id: int, now: datetime, max_age: float) -> tuple[float | None, int]:
+        cache: dict[int, tuple[float, float | None, int]] = self.__dict__.setdefault("_aht_cache", {})
+        kept = self.cached_aht(skill_id, max_age)
+        if kept is not None:
+            return kept
         recent = (Contact.state == C.ENDED.value, Contact.skill_id == skill_id, Contact.outcome.in_(HANDLED),
                   Contact.ended_at >= now - timedelta(seconds=AHT_WINDOW_SEC), Contact.offered_at.is_not(None))
         mean, samples = conn.execute(select(func.avg(minutes_between(Contact.offered_at, Contact.ended_at) * 60.0),

@@ -6,6 +6,7 @@ share; each state change is one transaction):
   agents.py     agents and skills, as operators set them
   agent_states.py  wrap-up, delays after a miss, their end, the state history's report
   contacts.py   arrival, the queue, the Callback action, cancel
+  bookings.py   callbacks booked by an operator or a program (no call came in)
   controllers.py  controllers as members: register (an epoch), heartbeat, adopt the dead ones' contacts
   dispatch.py   offers to agents and the end of conversations
   dialling.py   callback attempts, their dials and legs (billing)
@@ -18,7 +19,7 @@ from __future__ import annotations
 from .agents import AgentsStore
 from .base import (DialPlan, Fenced, IllegalTransition, NotFound, Offer, PolicyRefused, RateLimited, StaleState,
                    StoreError, UnknownSkill, as_utc, make_engine, utcnow)
-from .contacts import ContactsStore
+from .bookings import BookingsStore
 from .controllers import ControllersStore
 from .dialling import DiallingStore
 from .dispatch import DispatchStore
@@ -31,6 +32,6 @@ __all__ = ["Store", "DialPlan", "Fenced", "IllegalTransition", "NotFound", "Offe
            "StaleState", "StoreError", "UnknownSkill", "as_utc", "make_engine", "utcnow"]
 
 
-class Store(AgentsStore, PhonesStore, ContactsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore,
+class Store(AgentsStore, PhonesStore, BookingsStore, ControllersStore, DispatchStore, DiallingStore, PolicyStore, QueueStatusStore,
             SwitchesStore):
     """The database, as the controller and the CLI use it."""

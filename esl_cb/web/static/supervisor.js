@@ -6,13 +6,17 @@
   if (!ESLCB.requireSignIn()) return;
   let board = {queues: [], agents: []};
   let selected = null;          // the callback the action panel acts on
+  // The board asks for the rows it shows (the counts in the captions are always whole): a wall screen
+  // of a queue 10,000 deep reads a page, not the queue; "Show more" asks for a longer page.
+  const PAGE = 50, MOST = 500;
+  let shown = PAGE;
 
   const STATES = ["login", "available", "unavailable", "end_wrap_up", "logout"];
 
   async function refresh() {
     try {
       const sent = Date.now();
-      const [q, a] = await Promise.all([api("/api/v1/queues?detail=true"), api("/api/v1/agents")]);
+      const [q, a] = await Promise.all([api(`/api/v1/queues?detail=true&limit=${shown}`), api("/api/v1/agents")]);
       ESLCB.syncClock(q.time, sent, Date.now());
       board = {queues: q.queues, agents: a.agents};
       keepFocus(render);
@@ -26,8 +30,7 @@
   }
 
   function queueTable(q) {
-    const live = q.contacts.filter(c => c.kind === "live" && c.place).length;
-    const cbs = q.contacts.filter(c => c.kind === "callback" && c.place).length;
+    const live = q.waiting_callers, cbs = q.waiting_callbacks;
     const caption = `${q.skill} — ${q.open ? "open" : "closed for callbacks"} — ${live} caller${live === 1 ? "" : "s"}, ` +
       `${cbs} callback${cbs === 1 ? "" : "s"} waiting — estimated wait ${duration(q.ewt_sec)}` +
       (q.outbound_caller_id ? ` — shows ${q.outbound_caller_id}` : "");
@@ -56,8 +59,16 @@
         actions);
     });
     if (!rows.length) rows.push(el("tr", {}, el("td", {colspan: 11, text: "Nobody waiting."})));
-    return el("table", {class: "grid queue", "data-skill": q.skill},
+    const table = el("table", {class: "grid queue", "data-skill": q.skill},
       el("caption", {text: caption}), el("thead", {}, head), el("tbody", {}, ...rows));
+    if (!q.next_cursor) return table;
+    const more = el("p", {class: "more", "data-skill": q.skill},
+      `Places 1 to ${q.next_cursor} of ${live + cbs} waiting. `);
+    if (shown < MOST) {
+      more.append(el("button", {type: "button", "data-key": `more-${q.skill}`, text: `Show ${PAGE} more`,
+        "aria-label": `Show ${PAGE} more waiting in ${q.skill}`, onclick: () => { shown = Math.min(MOST, shown + PAGE); refresh(); }}));
+    }
+    return el("div", {}, table, more);
   }
 
   function agentRow(a) {
