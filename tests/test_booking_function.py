@@ -1,4 +1,4 @@
-"""A booking in one statement on PostgreSQL (esl_cb_book, migration 0014): one round trip, the place
+"""A booking in one statement on PostgreSQL (esl_cb_book, migration 0017): one round trip, the place
 it reports is the one Queuestatus reads, and it says what the Python path says (tests/test_schedule.py
 and tests/test_app.py run both dialects through the same assertions). And the claim without JIT."""
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _open_id(store: Store, number: str) -> int:
 
 def test_the_claim_the_completion_and_the_booking_run_without_jit(store):
     """With ~13,000 callbacks waiting, the claim's generic plan was costed above JIT's thresholds and
-    compiled at every call: 1.3-1.5 s of CPU for 0.4 ms of work (migration 0014)."""
+    compiled at every call: 1.3-1.5 s of CPU for 0.4 ms of work (migration 0017)."""
     with store.engine.connect() as conn:
         config = dict(conn.execute(text(
             "SELECT proname, proconfig FROM pg_proc WHERE proname IN ('esl_cb_claim', 'esl_cb_complete', "

@@ -1,6 +1,6 @@
 """Callbacks booked by an operator or a program (no call came in: `esl-cb callback schedule`, the HTTP
 API): the same rules as a script's Callback (contacts.py), in one transaction; on PostgreSQL in one
-statement (esl_cb_book, migration 0014)."""
+statement (esl_cb_book, migration 0017)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ from .models import ApiBooking, Contact
 log = logging.getLogger(__name__)
 
 _SKILL = text("SELECT id, callback_expire_sec, outbound_caller_id FROM skills WHERE name = :skill")
-# A booking in one round trip (migration 0014): the statements of the Python path below, in order,
+# A booking in one round trip (migration 0017): the statements of the Python path below, in order,
 # and the new callback's place; named arguments, so the call reads as its signature. The locks are
 # the Python path's, in its order (the limits', then the number's and skill's): no deadlock with a
 # script's Callback (contacts.py).
@@ -78,7 +78,7 @@ class BookingsStore(ContactsStore):
         `skill_caller_id`: without a `caller_id`, the skill's outbound caller ID, read with the skill.
 
         On PostgreSQL all of it, and the callback's place (`Scheduled.status`), is one statement
-        (esl_cb_book, migration 0014): in a transaction of its own without `then`."""
+        (esl_cb_book, migration 0017): in a transaction of its own without `then`."""
         now = utcnow()
         # In UTC: SQLite keeps a datetime's wall time and drops its zone.
         at, expire_at = (t.astimezone(timezone.utc) if t is not None else None for t in (at, expire_at))

@@ -18,13 +18,13 @@ for its place, as the status query: `waiting`/`served`, `ahead`, the skill's age
 
 Also: the claim and the completion run without JIT (JIT_OFF below says why).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0017
+Revises: 0016
 """
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
