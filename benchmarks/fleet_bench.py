@@ -9,10 +9,16 @@ both switches registered (`esl-cb switch add`) with that limit, so each controll
    at most sps/2 a second and two should give close to twice that.
 2. The offer latency on the wire (an agent made available with a contact waiting -> the agent's
    originate at whichever simulator), one controller against two, in the same run.
-3. Arrivals: R callers a second at switch A alone, then R a second at each switch: how long a caller
-   waits to start (sent -> its contact stored), and how many admission control held.
+   For each offer, from each controller's metrics: the claims it ran (found a pair or not), and the
+   winner's NOTIFY -> claim, claim, claim -> originate. At the end, one controller again (the control
+   for a drift over the run).
+3. Arrivals: R callers a second at switch A alone, then R/2 at each switch (the same total), then R at
+   each: how long a caller waits to start (sent -> its contact stored), how many admission control
+   held, and each controller's CPU ms per arriving caller (/proc/<pid>/stat, less its idle rate), the
+   database backends' and the simulators'.
 
-    python benchmarks/fleet_bench.py [--sps 20] [--callbacks 100] [--agents 30] [--samples 30] [--rate 50]
+    python benchmarks/fleet_bench.py [--sps 20] [--callbacks 100] [--agents 30] [--samples 30] [--rate 40] [--seconds 6]
+                                     [--notify-others-after S]   (0: every controller claims at each NOTIFY at once)
 The machine is shared: short runs, and say so with the numbers.
 """
 from __future__ import annotations
@@ -372,6 +378,13 @@ def main() -> None:
             kill_callers(f, "3129")
             arr3 = arrivals(f, [a, b], args.rate, args.seconds, ["31293", "31294"])
             refused = [s.metric("esl_cb_switch_refusals_total") for s in f.switches]
+            # The control: one controller again, late in the run (the tables have grown, the processes
+            # warmed up): a drift over the run shows here, not as a cost of the second controller.
+            kill_callers(f, "3129")
+            b.ctl.terminate()
+            b.ctl.wait(10)
+            time.sleep(4)                   # past heartbeat_timeout: A no longer counts B among its peers
+            lat3 = offer_latency(f, args.samples, "3125641", [a])
         finally:
             f.close()
     print(f"esl-cb fleet benchmark {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {platform.node()} "
@@ -389,6 +402,7 @@ def main() -> None:
     print("|---|---|---|---|" + "---|" * len(STAGES) + "---|---|")
     report_offers("one (fs-a)", lat1, ["fs-a"])
     report_offers("two (fs-a, fs-b)", lat2, ["fs-a", "fs-b"])
+    report_offers("one again, fs-b stopped (the control)", lat3, ["fs-a"])
     print()
     print("Arrivals: a caller's start (sent -> contact stored, ms), held by admission control, and CPU ms per "
           "arriving caller (each controller's, less its idle rate; the database's backends for this database; "
