@@ -64,6 +64,9 @@ class Settings:
     arrival_db_connections: int = 4   # database connections for callers' arrivals (the rest keep theirs)
     admission_max_lag: float = 0.02   # new callers wait while the event loop is later than this (s); 0: off
     admission_max_wait: float = 10.0  # ... for at most this long (s)
+    # A NOTIFY's chosen controller claims at once, the others this much later (controller/wakeups.py);
+    # 0: every controller claims at once.
+    notify_others_after: float = 0.25
     metrics_port: int = 0
     realtime_priority: int = 0        # run SCHED_RR at this priority (1-99), above FreeSWITCH's 10; 0: normal
     watchdog_max_lag: float = 1.0     # systemd's watchdog is fed only while the event loop is later than
@@ -110,6 +113,8 @@ class Settings:
         if self.admission_max_lag < 0 or self.admission_max_wait < 0:
             raise ConfigError(f"admission_max_lag and admission_max_wait must not be negative, not "
                               f"{self.admission_max_lag} and {self.admission_max_wait}")
+        if self.notify_others_after < 0:
+            raise ConfigError(f"notify_others_after must not be negative (seconds), not {self.notify_others_after}")
         if not self.watchdog_max_lag > 0:
             raise ConfigError(f"watchdog_max_lag must be above 0 (seconds), not {self.watchdog_max_lag}")
         self.callback_wait_targets()

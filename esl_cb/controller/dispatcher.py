@@ -56,11 +56,19 @@ class Dispatcher:
         self._pacing: set[gevent.Greenlet] = set()      # offers waiting for the pacer in their own greenlet
         self.draining = False           # our switch drains: no new offers (fleet.py), its calls finish
         self.offers_from = 0.0          # monotonic time before which we offer nothing (fleet.py: joining)
+        # Where an offer's time goes (metrics.py; issue 18: several controllers woken by one NOTIFY):
+        # the wall time a NOTIFY reached our LISTEN session, consumed by the first claim after it.
+        self.notified_at: float | None = None
+        self.claim_timing: Callable[[bool, float, float | None], None] | None = None    # found, claim s, since NOTIFY
+        self.originate_timing: Callable[[float], None] | None = None      # claim done -> originate sent (s)
         legs.handlers["agent"] = self.agent_event
         callers.conversation_ended = dialler.conversation_ended = self.conversation_ended
         health.wake = self.wake
 
-    def wake(self) -> None:
+    def wake(self, notified_at: float | None = None) -> None:
+        """`notified_at`: the wall time a NOTIFY that asks for this wake-up arrived (for the timings)."""
+        if notified_at is not None and self.notified_at is None:
+            self.notified_at = notified_at
         self._wake.set()
 
     def _may_act(self) -> bool:
@@ -118,12 +126,18 @@ class Dispatcher:
             if not self._may_act():
                 self.pacer.refund()
                 return
+            notified, self.notified_at = self.notified_at, None
+            started = time.time()
             with self.legs.critical.running_now():          # arriving callers wait meanwhile
                 offer = self.store.claim_offer(str(uuidlib.uuid4()))
+            claimed = time.time()
+            if self.claim_timing is not None:
+                self.claim_timing(offer is not None, claimed - started,
+                                  None if notified is None else max(started - notified, 0.0))
             if offer is None:
                 self.pacer.refund()
                 return
-            if not self.start_offer(offer, paced=True):
+            if not self.start_offer(offer, paced=True, claimed_at=claimed):
                 return            # the switch is unreachable: wait for the next wake-up or poll
 
     def conversation_ended(self, contact_id: int, reason: str) -> bool:
@@ -138,7 +152,7 @@ class Dispatcher:
                 self.start_offer(offer)
         return completed
 
-    def start_offer(self, offer: Offer, paced: bool = False) -> bool:
+    def start_offer(self, offer: Offer, paced: bool = False, claimed_at: float | None = None) -> bool:
         """Ring the agent's phone, showing the contact's number (and 'Callback' for a callback).
         `paced`: the caller already took the pacer's token. Otherwise, with no token at hand, the
         offer waits for one in a greenlet of its own: this may run inside the critical-work gate (an
@@ -152,7 +166,7 @@ class Dispatcher:
             "esl_cb_contact_id": offer.contact_id, "esl_cb_role": "agent",
             "originate_timeout": self.settings.agent_ring_timeout, "ignore_early_media": "true"})
         if paced or self.pacer.try_take():
-            return self._ring(offer, cmd)
+            return self._ring(offer, cmd, claimed_at)
 
         def when_paced() -> None:
             try:
@@ -170,7 +184,7 @@ class Dispatcher:
             g.kill(block=False)
         self._pacing.clear()
 
-    def _ring(self, offer: Offer, cmd: str) -> bool:
+    def _ring(self, offer: Offer, cmd: str, claimed_at: float | None = None) -> bool:
         job = str(uuidlib.uuid4())
         self.legs.expect_job(job, offer.agent_leg_uuid)
         log.info("contact %s offered to agent %s on leg %s", offer.contact_id, offer.agent_name,
@@ -178,6 +192,8 @@ class Dispatcher:
         try:
             self.switch.bgapi(cmd, job)
             self.health.sent()
+            if claimed_at is not None and self.originate_timing is not None:
+                self.originate_timing(time.time() - claimed_at)
         except ESLError as e:
             self.legs.drop_job(job)
             self.legs.forget(offer.agent_leg_uuid)

@@ -55,6 +55,29 @@ class Metrics:
                                         "live; leg=callback: customer bridged)", ["leg"], registry=r,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
         controller.legs.answer_timing = lambda leg, seconds: self.answer_handled.labels(leg).observe(seconds)
+        # The offer's path on this controller (issue 18): a NOTIFY's arrival -> the claim it caused
+        # starts; the claim (found a pair or not: with several controllers, one woken for nothing, or one
+        # that lost the race); the claim -> the agent's originate sent.
+        fine = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
+        self.claims = Counter("esl_cb_claims", "Claims run (esl_cb_claim), by whether they found a pair to offer",
+                              ["found"], registry=r)
+        self.claim_seconds = Histogram("esl_cb_claim_seconds", "Wall time of one claim as the controller sees it",
+                                       ["found"], registry=r, buckets=fine)
+        self.notify_to_claim = Histogram("esl_cb_notify_to_claim_seconds", "From a NOTIFY's arrival at the LISTEN "
+                                         "session to the start of the claim it woke", registry=r, buckets=fine)
+        self.claim_to_originate = Histogram("esl_cb_claim_to_originate_seconds", "From a claim's end to its agent's "
+                                            "originate written to the switch", registry=r, buckets=fine)
+        self.wakeups = Counter("esl_cb_notify_wakeups", "NOTIFYs that woke the dispatcher: now (this controller "
+                               "was chosen to claim first) or later (another was; controller/wakeups.py)", ["when"],
+                               registry=r)
+        for when in ("now", "later"):
+            self.wakeups.labels(when)
+        controller.wakeups.counted = lambda when: self.wakeups.labels(when).inc()
+        controller.dispatcher.claim_timing = self._claim_timing
+        controller.dispatcher.originate_timing = self.claim_to_originate.observe
+        for found in ("yes", "no"):
+            self.claims.labels(found)
+            self.claim_seconds.labels(found)
         self.switch_refusals = Counter("esl_cb_switch_refusals", "Originates FreeSWITCH refused because it was "
                                        "full (max-sessions, sessions-per-second, RTP ports)", registry=r)
         self.backoff = Gauge("esl_cb_dispatch_backoff_seconds", "The dispatcher's current pause after the switch "
@@ -109,6 +132,13 @@ class Metrics:
         for name in controller.supervisor.greenlets:
             self.greenlet_restarts.labels(name)
         self._greenlets: list[gevent.Greenlet] = []
+
+    def _claim_timing(self, found: bool, seconds: float, since_notify: float | None) -> None:
+        label = "yes" if found else "no"
+        self.claims.labels(label).inc()
+        self.claim_seconds.labels(label).observe(seconds)
+        if since_notify is not None:
+            self.notify_to_claim.observe(since_notify)
 
     def start(self, port: int) -> int:
         server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)

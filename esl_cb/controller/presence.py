@@ -21,6 +21,10 @@ from esl_cb.esl.inbound import ESLError
 
 log = logging.getLogger(__name__)
 CHANNEL = "esl_cb_events"            # migration 0008's NOTIFY channel
+# A lamp waits this long before it is sent (and the changes meanwhile go with it): the change that
+# NOTIFYs it also wakes a claim, here and in every other controller, and on shared cores the lamps'
+# work (ours, the switch's) would delay that offer (benchmarks/RESULTS.md, "Two switches against one").
+PRESENCE_DELAY = 0.05
 # agent state -> (answer-state, rpid, status text)
 LAMP = {"Available": ("terminated", "online", "Available"), "Offered": ("early", "busy", "Ringing"),
         "OnCall": ("confirmed", "busy", "On a call"), "Unavailable": ("confirmed", "away", "Unavailable"),
@@ -55,7 +59,7 @@ class Presence:
             return
         self.queue.put((change["name"], change.get("state", "")))
         if self.worker is None or self.worker.dead:
-            self.worker = gevent.spawn(self._work)
+            self.worker = gevent.spawn_later(PRESENCE_DELAY, self._work)
 
     def resync(self, agents: Callable[[], list[dict]]) -> None:
         """Every agent's lamp again (at each connection: a restarted switch, or one whose ESL was cut

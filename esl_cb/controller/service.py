@@ -49,6 +49,7 @@ from .presence import Presence
 from .recovery import Recovery
 from .supervision import Supervisor
 from .switch import StoredHangups, SwitchHealth, SwitchLink
+from .wakeups import WakeRouter
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Controller:
         self.membership = Membership(self.store, settings.esl, settings.heartbeat_timeout)
         self.membership.on_fenced = self._start_over
         self.fleet = SwitchShareKeeper(settings, self.store, pacer, self.dialler, self.dispatcher)
+        self.wakeups = WakeRouter(self.store.controller_id, lambda at: self.dispatcher.wake(notified_at=at),
+                                  settings.notify_others_after)
         self.dialler.may_act = self.dispatcher.may_act = self.membership.may_act
         self.callers.guard = self.dialler.guard = self.guard
         self.recovery = Recovery(settings, self.store, self.switch, self.legs, self.callers, self.dispatcher,
@@ -140,6 +143,7 @@ class Controller:
         self.legs.stop()
         self.phones.stop()
         self.presence.stop()
+        self.wakeups.stop()
         self._errands.kill(block=False)
         self.stopped.set()
 
@@ -302,6 +306,8 @@ class Controller:
             try:
                 self.membership.beat()
                 self.fleet.refresh(self.switch.ready.is_set())
+                if self.settings.notify_others_after > 0:
+                    self.wakeups.set_members(self.store.offering_controllers(self.settings.heartbeat_timeout))
                 if self.store.adopt_dead(self.settings.heartbeat_timeout, self.settings.esl) and \
                         self.switch.ready.is_set():
                     self.recovery.reconcile()
@@ -370,6 +376,7 @@ class Controller:
                     while self._running:
                         ready, _, _ = select.select([dbapi], [], [], 5.0)
                         if ready:
+                            arrived = time.time()
                             dbapi.poll()
                             if dbapi.notifies:
                                 notes = list(dbapi.notifies)
@@ -377,8 +384,9 @@ class Controller:
                                 for n in notes:
                                     if n.channel == EVENTS_CHANNEL:
                                         self.presence.on_notify(n.payload)
-                                if any(n.channel != EVENTS_CHANNEL for n in notes):
-                                    self.wake_dispatcher()
+                                wakes = [n.payload for n in notes if n.channel != EVENTS_CHANNEL]
+                                if wakes:
+                                    self.wakeups.on_notify(wakes, arrived)
                 finally:
                     raw.invalidate()
             except Exception as e:      # database restarting: polling covers us meanwhile

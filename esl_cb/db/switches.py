@@ -133,6 +133,17 @@ class SwitchesStore(StoreBase):
 
 
 
+    def offering_controllers(self, timeout: float) -> list[str]:
+        """The controllers that may offer now: a heartbeat within `timeout` seconds (the database's clock),
+        on a switch that is not draining (or not registered). Each picks from them the one that claims
+        first for a NOTIFY (controller/wakeups.py)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(ControllerMember.id).outerjoin(
+                Switch, Switch.esl == ControllerMember.esl).where(
+                ControllerMember.heartbeat_at > _ago(conn, timeout),
+                (Switch.state.is_(None)) | (Switch.state != "draining")).order_by(ControllerMember.id)).scalars())
+
+
 def _rate_share(sps: int | None, controllers: int) -> float | None:
     """One controller's originates a second, so that all of them together stay under the switch's
     sessions-per-second in any calendar second, which is what FreeSWITCH counts (it lets sps - 1
@@ -144,7 +155,7 @@ def _rate_share(sps: int | None, controllers: int) -> float | None:
     return max(budget - max(2.0, budget / 6), 0.5)
 
 
-def _ago(conn, seconds: int) -> datetime:
+def _ago(conn, seconds: float) -> datetime:
     """A cutoff on the database's clock (heartbeats are written with it)."""
     if conn.dialect.name == "sqlite":
         return utcnow() - timedelta(seconds=seconds)
