@@ -67,6 +67,16 @@ def test_a_hang_up_owed_while_the_switch_was_unreachable_survives_a_restart(pg_u
             while leg in sim.switch.channels:
                 gevent.sleep(0.05)
         assert store.hangups_owed(esl) == {}                     # paid: not asked again
+        # Owed by another controller of this switch, which could not reach it: paid at our heartbeat
+        # (the switch was never unreachable for us, so no connection of ours would have done it).
+        other = "0b7e4c1d-2f3a-4e5b-9c6d-7e8f9a0b1c2d"
+        sim.switch.originate(f"{{origination_uuid={other}}}user/1002 &park()")
+        store.owe_hangup(esl, other, "NORMAL_CLEARING")
+        second.pay_owed()
+        with gevent.Timeout(5, AssertionError("the other controller's owed leg was not hung up")):
+            while other in sim.switch.channels:
+                gevent.sleep(0.05)
+        assert store.hangups_owed(esl) == {}
     finally:
         second.close()
         runner.kill()

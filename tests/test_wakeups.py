@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import gevent
+from sqlalchemy import text
 
 from esl_cb.config import Settings
 from esl_cb.controller.service import Controller
@@ -125,7 +126,8 @@ def test_controllers_on_a_draining_switch_are_not_chosen(pg_url):
     try:
         assert h.store.offering_controllers(10) == ["b", "test"]
         h.store.add_switch("lab", h.settings.esl)
-        assert h.store.offering_controllers(10) == ["b", "test"]
+        wait_until(lambda: h.store.offering_controllers(10) == ["b", "test"], 10,
+                   what="the registered switch seen by a heartbeat")
         h.store.set_switch_state("lab", "draining")
         assert h.store.offering_controllers(10) == []          # both beat for the same (draining) switch
         wait_until(lambda: h.controller.wakeups.members == [] and b.wakeups.members == [], 5,
@@ -133,3 +135,45 @@ def test_controllers_on_a_draining_switch_are_not_chosen(pg_url):
     finally:
         b.stop()
         h.close()
+
+
+def test_a_switch_not_reached_lately_and_an_agent_on_another_switch_pick_the_controller_that_can_act(pg_url):
+    """A controller whose switch is cut or dead beats on but offers nothing: not chosen (else every
+    NOTIFY hashed to it waited the delay). An agent whose phone is registered on one switch only
+    (migration 0016: only that switch's controllers claim them): their NOTIFY picks among those."""
+    a, b, cli = Store(pg_url, "ctl-a"), Store(pg_url, "ctl-b"), Store(pg_url, "")
+    try:
+        a.register("10.0.0.1:8021")
+        b.register("10.0.0.2:8021")
+        cli.add_switch("sw-a", "10.0.0.1:8021")
+        cli.add_switch("sw-b", "10.0.0.2:8021")
+        a.switch_share("10.0.0.1:8021", seen=True)
+        assert cli.offering_controllers(10) == ["ctl-a"]          # B's switch never reached
+        b.switch_share("10.0.0.2:8021", seen=True)
+        assert cli.offering_controllers(10) == ["ctl-a", "ctl-b"]
+        with cli.engine.begin() as conn:
+            conn.execute(text("UPDATE switches SET last_seen = now() - interval '30 seconds' WHERE name = 'sw-a'"))
+        assert cli.offering_controllers(10) == ["ctl-b"]          # A's switch unreached for 30 s
+
+        for name, user in (("pat", "2001"), ("sam", "2002")):
+            cli.add_agent(name, f"user/{user}", ["support"])
+        cli.phone_registered("10.0.0.2:8021", "2001", "example.com", "sip:2001@192.0.2.9")
+        assert cli.phone_reach() == {"pat": {"ctl-b"}}
+        woken: dict[str, list] = {"ctl-a": [], "ctl-b": []}
+        routers = [WakeRouter(c, woken[c].append, 0.25) for c in ("ctl-a", "ctl-b")]
+        for r in routers:
+            r.set_members(["ctl-a", "ctl-b"])
+            r.set_reach(cli.phone_reach())
+        for r in routers:
+            assert r.chosen("agent pat") == "ctl-b"                 # only B's switch can ring pat
+            r.on_notify(["agent pat"], 1.0)
+        assert woken == {"ctl-a": [], "ctl-b": [1.0]}
+        assert {routers[0].chosen(f"agent sam{i}") for i in range(20)} == {"ctl-a", "ctl-b"}   # not tracked
+        for r in routers:
+            r.on_notify(["phones"], 2.0)                             # a registration changed: everyone now
+        assert woken["ctl-a"] == [2.0] and woken["ctl-b"] == [1.0, 2.0]
+    finally:
+        for r in locals().get("routers", []):
+            r.stop()
+        for s in (a, b, cli):
+            s.close()

@@ -308,6 +308,9 @@ class Controller:
                 self.fleet.refresh(self.switch.ready.is_set())
                 if self.settings.notify_others_after > 0:
                     self.wakeups.set_members(self.store.offering_controllers(self.settings.heartbeat_timeout))
+                    self.wakeups.set_reach(self.store.phone_reach())
+                if self.switch.ready.is_set():
+                    self.switch.pay_owed()       # hang-ups another controller of this switch could not make
                 if self.store.adopt_dead(self.settings.heartbeat_timeout, self.settings.esl) and \
                         self.switch.ready.is_set():
                     self.recovery.reconcile()

@@ -192,9 +192,16 @@ class SwitchLink:
                     log.warning("leg %s: the hang-up owed could not be stored (%s)", uuid, db_error)
             return False
 
+    def pay_owed(self) -> None:
+        """While connected (at each heartbeat): the hang-ups another controller of this switch stored
+        when it could not reach it, and any of ours; never raises."""
+        if self.conn is None or not self.conn.connected:
+            return
+        self._kill_pending()
+
     def _kill_pending(self) -> None:
-        """At each connection, before recovery: the legs owed a hang-up, this process's and those
-        stored by an earlier run (or by another controller of this switch)."""
+        """At each connection, before recovery, and at each heartbeat: the legs owed a hang-up, this
+        process's and those stored by an earlier run (or by another controller of this switch)."""
         pending, self.kill_when_back = self.kill_when_back, {}
         if self.owed is not None:
             try:

@@ -11,6 +11,11 @@ CRC-32 picks. The others claim too, but `others_after` seconds later: by then th
 its offer, and if it could not (it is down, stalled, paced, draining since the last heartbeat), the
 work is still found within that delay, well before any poll interval. `others_after` 0: every
 controller claims at once (the behaviour before).
+
+An agent whose phone registers on the switches themselves is claimed only by a controller of a switch
+that has a registration of it (migration 0016): for their NOTIFY (`agent NAME`) the pick is made among
+those controllers (`reach`, read at each heartbeat too), else that offer would always wait the delay.
+A registration's change (`phones`) wakes every controller at once: which switch it was is not said.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class WakeRouter:
         self.wake = wake
         self.others_after = others_after
         self.members: list[str] = []           # the controllers that may offer, sorted (empty: unknown yet)
+        self.reach: dict[str, set[str]] = {}     # agent name -> controllers whose switch has their phone
         self._later: gevent.Greenlet | None = None
         self.woken_now = 0
         self.woken_later = 0
@@ -40,16 +46,25 @@ class WakeRouter:
             log.info("wake-ups: %d controller(s) may offer: %s", len(members), ", ".join(members) or "none")
         self.members = members
 
+    def set_reach(self, reach: dict[str, set[str]]) -> None:
+        self.reach = reach
+
     def chosen(self, payload: str) -> str:
         """The controller that claims at once for this NOTIFY (the same answer in every controller that
         read the same members)."""
         if not self.members:
             return self.me
-        return self.members[zlib.crc32(payload.encode()) % len(self.members)]
+        among = self.members
+        if payload.startswith("agent "):
+            able = self.reach.get(payload[6:])
+            if able:
+                among = [m for m in self.members if m in able] or self.members
+        return among[zlib.crc32(payload.encode()) % len(among)]
 
     def on_notify(self, payloads: list[str], arrived: float) -> None:
         """From the LISTEN greenlet: never blocks."""
-        if self.others_after <= 0 or self.me not in self.members or any(self.chosen(p) == self.me for p in payloads):
+        if self.others_after <= 0 or self.me not in self.members or "phones" in payloads \
+                or any(self.chosen(p) == self.me for p in payloads):
             self.woken_now += 1
             if self.counted is not None:
                 self.counted("now")

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 
 from esl_cb.netaddr import switch_identity as identity
 
@@ -135,13 +135,31 @@ class SwitchesStore(StoreBase):
 
     def offering_controllers(self, timeout: float) -> list[str]:
         """The controllers that may offer now: a heartbeat within `timeout` seconds (the database's clock),
-        on a switch that is not draining (or not registered). Each picks from them the one that claims
-        first for a NOTIFY (controller/wakeups.py)."""
+        on a switch that is not draining and that a controller reached within `timeout` (a controller
+        whose switch is cut or dead beats on, but offers nothing); a switch not registered: its
+        controllers' heartbeats decide. Each picks from them the one that claims first for a NOTIFY
+        (controller/wakeups.py)."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(ControllerMember.id).outerjoin(
                 Switch, Switch.esl == ControllerMember.esl).where(
                 ControllerMember.heartbeat_at > _ago(conn, timeout),
-                (Switch.state.is_(None)) | (Switch.state != "draining")).order_by(ControllerMember.id)).scalars())
+                (Switch.state.is_(None)) | ((Switch.state != "draining") & (Switch.last_seen > _ago(conn, timeout))))
+                .order_by(ControllerMember.id)).scalars())
+
+    def phone_reach(self) -> dict[str, set[str]]:
+        """Agent name -> the controllers whose switch has a registration of the agent's phone (agents
+        whose phone is tracked and registered somewhere; migration 0016's rule for the claim)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("""
+                SELECT a.name, m.id FROM agents a
+                  JOIN phone_registrations r ON r.reg_user = a.phone_user
+                                            AND (a.phone_domain IS NULL OR r.realm = a.phone_domain)
+                  JOIN controllers m ON m.esl = r.switch
+                 WHERE a.phone_user IS NOT NULL""")).all()
+        reach: dict[str, set[str]] = {}
+        for name, controller in rows:
+            reach.setdefault(name, set()).add(controller)
+        return reach
 
 
 def _rate_share(sps: int | None, controllers: int) -> float | None:

@@ -165,7 +165,7 @@ SIGNATURE = "esl_cb_claim(timestamptz, text, text)"
 
 def _replace_claim(sql: str) -> None:
     """CREATE OR REPLACE keeps only the settings its text names: those an ALTER FUNCTION gave the
-    function before (jit = off, migration 0016) are given again."""
+    function before (jit = off, migration 0017) are given again."""
     settings = op.get_bind().execute(
         text("SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure(:f)"), {"f": SIGNATURE}).scalar() or []
     op.execute(sql)
