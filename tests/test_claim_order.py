@@ -246,3 +246,20 @@ def test_in_a_fleet_an_agent_is_offered_by_the_controller_of_a_switch_their_phon
     finally:
         for s in (a, b, cli):
             s.close()
+
+
+def test_a_removed_switch_takes_its_phones_registrations_with_it(pg_url):
+    """After `esl-cb switch remove`, an agent registered on that switch alone is a phone with no
+    registration (not offered, said in status), not one registered where no controller may claim."""
+    cli = Store(pg_url, "")
+    try:
+        cli.add_switch("sw-x", "10.0.0.9:8021")
+        cli.add_agent("ida", "user/2009", ["support"])
+        cli.phone_registered("10.0.0.9:8021", "2009", "example.com", "sip:2009@192.0.2.9")
+        cli.owe_hangup("10.0.0.9:8021", "1a2b3c4d-0000-4000-8000-000000000009", "NORMAL_CLEARING")
+        assert cli.agent("ida").phone_unregistered_since is None
+        cli.remove_switch("sw-x")
+        assert cli.agent("ida").phone_unregistered_since is not None
+        assert "ida" not in cli.phone_reach() and cli.hangups_owed("10.0.0.9:8021") == {}
+    finally:
+        cli.close()

@@ -6,12 +6,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, true, update
 
 from esl_cb.netaddr import switch_identity as identity
 
 from .base import NotFound, StaleState, StoreBase, StoreError, utcnow
-from .models import Contact, ControllerMember, LegToHangUp, Switch
+from .models import Contact, ControllerMember, LegToHangUp, PhoneRegistration, Switch
 
 log = logging.getLogger(__name__)
 STATES = ("up", "draining")
@@ -93,6 +93,12 @@ class SwitchesStore(StoreBase):
                 raise StaleState(f"switch {name} has {busy} call(s) in the air; drain it (esl-cb switch drain {name}) "
                                  "and remove it once they ended", where="name")
             conn.execute(delete(Switch).where(Switch.name == name))
+            # What only that switch could act on goes with it: its phones' registrations (else an agent
+            # registered there alone would look registered, and no controller may claim them: 0016)
+            # and the hang-ups owed there.
+            conn.execute(delete(PhoneRegistration).where(PhoneRegistration.switch == row.esl))
+            conn.execute(delete(LegToHangUp).where(LegToHangUp.switch == row.esl))
+            self._derive(conn, true())
             self._audit(conn, operator, "switch remove", f"switch {name}", row.esl)
 
     def switch_share(self, esl: str, seen: bool) -> SwitchShare:
