@@ -237,6 +237,22 @@ def test_in_a_fleet_an_agent_is_offered_by_the_controller_of_a_switch_their_phon
         offer = a.claim_offer("leg-a2")
         assert (offer.contact_id, offer.agent_name) == (second, "pat")
         cli.cancel(second, "test: next one", force=True)
+        # Registrations on switches no live controller serves do not count (a switch gone with its
+        # controller, or moved: CI found one left by an earlier run's switch): claimed as before.
+        third = _queue(cli, 4, Priority(10, 0, 10), now, "support", callback=True)
+        assert cli.phone_registered("10.0.0.3:8021", "2001", "example.com", "sip:2001@192.0.2.9") == []
+        assert cli.phone_gone("10.0.0.1:8021", "2001", "example.com") == []
+        offer = b.claim_offer("leg-b4")
+        assert (offer.contact_id, offer.agent_name) == (third, "pat")
+        cli.cancel(third, "test: next one", force=True)
+        assert cli.phone_registered("10.0.0.1:8021", "2001", "example.com", "sip:2001@192.0.2.9") == []
+        with cli.engine.begin() as conn:                        # A's controller silent for 2 minutes
+            conn.execute(text("UPDATE controllers SET heartbeat_at = now() - interval '2 minutes' WHERE id = 'ctl-a'"))
+        fourth = _queue(cli, 5, Priority(10, 0, 10), now, "support", callback=True)
+        offer = b.claim_offer("leg-b5")
+        assert (offer.contact_id, offer.agent_name) == (fourth, "pat")
+        assert "pat" not in cli.phone_reach()
+        cli.cancel(fourth, "test: next one", force=True)
         # Not tracked (a gateway): any controller.
         cli.add_agent("gus", "sofia/gateway/pstn/13125550100", ["sales"])
         cli.set_agent_state("gus", AgentState.AVAILABLE, list(AgentState))

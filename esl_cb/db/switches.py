@@ -6,12 +6,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, text, true, update
+from sqlalchemy import delete, func, insert, select, true, update
 
 from esl_cb.netaddr import switch_identity as identity
 
 from .base import NotFound, StaleState, StoreBase, StoreError, utcnow
-from .models import Contact, ControllerMember, LegToHangUp, PhoneRegistration, Switch
+from .models import Agent, Contact, ControllerMember, LegToHangUp, PhoneRegistration, Switch
 
 log = logging.getLogger(__name__)
 STATES = ("up", "draining")
@@ -153,15 +153,14 @@ class SwitchesStore(StoreBase):
                 .order_by(ControllerMember.id)).scalars())
 
     def phone_reach(self) -> dict[str, set[str]]:
-        """Agent name -> the controllers whose switch has a registration of the agent's phone (agents
-        whose phone is tracked and registered somewhere; migration 0016's rule for the claim)."""
+        """Agent name -> the live controllers (a heartbeat within 60 s) whose switch has a registration of
+        the agent's phone (migration 0016's rule for the claim)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(text("""
-                SELECT a.name, m.id FROM agents a
-                  JOIN phone_registrations r ON r.reg_user = a.phone_user
-                                            AND (a.phone_domain IS NULL OR r.realm = a.phone_domain)
-                  JOIN controllers m ON m.esl = r.switch
-                 WHERE a.phone_user IS NOT NULL""")).all()
+            rows = conn.execute(select(Agent.name, ControllerMember.id).join(
+                PhoneRegistration, (PhoneRegistration.reg_user == Agent.phone_user)
+                & (Agent.phone_domain.is_(None) | (PhoneRegistration.realm == Agent.phone_domain))).join(
+                ControllerMember, ControllerMember.esl == PhoneRegistration.switch).where(
+                Agent.phone_user.is_not(None), ControllerMember.heartbeat_at > _ago(conn, 60))).all()
         reach: dict[str, set[str]] = {}
         for name, controller in rows:
             reach.setdefault(name, set()).add(controller)

@@ -7,12 +7,15 @@ switch, which answered USER_NOT_REGISTERED (the agent then held for 30 s, and cl
 wrong controller). And a switch that died kept its registration rows, so its agents looked
 registered: each claim of them became such a failed originate.
 
-Now esl_cb_claim (PostgreSQL) passes over an agent whose phone the switches know registrations of
-when none of them is on the claiming controller's own switch (`controllers.esl`): another
-controller, one of a switch that has the phone, offers to them. An agent not tracked (a gateway, a
-SIP URI, a phone registered at a proxy), a phone with no registration known anywhere (the earlier
-rule, `phone_unregistered_since`, decides), and a claim by a store with no switch (the CLI, tests)
-are as before. SQLite (one controller, one switch) is unchanged.
+Now esl_cb_claim (PostgreSQL) passes over an agent whose phone has a registration on a switch served
+by a live controller (a heartbeat within 60 s) when it has none on the claiming controller's own
+switch (`controllers.esl`): that other controller offers to them. Registrations on switches nobody
+serves any more (a switch gone with its controller, or moved to another address) are not counted,
+so they never leave an agent that no controller may claim: such an agent is claimed as before (an
+originate answered USER_NOT_REGISTERED holds them 30 s) until their phone registers where a
+controller serves. An agent not tracked (a gateway, a SIP URI, a phone registered at a proxy), a phone
+with no such registration, and a claim by a store with no switch (the CLI, tests) are as before.
+SQLite (one controller, one switch) is unchanged.
 
 The function is migration 0013's text with this test after each test of an agent's state; the
 settings an ALTER FUNCTION gave it are given again (CREATE OR REPLACE drops them).
@@ -154,6 +157,8 @@ _MINE = "(SELECT m.esl FROM controllers m WHERE m.id = p_controller)"
 PHONE_HERE = PHONE_OK + f"""
                  AND (a.phone_user IS NULL OR {_MINE} IS NULL
                       OR NOT EXISTS (SELECT 1 FROM phone_registrations r
+                                       JOIN controllers o ON o.esl = r.switch
+                                                         AND o.heartbeat_at > now() - interval '60 seconds'
                                       WHERE r.reg_user = a.phone_user
                                         AND (a.phone_domain IS NULL OR r.realm = a.phone_domain))
                       OR EXISTS (SELECT 1 FROM phone_registrations r
