@@ -115,6 +115,18 @@ def _finish(rig, rec: Recorder, agent, end: str, kill, bridged):
     return c
 
 
+def _hangup_pair_in_order(events: list[str]) -> list[str]:
+    """FreeSWITCH hands events to its listeners from several dispatch threads: a CHANNEL_HANGUP fired in
+    the API thread (uuid_kill) and the CHANNEL_HANGUP_COMPLETE the session's thread fires just after it
+    reached the controller swapped once in a CI rehearsal (customer_busy, the agent leg). The pair is
+    compared as a pair; the controller must take either order (see the closing note of 2026-12-07)."""
+    out = list(events)
+    for i in range(len(out) - 1):
+        if out[i] == "CHANNEL_HANGUP_COMPLETE" and out[i + 1] == "CHANNEL_HANGUP":
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_the_controller_sees_the_same_events_on_the_simulator_and_the_real_switch(fs_rig, pg_url,  # noqa: F811
                                                                                   scenario):
@@ -124,5 +136,5 @@ def test_the_controller_sees_the_same_events_on_the_simulator_and_the_real_switc
     sim_legs, real_legs = sim_rec.by_leg(), real_rec.by_leg()
     assert sim_legs.keys() == real_legs.keys()
     for kind in real_legs:
-        assert sim_legs[kind] == real_legs[kind], \
+        assert sim_legs[kind] == _hangup_pair_in_order(real_legs[kind]), \
             f"{scenario}: the {kind} leg differs\nsim:  {sim_legs}\nreal: {real_legs}"
